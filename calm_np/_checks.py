@@ -1,0 +1,184 @@
+"""Input validation shared by the functions and the estimator.
+
+Every error names the argument and says what to change.  Checks run once per
+call on the caller's namespace; the finiteness check is the only one that
+reads data (one reduction, one host sync).
+"""
+
+from __future__ import annotations
+
+import operator
+
+from ._xp import default_float, is_array_api_obj, logsumexp
+
+METHODS = ("auto", "im2col", "fft")
+
+
+def as_array(a, name):
+    """Accept array-API arrays as they are and anything else through NumPy."""
+    if is_array_api_obj(a):
+        return a
+    import numpy as np
+
+    try:
+        return np.asarray(a)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"{name} must be an array (NumPy, CuPy, PyTorch or another "
+            f"array-API library), got {type(a).__name__}"
+        ) from exc
+
+
+def _kind(xp, dtype):
+    for kind in ("bool", "complex floating", "real floating", "integral"):
+        try:
+            if xp.isdtype(dtype, kind):
+                return kind
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
+def float_dtype(xp, arrays_and_names, device):
+    """Common real floating dtype of the inputs; integers become float.
+
+    Complex, boolean and object data are refused with a ``TypeError``.
+    """
+    floats = []
+    for a, name in arrays_and_names:
+        kind = _kind(xp, a.dtype)
+        if kind == "real floating":
+            floats.append(a.dtype)
+        elif kind == "integral":
+            continue
+        elif kind == "complex floating":
+            raise TypeError(
+                f"{name} has complex dtype {a.dtype}; calm_np models real images, "
+                "pass the real part (or magnitude) instead"
+            )
+        else:
+            raise TypeError(
+                f"{name} has dtype {a.dtype}; pass real numbers (an integer or "
+                "floating array)"
+            )
+    if not floats:
+        return default_float(xp, device)
+    return floats[0] if len(floats) == 1 else xp.result_type(*floats)
+
+
+def check_finite(a, name, xp):
+    if not bool(xp.all(xp.isfinite(a))):
+        raise ValueError(
+            f"{name} contains NaN or infinity; remove or impute those values "
+            "before calling calm_np"
+        )
+
+
+def check_padding(padding):
+    """``padding`` as a pair of non-negative ints."""
+    message = f"padding must be an int or a pair of ints (ph, pw), got {padding!r}"
+    if isinstance(padding, bool):
+        raise TypeError(message)
+    try:
+        pair = (operator.index(padding),) * 2
+    except TypeError:
+        pair = None
+    if pair is None:
+        try:
+            pair = tuple(operator.index(p) for p in padding)
+        except TypeError as exc:
+            raise TypeError(message) from exc
+        if len(pair) != 2 or any(isinstance(p, bool) for p in padding):
+            raise TypeError(message)
+    if min(pair) < 0:
+        raise ValueError(
+            f"padding must be non-negative (zeros added on each side), got {padding!r}"
+        )
+    return pair
+
+
+def check_method(method, xp=None):
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "fft" and xp is not None and not hasattr(xp, "fft"):
+        raise ValueError(
+            "method='fft' needs an array namespace with the fft extension; "
+            "this one has none, use method='im2col' or 'auto'"
+        )
+    return method
+
+
+def check_images(X, name="X"):
+    """Return ``X`` as 4-D ``(n, c, H, W)`` (3-D input means ``c = 1``)."""
+    X = as_array(X, name)
+    if X.ndim == 3:
+        X = X[:, None, ...]
+    elif X.ndim != 4:
+        raise ValueError(
+            f"{name} must have shape (n_samples, n_channels, height, width) or "
+            f"(n_samples, height, width), got an array with {X.ndim} dimension(s) "
+            f"of shape {tuple(X.shape)}; add a leading axis for a single image"
+        )
+    return X
+
+
+def check_kernels(kernels, n_channels, name="kernels"):
+    """Return kernels as 4-D ``(k, c, kh, kw)``; 3-D means one channel."""
+    kernels = as_array(kernels, name)
+    if kernels.ndim == 3:
+        kernels = kernels[:, None, ...]
+    elif kernels.ndim != 4:
+        raise ValueError(
+            f"{name} must have shape (n_kernels, n_channels, kh, kw) or "
+            f"(n_kernels, kh, kw), got shape {tuple(kernels.shape)}"
+        )
+    if kernels.shape[0] < 1 or kernels.shape[2] < 1 or kernels.shape[3] < 1:
+        raise ValueError(
+            f"{name} must hold at least one kernel of size at least 1x1, got "
+            f"shape {tuple(kernels.shape)}"
+        )
+    if kernels.shape[1] != n_channels:
+        raise ValueError(
+            f"{name} have {kernels.shape[1]} channel(s) but X has {n_channels}; "
+            "kernels and images must have the same number of channels"
+        )
+    return kernels
+
+
+def check_log_weights(log_weights, n_kernels, xp, dtype, device):
+    """Log mixture weights, ``(k,)``; ``None`` means uniform."""
+    import math
+
+    if log_weights is None:
+        return xp.full((n_kernels,), -math.log(n_kernels), dtype=dtype, device=device)
+    log_weights = as_array(log_weights, "log_weights")
+    if tuple(log_weights.shape) != (n_kernels,):
+        raise ValueError(
+            f"log_weights must have shape (n_kernels,) = ({n_kernels},), got "
+            f"{tuple(log_weights.shape)}"
+        )
+    kind = _kind(xp, log_weights.dtype)
+    if kind not in ("real floating", "integral"):
+        raise TypeError(f"log_weights must be real numbers, got {log_weights.dtype}")
+    log_weights = xp.astype(log_weights, dtype)
+    if bool(xp.any(xp.isnan(log_weights))) or bool(xp.any(log_weights == xp.inf)):
+        raise ValueError("log_weights contains NaN or +inf; use finite values or -inf")
+    total = float(logsumexp(log_weights, xp=xp))
+    if not abs(total) <= 1e-3:
+        raise ValueError(
+            "log_weights must be log-probabilities (logsumexp(log_weights) == 0), "
+            f"got logsumexp = {total:.6g}; pass log_weights - "
+            "logsumexp(log_weights)"
+        )
+    return log_weights
+
+
+def check_sizes(image_shape, kernel_shape, padding):
+    (H, W), (kh, kw), (ph, pw) = image_shape, kernel_shape, padding
+    Hp, Wp = H + 2 * ph, W + 2 * pw
+    if kh > Hp or kw > Wp:
+        raise ValueError(
+            f"kernel size ({kh}, {kw}) is larger than the padded image "
+            f"({Hp}, {Wp}); use smaller kernels or more padding"
+        )
+    return Hp, Wp

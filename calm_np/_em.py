@@ -1,0 +1,266 @@
+"""The convolution–posterior identity and the EM statistics (SPEC §1–2).
+
+Layout, the one used everywhere in calm_np::
+
+    X        (n, c, H, W)     images; (n, H, W) means c = 1
+    kernels  (k, c, kh, kw)   kernel means μ_k; (k, kh, kw) means c = 1
+    maps     (n, k, Ho, Wo)   log joint A, posterior γ; Ho = H + 2·ph − kh + 1
+
+For an image ``X`` zero-padded to ``Xp`` (``P = c·Hp·Wp`` pixels) and
+``|U| = Ho·Wo`` positions::
+
+    log p(Xp, U=u, Z=k) = A[k, u] + c(X)
+    A[k, u] = (Xp ⋆ μ_k)[u] − ½‖μ_k‖² + log π_k
+    c(X)    = −½‖X‖² − (P/2)·log 2π − log |U|
+
+so the posterior is a softmax of a convolution layer's output and the
+log-likelihood is its logsumexp plus ``c(X)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from . import _checks
+from ._conv import ENGINES, choose_method
+from ._xp import LOG_2PI, get_namespace, logsumexp, wide_float
+
+__all__ = [
+    "SufficientStatistics",
+    "log_joint",
+    "log_likelihood",
+    "posterior",
+    "sufficient_statistics",
+]
+
+_MAP_AXES = (1, 2, 3)  # (k, Ho, Wo): the latent (kernel, position) pairs
+
+
+def _pad(X, padding, xp):
+    ph, pw = padding
+    if ph == 0 and pw == 0:
+        return X
+    n, c, H, W = X.shape
+    kw = {"dtype": X.dtype, "device": _device(X)}
+    if pw:
+        side = xp.zeros((n, c, H, pw), **kw)
+        X = xp.concat([side, X, side], axis=3)
+    if ph:
+        top = xp.zeros((n, c, ph, W + 2 * pw), **kw)
+        X = xp.concat([top, X, top], axis=2)
+    return X
+
+
+def _device(x):
+    from ._xp import device_of
+
+    return device_of(x)
+
+
+class _Batch:
+    """A validated batch of images with kernels, weights and an engine."""
+
+    def __init__(self, X, kernels, log_weights, padding, method):
+        X = _checks.as_array(X, "X")
+        kernels = _checks.as_array(kernels, "kernels")
+        if log_weights is not None:
+            log_weights = _checks.as_array(log_weights, "log_weights")
+        xp, device = get_namespace(X, kernels, log_weights)
+        _checks.check_method(method, xp)
+        padding = _checks.check_padding(padding)
+        X = _checks.check_images(X)
+        kernels = _checks.check_kernels(kernels, X.shape[1])
+        dtype = _checks.float_dtype(xp, [(X, "X"), (kernels, "kernels")], device)
+        X = xp.astype(X, dtype)
+        kernels = xp.astype(kernels, dtype)
+        _checks.check_finite(X, "X", xp)
+        _checks.check_finite(kernels, "kernels", xp)
+        kernel_shape = tuple(kernels.shape[2:])
+        Hp, Wp = _checks.check_sizes(tuple(X.shape[2:]), kernel_shape, padding)
+        k = kernels.shape[0]
+        self.log_weights = _checks.check_log_weights(log_weights, k, xp, dtype, device)
+        self.xp, self.device, self.dtype = xp, device, dtype
+        self.X, self.kernels, self.padding = X, kernels, padding
+        self.kernel_shape = kernel_shape
+        self.padded_shape = (Hp, Wp)
+        if X.shape[0] == 0:
+            method = "im2col"  # nothing to transform (torch's FFT refuses n=0)
+        elif method == "auto":
+            method = choose_method(xp, X.shape[1], k, (Hp, Wp), kernel_shape)
+        self.method = method
+        self._engine = None
+
+    @property
+    def engine(self):
+        if self._engine is None:
+            Xp = _pad(self.X, self.padding, self.xp)
+            self._engine = ENGINES[self.method](Xp, self.kernel_shape, self.xp)
+        return self._engine
+
+    def log_joint(self):
+        xp, M = self.xp, self.kernels
+        bias = -0.5 * xp.sum(M * M, axis=(1, 2, 3)) + self.log_weights
+        return self.engine.correlate(M) + bias[None, :, None, None]
+
+    def log_const(self):
+        """``c(X)`` per image, ``(n,)``."""
+        xp = self.xp
+        n, c, _, _ = self.X.shape
+        Hp, Wp = self.padded_shape
+        kh, kw = self.kernel_shape
+        n_pos = (Hp - kh + 1) * (Wp - kw + 1)
+        const = -0.5 * c * Hp * Wp * LOG_2PI - math.log(n_pos)
+        return -0.5 * xp.sum(self.X * self.X, axis=(1, 2, 3)) + const
+
+
+def log_joint(X, kernels, *, log_weights=None, padding=0, method="auto"):
+    r"""Log joint ``A[n, k, u]`` of kernel ``k`` at position ``u`` (up to ``c(X)``).
+
+    :math:`A_{nku} = (X_n \star \mu_k)_u - \tfrac12\|\mu_k\|^2 + \log\pi_k`
+
+    Parameters
+    ----------
+    X : array of shape (n_samples, n_channels, height, width)
+        Images; ``(n_samples, height, width)`` means one channel.  Integer
+        images are cast to the namespace's default float.
+    kernels : array of shape (n_kernels, n_channels, kh, kw)
+        Kernel means; ``(n_kernels, kh, kw)`` when there is one channel.
+    log_weights : array of shape (n_kernels,), default=None
+        Log mixture weights ``log π_k`` (``-inf`` allowed); ``None`` is uniform.
+    padding : int or (int, int), default=0
+        Zeros added on each side of the image (rows, columns).
+    method : {"auto", "im2col", "fft"}, default="auto"
+        Engine; ``"auto"`` picks the cheaper one from the shapes.
+
+    Returns
+    -------
+    log_joint : array of shape (n_samples, n_kernels, Ho, Wo)
+        In the namespace, on the device and in the floating dtype of ``X``.
+
+    Notes
+    -----
+    Tested on NumPy, array-api-strict (with and without fft), PyTorch (CPU)
+    and, on a machine with a GPU, CuPy.
+    """
+    return _Batch(X, kernels, log_weights, padding, method).log_joint()
+
+
+def posterior(X, kernels, *, log_weights=None, padding=0, method="auto"):
+    r"""Posterior ``γ[n, k, u] = p(Z=k, U=u | X_n)``, summing to 1 per image.
+
+    :math:`\gamma_{nku} = \exp(A_{nku}) / \sum_{k'u'} \exp(A_{nk'u'})`
+
+    Parameters and Notes as for :func:`log_joint`.
+
+    Returns
+    -------
+    posterior : array of shape (n_samples, n_kernels, Ho, Wo)
+    """
+    batch = _Batch(X, kernels, log_weights, padding, method)
+    A = batch.log_joint()
+    return batch.xp.exp(A - logsumexp(A, axis=_MAP_AXES, keepdims=True))
+
+
+def log_likelihood(X, kernels, *, log_weights=None, padding=0, method="auto"):
+    r"""Exact log-likelihood ``log p(X_n)`` in nats, one value per image.
+
+    :math:`\log p(X_n) = \operatorname{logsumexp}_{k,u} A_{nku} + c(X_n)`,
+    :math:`c(X) = -\tfrac12\|X\|^2 - \tfrac{P}{2}\log 2\pi - \log|U|`
+
+    Parameters and Notes as for :func:`log_joint`.
+
+    Returns
+    -------
+    log_likelihood : array of shape (n_samples,)
+    """
+    batch = _Batch(X, kernels, log_weights, padding, method)
+    return logsumexp(batch.log_joint(), axis=_MAP_AXES) + batch.log_const()
+
+
+@dataclass(frozen=True)
+class SufficientStatistics:
+    """EM statistics of a set of images; they add up over disjoint sets.
+
+    Attributes
+    ----------
+    counts : array of shape (n_kernels,)
+        ``N_k = Σ_n Σ_u γ_n[k, u]``, the posterior mass of each kernel.
+    sums : array of shape (n_kernels, n_channels, kh, kw)
+        ``S_k = Σ_n Σ_u γ_n[k, u] · x_{n,u}`` (3-D when the kernels were 3-D).
+    log_likelihood : array of shape ()
+        ``Σ_n log p(X_n)``, exact and normalized.
+    n_samples : int
+        Number of images summed.
+
+    The arrays are in the input's namespace and on its device, accumulated in
+    float64 where the device has it (float32 input included), so that sums
+    over many batches do not lose precision.
+    """
+
+    counts: Any
+    sums: Any
+    log_likelihood: Any
+    n_samples: int
+
+    def __add__(self, other):
+        if not isinstance(other, SufficientStatistics):
+            return NotImplemented
+        return SufficientStatistics(
+            self.counts + other.counts,
+            self.sums + other.sums,
+            self.log_likelihood + other.log_likelihood,
+            self.n_samples + other.n_samples,
+        )
+
+    def m_step(self, reg_kernels=0.0):
+        """MAP kernel update ``μ_k = S_k / (N_k + λ)`` (SPEC §2).
+
+        Kernels whose update is undefined (``N_k + λ`` not above the float
+        resolution) come back as NaN-free zeros *and* a boolean mask, so the
+        caller can keep their previous values.
+        """
+        xp = get_namespace(self.counts)[0]
+        denom = self.counts + reg_kernels
+        tiny = xp.finfo(denom.dtype).tiny
+        ok = denom > tiny * 1e3
+        safe = xp.where(ok, denom, xp.ones_like(denom))
+        shape = (-1,) + (1,) * (self.sums.ndim - 1)
+        return self.sums / xp.reshape(safe, shape), ok
+
+
+def sufficient_statistics(X, kernels, *, log_weights=None, padding=0, method="auto"):
+    r"""EM sufficient statistics of a batch: ``N_k``, ``S_k`` and ``Σ log p(X_n)``.
+
+    :math:`N_k = \sum_{n,u}\gamma_{nku},\quad
+    S_k = \sum_{n,u}\gamma_{nku}\,x_{n,u}`
+
+    Statistics of two batches add up (``stats_a + stats_b``) to those of
+    their union, which is what minibatches, epochs and workers rely on.
+
+    Parameters and Notes as for :func:`log_joint`.
+
+    Returns
+    -------
+    stats : SufficientStatistics
+    """
+    batch = _Batch(X, kernels, log_weights, padding, method)
+    return _statistics(batch, kernels_ndim=_checks.as_array(kernels, "k").ndim)
+
+
+def _statistics(batch, kernels_ndim=4):
+    xp = batch.xp
+    wide = wide_float(xp, batch.device)
+    A = batch.log_joint()
+    log_norm = logsumexp(A, axis=_MAP_AXES, keepdims=True)
+    resp = xp.exp(A - log_norm)
+    counts = xp.sum(xp.astype(xp.sum(resp, axis=(2, 3)), wide), axis=0)
+    sums = xp.astype(batch.engine.weighted_sum(resp), wide)
+    if kernels_ndim == 3:
+        sums = sums[:, 0, ...]
+    # c(X) is large (−½‖X‖²): add it in the wide type
+    ll = xp.sum(
+        xp.astype(log_norm[:, 0, 0, 0], wide) + xp.astype(batch.log_const(), wide)
+    )
+    return SufficientStatistics(counts, sums, ll, batch.X.shape[0])

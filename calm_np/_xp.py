@@ -1,0 +1,195 @@
+"""Array-API plumbing: the only module that imports ``array_api_compat``.
+
+Everything here works on any namespace that follows the 2023.12 standard
+(NumPy, CuPy, PyTorch through ``array_api_compat``, array-api-strict).  Native
+fast paths (SciPy's FFT for NumPy) are optional branches; the tests keep them
+equal to the generic code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import array_api_compat
+from array_api_compat import (
+    array_namespace,
+    is_array_api_obj,
+    is_numpy_namespace,
+    is_torch_namespace,
+)
+
+__all__ = [
+    "array_namespace",
+    "device_of",
+    "get_namespace",
+    "has_fft",
+    "is_array_api_obj",
+    "is_numpy_namespace",
+    "is_torch_namespace",
+    "logsumexp",
+    "next_fast_len",
+    "rfft2",
+    "irfft2",
+    "to_numpy",
+    "native_paths",
+    "use_native",
+    "wide_float",
+    "default_float",
+]
+
+
+def get_namespace(*arrays, xp=None):
+    """Return ``(xp, device)`` for arrays that must share one namespace.
+
+    ``None`` entries are ignored.  Arrays from different libraries raise a
+    ``TypeError`` that says how to fix it.
+    """
+    arrays = [a for a in arrays if a is not None]
+    if xp is None:
+        try:
+            xp = array_namespace(*arrays)
+        except TypeError as exc:
+            kinds = sorted({type(a).__module__.split(".")[0] for a in arrays})
+            raise TypeError(
+                "all arrays must come from one array library, got arrays from "
+                f"{', '.join(kinds)}; convert them with one library's asarray"
+            ) from exc
+    device = device_of(arrays[0]) if arrays else None
+    return xp, device
+
+
+def device_of(x):
+    """The device an array lives on (``array_api_compat.device``)."""
+    return array_api_compat.device(x)
+
+
+def to_numpy(x):
+    """Copy an array of any supported namespace to host NumPy (tests, I/O)."""
+    import numpy as np
+
+    xp = array_namespace(x)
+    if is_numpy_namespace(xp):
+        return np.asarray(x)
+    if is_torch_namespace(xp):
+        return x.detach().cpu().numpy()
+    if array_api_compat.is_cupy_namespace(xp):
+        return x.get()
+    # array-api-strict and others: move to the default (CPU) device first
+    try:
+        return np.from_dlpack(x)
+    except (BufferError, RuntimeError, TypeError, ValueError):
+        info = xp.__array_namespace_info__()
+        return np.from_dlpack(x.to_device(info.default_device()))
+
+
+def default_float(xp, device=None):
+    """The namespace's default real floating dtype (torch: float32)."""
+    try:
+        return xp.__array_namespace_info__().default_dtypes(device=device)[
+            "real floating"
+        ]
+    except (AttributeError, TypeError):  # pragma: no cover - pre-2023.12
+        return xp.float64
+
+
+def wide_float(xp, device=None):
+    """float64 when the device supports it (accumulators), else float32."""
+    try:
+        dtypes = xp.__array_namespace_info__().dtypes(device=device)
+        if "float64" in dtypes:
+            return xp.float64
+        return xp.float32  # pragma: no cover - e.g. Apple MPS
+    except (AttributeError, TypeError):  # pragma: no cover
+        return xp.float64
+
+
+def logsumexp(x, /, *, axis=None, keepdims=False, xp=None):
+    """Stable ``log(sum(exp(x)))`` over ``axis`` (int or tuple of ints).
+
+    Rows that are entirely ``-inf`` give ``-inf`` (not NaN); ``+inf`` entries
+    give ``+inf``.
+    """
+    xp = array_namespace(x) if xp is None else xp
+    m = xp.max(x, axis=axis, keepdims=True)
+    m = xp.where(xp.isfinite(m), m, xp.zeros_like(m))
+    out = xp.log(xp.sum(xp.exp(x - m), axis=axis, keepdims=True)) + m
+    if not keepdims:
+        out = xp.squeeze(out, axis=axis if axis is not None else tuple(range(x.ndim)))
+    return out
+
+
+def has_fft(xp) -> bool:
+    return hasattr(xp, "fft")
+
+
+def next_fast_len(n: int) -> int:
+    """Smallest 2·3·5-smooth integer ``>= n`` (fast for every FFT library)."""
+    if n <= 6:
+        return n
+    best = 1 << (n - 1).bit_length()
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            # smallest power of two bringing p35 to >= n
+            q = -(-n // p35)
+            p2 = 1 << (q - 1).bit_length()
+            best = min(best, p2 * p35)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
+_NATIVE = {"enabled": True}
+
+
+@contextlib.contextmanager
+def native_paths(enabled: bool):
+    """Switch the native fast paths off (tests compare them with generic code)."""
+    old = _NATIVE["enabled"]
+    _NATIVE["enabled"] = bool(enabled)
+    try:
+        yield
+    finally:
+        _NATIVE["enabled"] = old
+
+
+def use_native(xp) -> str | None:
+    """Name of the native fast path for ``xp`` ('numpy', 'torch') or None."""
+    if not _NATIVE["enabled"]:
+        return None
+    if is_numpy_namespace(xp):
+        return "numpy"
+    if is_torch_namespace(xp):
+        return "torch"
+    return None
+
+
+def _scipy_fft():
+    try:
+        import scipy.fft as sfft
+    except ImportError:  # pragma: no cover - scipy is a core dependency
+        return None
+    return sfft
+
+
+def rfft2(x, s, *, xp):
+    """Real 2-D FFT over the last two axes, zero-padded to ``s``."""
+    if use_native(xp) == "numpy":
+        sfft = _scipy_fft()
+        if sfft is not None:
+            return sfft.rfft2(x, s=s, axes=(-2, -1), workers=-1)
+    return xp.fft.rfftn(x, s=s, axes=(-2, -1))
+
+
+def irfft2(x, s, *, xp):
+    """Inverse of :func:`rfft2` to real arrays of spatial shape ``s``."""
+    if use_native(xp) == "numpy":
+        sfft = _scipy_fft()
+        if sfft is not None:
+            return sfft.irfft2(x, s=s, axes=(-2, -1), workers=-1)
+    return xp.fft.irfftn(x, s=s, axes=(-2, -1))
+
+
+LOG_2PI = math.log(2.0 * math.pi)
