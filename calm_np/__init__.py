@@ -12,10 +12,20 @@ from ._em import (
     posterior,
     sufficient_statistics,
 )
+from ._estimator import (
+    ConvergenceWarning,
+    ConvolutionalMixture,
+    DeadKernelWarning,
+    NotFittedError,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConvergenceWarning",
+    "ConvolutionalMixture",
+    "DeadKernelWarning",
+    "NotFittedError",
     "SufficientStatistics",
     "log_joint",
     "log_likelihood",

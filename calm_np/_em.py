@@ -249,14 +249,38 @@ def sufficient_statistics(X, kernels, *, log_weights=None, padding=0, method="au
     return _statistics(batch, kernels_ndim=_checks.as_array(kernels, "k").ndim)
 
 
-def _statistics(batch, kernels_ndim=4):
+def window_statistics(
+    X, kernels, *, log_weights=None, padding=0, method="auto", margin=0
+):
+    """:func:`sufficient_statistics` with ``S_k`` over windows enlarged by ``margin``.
+
+    ``sums`` has shape ``(k, c, kh + 2·margin, kw + 2·margin)``: the posterior-
+    weighted mean of the neighbourhood of each kernel's positions (zeros
+    beyond the padded image).  Its ``kh × kw`` sub-windows are the M-step
+    results for the kernel moved by up to ``margin`` pixels; the estimator
+    uses them to re-centre kernels that settled on a shifted pattern.
+    """
+    batch = _Batch(X, kernels, log_weights, padding, method)
+    return _statistics(batch, margin=margin)
+
+
+def _statistics(batch, kernels_ndim=4, margin=0):
     xp = batch.xp
     wide = wide_float(xp, batch.device)
     A = batch.log_joint()
     log_norm = logsumexp(A, axis=_MAP_AXES, keepdims=True)
     resp = xp.exp(A - log_norm)
     counts = xp.sum(xp.astype(xp.sum(resp, axis=(2, 3)), wide), axis=0)
-    sums = xp.astype(batch.engine.weighted_sum(resp), wide)
+    if margin:
+        # the same positions, seen through windows 2·margin larger
+        ph, pw = batch.padding
+        kh, kw = batch.kernel_shape
+        Xp = _pad(batch.X, (ph + margin, pw + margin), xp)
+        shape = (kh + 2 * margin, kw + 2 * margin)
+        engine = ENGINES[batch.method](Xp, shape, xp)
+    else:
+        engine = batch.engine
+    sums = xp.astype(engine.weighted_sum(resp), wide)
     if kernels_ndim == 3:
         sums = sums[:, 0, ...]
     # c(X) is large (−½‖X‖²): add it in the wide type

@@ -1,0 +1,179 @@
+"""Where images come from during a fit: one interface for every source.
+
+``ImageSource`` hides whether ``X`` is an in-memory array (any namespace), a
+NumPy memmap (read batch by batch, never whole), a re-iterable of batches, or
+a Dask array (statistics computed on the workers).  The estimator only asks a
+source for its batches, a few sampled images, and the statistics of a pass.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator
+
+from . import _checks
+from ._em import sufficient_statistics, window_statistics
+from ._xp import get_namespace, is_array_api_obj
+
+
+def _is_dask(X):
+    # never import dask ourselves: a Dask array implies dask is imported
+    module = sys.modules.get("dask.array")
+    return module is not None and isinstance(X, module.Array)
+
+
+class ImageSource:
+    """Batches of images ``(n, c, H, W)`` with the fit's validation applied.
+
+    Parameters
+    ----------
+    X : array, memmap, Dask array, or re-iterable of batches
+    batch_size : int or None
+        Images per batch for arrays; ``None`` is all at once.  An iterable's
+        own batches are used as they come.
+    """
+
+    def __init__(self, X, batch_size=None, name="X"):
+        self.batch_size = batch_size
+        self.kind = None
+        if _is_dask(X):
+            self.kind = "dask"
+            self.X = _checks.check_images(X, name)
+        elif is_array_api_obj(X):
+            self.kind = "array"
+            self.X = _checks.check_images(X, name)
+        elif isinstance(X, (list, tuple)) and X and is_array_api_obj(X[0]):
+            if X[0].ndim not in (3, 4):
+                raise ValueError(
+                    f"{name}: a list of batches must hold arrays of shape "
+                    "(n, c, H, W) or (n, H, W)"
+                )
+            self.kind = "iterable"
+            self.X = X
+        elif isinstance(X, (list, tuple)):
+            self.kind = "array"
+            self.X = _checks.check_images(_checks.as_array(X, name), name)
+        elif isinstance(X, Iterator):
+            raise TypeError(
+                f"{name} is a one-shot iterator, but EM reads the data once per "
+                "iteration; pass a re-iterable (a list of batches, or an object "
+                "whose __iter__ returns a fresh iterator)"
+            )
+        elif isinstance(X, Iterable):
+            self.kind = "iterable"
+            self.X = X
+        else:
+            raise TypeError(
+                f"{name} must be an array of images, a NumPy memmap, a Dask "
+                f"array or a re-iterable of batches, got {type(X).__name__}"
+            )
+        self._n = None
+        first = self._first_batch()
+        if first.ndim == 3:
+            first = first[:, None, ...]
+        self.xp, self.device = get_namespace(first)
+        self.n_channels = first.shape[1]
+        self.image_shape = tuple(first.shape[2:])
+        self.dtype_source = first.dtype
+
+    # -- shape ---------------------------------------------------------------
+    def _first_batch(self):
+        if self.kind in ("array", "dask"):
+            if self.X.shape[0] == 0:
+                raise ValueError("X contains no images; pass at least one image")
+            first = self.X[:1, ...]
+            return first.compute() if self.kind == "dask" else first
+        for batch in self.X:
+            batch = _checks.check_images(batch, "each batch of X")
+            return batch
+        raise ValueError("X contains no images; pass at least one image")
+
+    @property
+    def n_samples(self):
+        if self._n is None:
+            if self.kind in ("array", "dask"):
+                self._n = int(self.X.shape[0])
+            else:
+                self._n = sum(int(b.shape[0]) for b in self._iter_raw())
+        return self._n
+
+    # -- reading -------------------------------------------------------------
+    def _iter_raw(self):
+        for batch in self.X:
+            yield _checks.check_images(batch, "each batch of X")
+
+    def batches(self):
+        """Yield batches ``(n_b, c, H, W)``, each checked for shape."""
+        if self.kind == "iterable":
+            for batch in self._iter_raw():
+                if tuple(batch.shape[1:]) != (self.n_channels, *self.image_shape):
+                    raise ValueError(
+                        "every batch of X must have the same image shape "
+                        f"{(self.n_channels, *self.image_shape)}, got "
+                        f"{tuple(batch.shape[1:])}"
+                    )
+                yield batch
+            return
+        n = self.n_samples
+        step = n if self.batch_size is None else self.batch_size
+        for start in range(0, n, max(step, 1)):
+            yield self.X[start : start + step, ...]
+
+    def take(self, indices):
+        """Images at sorted global ``indices`` (host ints), same for any batching."""
+        xp = self.xp
+        if self.kind == "array":
+            if _is_numpy_like(self.X):
+                import numpy as np
+
+                return np.asarray(self.X[np.asarray(indices, dtype=np.intp)])
+            idx = xp.asarray(indices, dtype=xp.int64, device=self.device)
+            return xp.take(self.X, idx, axis=0)
+        if self.kind == "dask":
+            import numpy as np
+
+            return self.X[np.asarray(indices, dtype=np.intp)].compute()
+        wanted = list(indices)
+        out, pos, offset = [], 0, 0
+        for batch in self._iter_raw():
+            nb = batch.shape[0]
+            local = []
+            while pos < len(wanted) and wanted[pos] < offset + nb:
+                local.append(wanted[pos] - offset)
+                pos += 1
+            if local:
+                idx = xp.asarray(local, dtype=xp.int64, device=self.device)
+                out.append(xp.take(batch, idx, axis=0))
+            offset += nb
+            if pos == len(wanted):
+                break
+        return xp.concat(out, axis=0)
+
+    def statistics(
+        self, kernels, log_weights, padding, method, progress=None, margin=0
+    ):
+        """Exact statistics of one pass over all the images (SPEC §2).
+
+        ``margin > 0`` gives :func:`calm_np._em.window_statistics` instead.
+        """
+        kw = dict(log_weights=log_weights, padding=padding, method=method)
+        if margin:
+            kw["margin"] = margin
+        if self.kind == "dask":
+            from . import _dask
+
+            return _dask.statistics(self.X, kernels, **kw)
+        func = window_statistics if margin else sufficient_statistics
+        total = None
+        for batch in self.batches():
+            stats = func(batch, kernels, **kw)
+            total = stats if total is None else total + stats
+            if progress is not None:
+                progress(int(batch.shape[0]))
+        return total
+
+
+def _is_numpy_like(X):
+    import numpy as np
+
+    return isinstance(X, np.ndarray)

@@ -1,0 +1,147 @@
+"""Initial kernels and the re-seeding of starved or duplicate kernels.
+
+Randomness always comes from a host NumPy generator (``check_random_state``),
+so a seed gives the same kernels on every backend; the arrays it indexes stay
+on the caller's namespace and device.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from ._conv import Im2col
+from ._em import _pad
+
+INITS = ("kmeans++", "random_patches", "random")
+
+
+def check_random_state(seed):
+    """A ``numpy.random.RandomState`` from ``None``, an int or a generator."""
+    if seed is None:
+        return np.random.RandomState()
+    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+        if not 0 <= seed < 2**32:
+            raise ValueError(
+                f"random_state must be an int in [0, 2**32), got {seed}; pass "
+                "a smaller seed"
+            )
+        return np.random.RandomState(int(seed))
+    if isinstance(seed, np.random.RandomState):
+        return seed
+    if isinstance(seed, np.random.Generator):
+        return np.random.RandomState(seed.integers(2**32))
+    raise TypeError(
+        "random_state must be None, an int, a numpy RandomState or Generator, "
+        f"got {type(seed).__name__}"
+    )
+
+
+def sample_images(source, n_images, rng):
+    """Up to ``n_images`` images at random global positions (batching-free)."""
+    n = source.n_samples
+    m = min(n, n_images)
+    idx = np.sort(rng.choice(n, size=m, replace=False))
+    return source.take(idx)
+
+
+def sample_patches(images, padding, kernel_shape, n_patches, rng, xp, dtype):
+    """``n_patches`` random patches ``(p, c, kh, kw)`` of the padded images."""
+    images = xp.astype(images, dtype)
+    Xp = _pad(images, padding, xp)
+    m, c, Hp, Wp = Xp.shape
+    kh, kw = kernel_shape
+    which = rng.randint(m, size=n_patches)
+    ys = rng.randint(Hp - kh + 1, size=n_patches)
+    xs = rng.randint(Wp - kw + 1, size=n_patches)
+    patches = [
+        Xp[int(i), :, int(y) : int(y) + kh, int(x) : int(x) + kw]
+        for i, y, x in zip(which, ys, xs, strict=True)
+    ]
+    return xp.stack(patches, axis=0)
+
+
+def d2_sample(patches, n_new, rng, xp, centers=None):
+    """k-means++ seeding: pick ``n_new`` patches by D² sampling.
+
+    Distances are to ``centers`` (existing kernels, may be None) and to the
+    patches already picked.  The cumulative sum and the search run on the
+    device; one scalar per pick crosses to the host.
+    """
+    p = patches.shape[0]
+    flat = xp.reshape(patches, (p, -1))
+    sq = xp.sum(flat * flat, axis=1)
+
+    def dist2(center):
+        d = sq - 2.0 * (flat @ center) + xp.sum(center * center)
+        return xp.maximum(d, xp.zeros_like(d))
+
+    if centers is not None and centers.shape[0] > 0:
+        cflat = xp.reshape(centers, (centers.shape[0], -1))
+        d2 = xp.min(
+            sq[:, None]
+            - 2.0 * (flat @ xp.matrix_transpose(cflat))
+            + xp.sum(cflat * cflat, axis=1)[None, :],
+            axis=1,
+        )
+        d2 = xp.maximum(d2, xp.zeros_like(d2))
+        first = None
+    else:
+        first = int(rng.randint(p))
+        d2 = dist2(flat[first, ...])
+    chosen = [] if first is None else [first]
+    while len(chosen) < n_new:
+        cum = xp.cumulative_sum(d2)
+        total = float(cum[-1])
+        if not total > 0.0:  # every patch already a center: pick uniformly
+            idx = int(rng.randint(p))
+        else:
+            u = rng.uniform() * total
+            idx = min(int(xp.sum(xp.astype(cum < u, xp.int64))), p - 1)
+        chosen.append(idx)
+        d2 = xp.minimum(d2, dist2(flat[idx, ...]))
+    return xp.stack([patches[i, ...] for i in chosen], axis=0)
+
+
+def initial_kernels(init, images, n_kernels, padding, kernel_shape, rng, xp, dtype):
+    """Kernels ``(k, c, kh, kw)`` by ``init`` from a sample of images."""
+    n_cand = min(max(20 * n_kernels, 1000), 10000)
+    if init == "random":
+        sample = xp.astype(images, dtype)
+        scale = float(xp.std(sample))
+        scale = scale if scale > 0 else 1.0
+        c = images.shape[1]
+        host = rng.standard_normal((n_kernels, c, *kernel_shape)) * scale
+        return xp.asarray(host, dtype=dtype, device=_device(images))
+    patches = sample_patches(images, padding, kernel_shape, n_cand, rng, xp, dtype)
+    if init == "random_patches":
+        idx = rng.choice(patches.shape[0], size=n_kernels, replace=False)
+        return xp.stack([patches[int(i), ...] for i in idx], axis=0)
+    return d2_sample(patches, n_kernels, rng, xp)
+
+
+def similarity(kernels, max_shift, xp):
+    """Largest normalised correlation of each pair over small shifts.
+
+    ``sim[i, j] = max_{|s| <= max_shift} <μ_i, shift_s μ_j> / (‖μ_i‖ ‖μ_j‖)``
+    with the diagonal set to 0.  Two kernels on one pattern, or on shifted
+    copies of it, score near 1.
+    """
+    k = kernels.shape[0]
+    kh, kw = kernels.shape[2:]
+    sh, sw = min(max_shift, kh - 1), min(max_shift, kw - 1)
+    engine = Im2col(_pad(kernels, (sh, sw), xp), (kh, kw), xp)
+    corr = xp.max(xp.reshape(engine.correlate(kernels), (k, k, -1)), axis=2)
+    norms = xp.sqrt(xp.sum(kernels * kernels, axis=(1, 2, 3)))
+    denom = norms[:, None] * norms[None, :]
+    tiny = xp.finfo(kernels.dtype).tiny
+    sim = corr / xp.where(denom > tiny, denom, xp.ones_like(denom))
+    eye = xp.eye(k, dtype=xp.bool, device=_device(kernels))
+    return xp.where(eye, xp.zeros_like(sim), sim)
+
+
+def _device(x):
+    from ._xp import device_of
+
+    return device_of(x)
