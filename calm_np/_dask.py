@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import sys
 
-from ._em import sufficient_statistics
+import numpy as np
+
+from ._em import SufficientStatistics, sufficient_statistics
 from ._xp import get_namespace, is_array_api_obj, is_numpy_namespace
 
 __all__ = ["is_dask_array", "map_images", "statistics"]
@@ -86,9 +88,32 @@ def _chunk_namespace(X):
     return get_namespace(X._meta)[0]
 
 
+def _register_sizeof():
+    """Teach ``dask.sizeof`` the size of :class:`SufficientStatistics`.
+
+    Its default (``sys.getsizeof`` of the dataclass, ~50 bytes) would hide
+    the statistics from the scheduler's memory and transfer accounting.  Run
+    where Dask is already imported: in :func:`statistics` and in each task.
+    """
+    if _SIZEOF_REGISTERED:
+        return
+    from dask.sizeof import sizeof
+
+    @sizeof.register(SufficientStatistics)
+    def _sizeof_statistics(stats):
+        arrays = (stats.counts, stats.sums, stats.log_likelihood)
+        return 64 + sum(sizeof(a) for a in arrays)
+
+    _SIZEOF_REGISTERED.append(True)
+
+
+_SIZEOF_REGISTERED: list = []
+
+
 def _block_statistics(block, kernels, log_weights, padding, method, margin=0):
     # module-level and pure: workers pickle it by reference, and a retried
     # task recomputes exactly the same sums
+    _register_sizeof()
     kw = dict(log_weights=log_weights, padding=padding, method=method)
     if margin:
         from ._em import window_statistics
@@ -168,6 +193,7 @@ def statistics(
     import dask
 
     _check_images(X)
+    _register_sizeof()
     split_every = int(split_every)
     if split_every < 2:
         raise ValueError(f"split_every must be at least 2, got {split_every}")
@@ -179,8 +205,7 @@ def statistics(
     # result is also the answer for an array without images.
     empty = xp.zeros((0, *X.shape[1:]), dtype=X.dtype)
     nothing = _block_statistics(empty, kernels, log_weights, padding, method, margin)
-    blocks = list(X.to_delayed().ravel())
-    if X.shape[0] == 0 or not blocks:
+    if X.shape[0] == 0 or X.numblocks[0] == 0:
         return nothing
 
     # One key each for the kernels and weights: every chunk task depends on
@@ -190,18 +215,23 @@ def statistics(
     kernels_key = dask.delayed(kernels, pure=True)
     weights_key = None if log_weights is None else dask.delayed(log_weights, pure=True)
     token = dask.base.tokenize(X.name, kernels, log_weights, padding, method, margin)
-    parts = [
-        dask.delayed(_block_statistics, pure=True)(
-            block,
-            kernels_key,
-            weights_key,
-            padding,
-            method,
-            margin,
-            dask_key_name=f"calm_np-statistics-{token}-{i}",
-        )
-        for i, block in enumerate(blocks)
-    ]
+    # A blockwise map that keeps every axis (one statistics object per chunk
+    # as a 1x1x1(x1) "block") fuses with the layers that produce the chunk
+    # (reading it from disk, scaling it), so each chunk is read and reduced
+    # in one task and no scheduler decision can ship a chunk elsewhere.
+    # (With drop_axis, Dask keeps the read as a separate task.)
+    per_chunk = X.map_blocks(
+        _block_statistics,
+        kernels_key,
+        weights_key,
+        padding,
+        method,
+        margin,
+        chunks=((1,) * X.numblocks[0],) + ((1,),) * (X.ndim - 1),
+        meta=np.empty((0,) * X.ndim, dtype=object),
+        name=f"calm_np-statistics-{token}",
+    )
+    parts = list(per_chunk.to_delayed(optimize_graph=True).ravel())
     level = 0
     while len(parts) > 1:
         parts = [
@@ -261,19 +291,24 @@ def map_images(func, X, *args, n_features=None, dtype=None, kind="map", **kwargs
     payload = dask.delayed(_Payload(func), pure=False)
     args = [_as_key(a, xp, dask) for a in args]
     kwargs = {name: _as_key(a, xp, dask) for name, a in kwargs.items()}
-    options = dict(
-        drop_axis=list(range(1, X.ndim)), dtype=dtype, token=f"calm_np-{kind}"
+    # Same trick as in statistics: keep every axis (size 1 past the output)
+    # so the map fuses with the reading of its chunk, then slice them off.
+    width = 1 if n_features is None else int(n_features)
+    trailing = ((1,),) * (X.ndim - 2)
+    Y = X.map_blocks(
+        _apply_keepdims,
+        payload,
+        *args,
+        chunks=(X.chunks[0], (width,), *trailing),
+        dtype=dtype,
+        meta=meta_from_array(X._meta, X.ndim, dtype),
+        token=f"calm_np-{kind}",
+        **kwargs,
     )
-    if n_features is None:
-        options.update(chunks=(X.chunks[0],), meta=meta_from_array(X._meta, 1, dtype))
-    else:
-        n_features = int(n_features)
-        options.update(
-            new_axis=[1],
-            chunks=(X.chunks[0], (n_features,)),
-            meta=meta_from_array(X._meta, 2, dtype),
-        )
-    return X.map_blocks(_apply, payload, *args, **options, **kwargs)
+    index = (slice(None),) + (0,) * (X.ndim - 1)
+    if n_features is not None:
+        index = (slice(None), slice(None)) + (0,) * (X.ndim - 2)
+    return Y[index]
 
 
 class _Payload:
@@ -285,8 +320,10 @@ class _Payload:
         self.func = func
 
 
-def _apply(block, payload, *args, **kwargs):
-    return payload.func(block, *args, **kwargs)
+def _apply_keepdims(block, payload, *args, **kwargs):
+    out = payload.func(block, *args, **kwargs)
+    n_axes = block.ndim - out.ndim  # trailing axes of size 1 that Dask expects
+    return out[(...,) + (None,) * n_axes]
 
 
 def _as_key(a, xp, dask):

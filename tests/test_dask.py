@@ -23,6 +23,8 @@ da = pytest.importorskip("dask.array")
 dask = pytest.importorskip("dask")
 distributed = pytest.importorskip("distributed")
 
+from dask.utils import key_split  # noqa: E402
+
 import calm_np  # noqa: E402
 from calm_np import _dask  # noqa: E402
 from calm_np._xp import logsumexp  # noqa: E402
@@ -151,6 +153,80 @@ def _literals(task):
             if v is not None and not callable(v):
                 stack.append(v)
     return out
+
+
+class PlantedSource:
+    """Array-like images that pickle as their recipe, like a file on disk.
+
+    ``da.from_array`` over it gives chunks that a worker reads itself, the
+    way real data (zarr, HDF5, a memmap) reaches a cluster.
+    """
+
+    def __init__(self, n, seed=0, size=(12, 11)):
+        self.recipe = dict(n=n, seed=seed, size=size)
+        self._X = planted(n, size=size, seed=seed)[0]
+        self.shape, self.dtype, self.ndim = self._X.shape, self._X.dtype, 4
+
+    def __reduce__(self):
+        return (_rebuild_source, (self.recipe,))
+
+    def __getitem__(self, index):
+        return self._X[index]
+
+
+def _rebuild_source(recipe):
+    return PlantedSource(**recipe)
+
+
+def lazy_images(n, chunks, seed=0, size=(12, 11)):
+    source = PlantedSource(n, seed=seed, size=size)
+    meta = np.empty((0, 0, 0, 0))
+    Xd = da.from_array(source, (chunks, -1, -1, -1), meta=meta, name="planted")
+    return source._X, Xd
+
+
+def _graph_prefixes(collection_or_call):
+    """Key prefixes of the graph a computation hands to the scheduler."""
+    seen = set()
+
+    def inspecting_get(dsk, keys, **kwargs):
+        if hasattr(dsk, "__dask_graph__"):
+            dsk = dsk.__dask_graph__()
+        seen.update(key_split(k) for k in dict(dsk))
+        return dask.get(dsk, keys, **kwargs)
+
+    with dask.config.set(scheduler=inspecting_get):
+        collection_or_call()
+    return seen
+
+
+def test_statistics_read_and_reduce_each_chunk_in_one_task():
+    X, Xd = lazy_images(30, 4)
+    Xd = 0.5 * Xd + 1.0  # elementwise work on the chunks fuses too
+    _, _, init = planted(1)
+    expected = calm_np.sufficient_statistics(0.5 * X + 1.0, init)
+    out = {}
+    prefixes = _graph_prefixes(lambda: out.update(s=_dask.statistics(Xd, init)))
+    # no task yields an image chunk: reading, scaling and the statistics of a
+    # chunk are one task, so nothing but statistics can leave a worker
+    assert prefixes == {
+        "calm_np-statistics",  # read + scale + statistics, one task per chunk
+        "calm_np-sum",
+        "ndarray",  # the kernels, once
+        "original-planted",  # the recipe of the source, once
+    }
+    assert_statistics_equal(out["s"], expected)
+
+
+def test_map_images_reads_and_maps_each_chunk_in_one_task():
+    X, Xd = lazy_images(30, 4)
+    _, _, init = planted(1)
+    scores = _dask.map_images(_score, Xd, init, kind="score")
+    out = {}
+    prefixes = _graph_prefixes(lambda: out.update(s=scores.compute()))
+    assert "planted" not in prefixes  # no task yields an image chunk
+    assert "calm_np-score-getitem" in prefixes  # map and slice, fused
+    np.testing.assert_allclose(out["s"], _score(X, init), rtol=1e-12)
 
 
 def test_statistics_of_no_images_are_zero():
@@ -283,10 +359,23 @@ def client():
         cluster.close(timeout=30)
 
 
-def _outgoing_bytes(client):
-    return client.run(
-        lambda dask_worker: dask_worker.transfer_outgoing_bytes_total,
-    )
+def _clear_transfer_logs(client):
+    client.run(lambda dask_worker: dask_worker.transfer_outgoing_log.clear())
+
+
+def _transfers(client):
+    """What the workers sent since the logs were cleared: bytes and key names."""
+
+    def read(dask_worker):
+        return [(e["keys"], e["compressed"]) for e in dask_worker.transfer_outgoing_log]
+
+    nbytes, wire, prefixes = 0, 0, set()
+    for entries in client.run(read).values():
+        for keys, compressed in entries:
+            nbytes += sum(keys.values())
+            wire += compressed
+            prefixes.update(key_split(k) for k in keys)
+    return nbytes, wire, prefixes
 
 
 def _worker_chunk_counts(client, X):
@@ -306,24 +395,31 @@ def test_cluster_statistics_equal_in_memory(client):
     assert_statistics_equal(actual, expected)
 
 
-def test_cluster_moves_statistics_not_images(client):
-    # 8 chunks of 100 images, 627 KiB each, persisted on both workers
-    X, _, init = planted(800, size=(28, 28), kernel=(5, 5))
-    Xd = da.from_array(X, chunks=(100, -1, -1, -1)).persist()
-    distributed.wait(Xd, timeout=TIMEOUT)
-    assert len(_worker_chunk_counts(client, Xd)) == 2  # the data is spread
+@pytest.mark.parametrize("where", ["persisted", "read-on-workers"])
+def test_cluster_moves_statistics_not_images(client, where):
+    # 8 chunks of 100 images of 28x28, 627 KiB each
+    if where == "persisted":
+        X, _, init = planted(800, size=(28, 28), kernel=(5, 5))
+        Xd = da.from_array(X, chunks=(100, -1, -1, -1)).persist()
+        distributed.wait(Xd, timeout=TIMEOUT)
+        assert len(_worker_chunk_counts(client, Xd)) == 2  # the data is spread
+    else:
+        X, Xd = lazy_images(800, 100, size=(28, 28))
+        init = planted(1, kernel=(5, 5))[2]
     expected = calm_np.sufficient_statistics(X, init)
-    before = _outgoing_bytes(client)
+    _clear_transfer_logs(client)
     actual = run_bounded(_dask.statistics, Xd, init)
-    after = _outgoing_bytes(client)
-    moved = sum(after.values()) - sum(before.values())
+    nbytes, wire, prefixes = _transfers(client)
     assert_statistics_equal(actual, expected)
-    # at most: every chunk's statistics, the total, and the kernels to each
-    # worker; pickling adds a few hundred bytes per message
+    # only statistics, the kernels and the source's recipe left a worker
+    allowed = {"calm_np-statistics", "calm_np-sum", "ndarray", "original-planted"}
+    assert prefixes <= allowed, prefixes
+    # at most every chunk's statistics, the total, and the kernels and the
+    # recipe to each worker; messages add a few hundred bytes of framing each
     stats_bytes = actual.counts.nbytes + actual.sums.nbytes + 8
-    bound = (8 + 1) * (stats_bytes + 1024) + 2 * (init.nbytes + 1024)
-    chunk_bytes = X[:100].nbytes
-    assert 0 < moved <= bound < chunk_bytes / 10, (moved, bound)
+    bound = (8 + 1) * (stats_bytes + 1024) + 2 * (init.nbytes + 2 * 1024)
+    assert 0 < nbytes <= bound and 0 < wire <= bound, (nbytes, wire, bound)
+    assert bound < X[:100].nbytes / 10  # a chunk of images could not hide in it
 
 
 class KillOnce(distributed.diagnostics.plugin.SchedulerPlugin):
@@ -346,7 +442,7 @@ class KillOnce(distributed.diagnostics.plugin.SchedulerPlugin):
     def transition(self, key, start, finish, *args, **kwargs):
         if self.killed or finish != "memory":
             return
-        if not str(key).startswith("calm_np-statistics"):
+        if key_split(key) != "calm_np-statistics":
             return
         self.seen += 1
         if self.seen < self.after:
