@@ -12,6 +12,7 @@ import operator
 from ._xp import default_float, is_array_api_obj, logsumexp
 
 METHODS = ("auto", "im2col", "fft")
+LATENTS = ("image", "patch")
 
 
 def as_array(a, name):
@@ -106,6 +107,12 @@ def check_method(method, xp=None):
             "this one has none, use method='im2col' or 'auto'"
         )
     return method
+
+
+def check_latent(latent):
+    if latent not in LATENTS:
+        raise ValueError(f"latent must be one of {LATENTS}, got {latent!r}")
+    return latent
 
 
 def check_images(X, name="X"):

@@ -117,7 +117,7 @@ class ImageSource:
         n = self.n_samples
         step = n if self.batch_size is None else self.batch_size
         for start in range(0, n, max(step, 1)):
-            yield self.X[start : start + step, ...]
+            yield self.X[start : min(start + step, n), ...]
 
     def take(self, indices):
         """Images at sorted global ``indices`` (host ints), same for any batching."""
@@ -150,13 +150,22 @@ class ImageSource:
         return xp.concat(out, axis=0)
 
     def statistics(
-        self, kernels, log_weights, padding, method, progress=None, margin=0
+        self,
+        kernels,
+        log_weights,
+        padding,
+        method,
+        progress=None,
+        margin=0,
+        latent="image",
     ):
         """Exact statistics of one pass over all the images (SPEC §2).
 
         ``margin > 0`` gives :func:`calm_np._em.window_statistics` instead.
         """
         kw = dict(log_weights=log_weights, padding=padding, method=method)
+        if latent != "image":
+            kw["latent"] = latent
         if margin:
             kw["margin"] = margin
         if self.kind == "dask":

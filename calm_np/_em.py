@@ -15,6 +15,12 @@ For an image ``X`` zero-padded to ``Xp`` (``P = c·Hp·Wp`` pixels) and
 
 so the posterior is a softmax of a convolution layer's output and the
 log-likelihood is its logsumexp plus ``c(X)``.
+
+``latent="patch"`` (ours, SPEC §1) instead draws *every* patch ``x_u`` from
+``Σ_k π_k N(μ_k, I)``: the posterior is a softmax over ``k`` at each position
+and the objective is the pseudo-log-likelihood
+``Σ_u (logsumexp_k A[k, u] − ½‖x_u‖² − (D/2) log 2π)``.  The engines and the
+M-step are shared; only the normalisation differs.
 """
 
 from __future__ import annotations
@@ -35,7 +41,8 @@ __all__ = [
     "sufficient_statistics",
 ]
 
-_MAP_AXES = (1, 2, 3)  # (k, Ho, Wo): the latent (kernel, position) pairs
+# axes a posterior is normalised over: (k, Ho, Wo) per image, or k per patch
+_LATENT_AXES = {"image": (1, 2, 3), "patch": (1,)}
 
 
 def _pad(X, padding, xp):
@@ -62,7 +69,9 @@ def _device(x):
 class _Batch:
     """A validated batch of images with kernels, weights and an engine."""
 
-    def __init__(self, X, kernels, log_weights, padding, method):
+    def __init__(self, X, kernels, log_weights, padding, method, latent="image"):
+        _checks.check_latent(latent)
+        self.latent = latent
         X = _checks.as_array(X, "X")
         kernels = _checks.as_array(kernels, "kernels")
         if log_weights is not None:
@@ -104,6 +113,25 @@ class _Batch:
         bias = -0.5 * xp.sum(M * M, axis=(1, 2, 3)) + self.log_weights
         return self.engine.correlate(M) + bias[None, :, None, None]
 
+    def log_normalizer(self, A):
+        """``logsumexp`` of ``A`` over the latent axes (keepdims)."""
+        return logsumexp(A, axis=_LATENT_AXES[self.latent], keepdims=True)
+
+    def log_likelihood(self, log_norm, wide=None):
+        """Per-image objective from the normaliser: ``log p(X_n)``, or the
+        pseudo-log-likelihood for ``latent="patch"``; in ``wide`` if given."""
+        xp = self.xp
+        cast = (lambda a: a) if wide is None else (lambda a: xp.astype(a, wide))
+        if self.latent == "image":
+            # c(X) is large (−½‖X‖²): add it in the wide type
+            return cast(log_norm[:, 0, 0, 0]) + cast(self.log_const())
+        c, (kh, kw) = self.X.shape[1], self.kernel_shape
+        D = c * kh * kw
+        per_patch = cast(log_norm[:, 0, ...]) - 0.5 * cast(self.patch_sq_norms())
+        return xp.sum(per_patch, axis=(1, 2)) - 0.5 * D * LOG_2PI * (
+            per_patch.shape[1] * per_patch.shape[2]
+        )
+
     def log_const(self):
         """``c(X)`` per image, ``(n,)``."""
         xp = self.xp
@@ -114,8 +142,30 @@ class _Batch:
         const = -0.5 * c * Hp * Wp * LOG_2PI - math.log(n_pos)
         return -0.5 * xp.sum(self.X * self.X, axis=(1, 2, 3)) + const
 
+    def patch_sq_norms(self):
+        """``‖x_u‖²`` of every patch, ``(n, Ho, Wo)``, by an integral image.
 
-def log_joint(X, kernels, *, log_weights=None, padding=0, method="auto"):
+        Summed in the wide float type: the differences of cumulative sums
+        would lose digits in float32.
+        """
+        xp = self.xp
+        wide = wide_float(xp, self.device)
+        sq = xp.sum(xp.astype(self.X, wide) ** 2, axis=1)  # (n, H, W)
+        Xp = _pad(sq[:, None, ...], self.padding, xp)[:, 0, ...]
+        n, Hp, Wp = Xp.shape
+        kh, kw = self.kernel_shape
+        zeros_row = xp.zeros((n, 1, Wp), dtype=wide, device=self.device)
+        cum = xp.cumulative_sum(xp.concat([zeros_row, Xp], axis=1), axis=1)
+        zeros_col = xp.zeros((n, Hp + 1, 1), dtype=wide, device=self.device)
+        cum = xp.cumulative_sum(xp.concat([zeros_col, cum], axis=2), axis=2)
+        Ho, Wo = Hp - kh + 1, Wp - kw + 1
+        box = cum[:, kh:, kw:] - cum[:, :Ho, kw:] - cum[:, kh:, :Wo] + cum[:, :Ho, :Wo]
+        return xp.astype(xp.maximum(box, xp.zeros_like(box)), self.dtype)
+
+
+def log_joint(
+    X, kernels, *, log_weights=None, padding=0, method="auto", latent="image"
+):
     r"""Log joint ``A[n, k, u]`` of kernel ``k`` at position ``u`` (up to ``c(X)``).
 
     :math:`A_{nku} = (X_n \star \mu_k)_u - \tfrac12\|\mu_k\|^2 + \log\pi_k`
@@ -133,6 +183,10 @@ def log_joint(X, kernels, *, log_weights=None, padding=0, method="auto"):
         Zeros added on each side of the image (rows, columns).
     method : {"auto", "im2col", "fft"}, default="auto"
         Engine; ``"auto"`` picks the cheaper one from the shapes.
+    latent : {"image", "patch"}, default="image"
+        One (kernel, position) per image (the paper), or every patch an
+        independent draw from the mixture.  ``log_joint`` is the same for
+        both; ``posterior``, ``log_likelihood`` and the statistics differ.
 
     Returns
     -------
@@ -144,10 +198,12 @@ def log_joint(X, kernels, *, log_weights=None, padding=0, method="auto"):
     Tested on NumPy, array-api-strict (with and without fft), PyTorch (CPU)
     and, on a machine with a GPU, CuPy.
     """
-    return _Batch(X, kernels, log_weights, padding, method).log_joint()
+    return _Batch(X, kernels, log_weights, padding, method, latent).log_joint()
 
 
-def posterior(X, kernels, *, log_weights=None, padding=0, method="auto"):
+def posterior(
+    X, kernels, *, log_weights=None, padding=0, method="auto", latent="image"
+):
     r"""Posterior ``γ[n, k, u] = p(Z=k, U=u | X_n)``, summing to 1 per image.
 
     :math:`\gamma_{nku} = \exp(A_{nku}) / \sum_{k'u'} \exp(A_{nk'u'})`
@@ -158,12 +214,14 @@ def posterior(X, kernels, *, log_weights=None, padding=0, method="auto"):
     -------
     posterior : array of shape (n_samples, n_kernels, Ho, Wo)
     """
-    batch = _Batch(X, kernels, log_weights, padding, method)
+    batch = _Batch(X, kernels, log_weights, padding, method, latent)
     A = batch.log_joint()
-    return batch.xp.exp(A - logsumexp(A, axis=_MAP_AXES, keepdims=True))
+    return batch.xp.exp(A - batch.log_normalizer(A))
 
 
-def log_likelihood(X, kernels, *, log_weights=None, padding=0, method="auto"):
+def log_likelihood(
+    X, kernels, *, log_weights=None, padding=0, method="auto", latent="image"
+):
     r"""Exact log-likelihood ``log p(X_n)`` in nats, one value per image.
 
     :math:`\log p(X_n) = \operatorname{logsumexp}_{k,u} A_{nku} + c(X_n)`,
@@ -175,8 +233,8 @@ def log_likelihood(X, kernels, *, log_weights=None, padding=0, method="auto"):
     -------
     log_likelihood : array of shape (n_samples,)
     """
-    batch = _Batch(X, kernels, log_weights, padding, method)
-    return logsumexp(batch.log_joint(), axis=_MAP_AXES) + batch.log_const()
+    batch = _Batch(X, kernels, log_weights, padding, method, latent)
+    return batch.log_likelihood(batch.log_normalizer(batch.log_joint()))
 
 
 @dataclass(frozen=True)
@@ -223,14 +281,16 @@ class SufficientStatistics:
         """
         xp = get_namespace(self.counts)[0]
         denom = self.counts + reg_kernels
-        tiny = xp.finfo(denom.dtype).tiny
+        tiny = xp.finfo(denom.dtype).smallest_normal
         ok = denom > tiny * 1e3
         safe = xp.where(ok, denom, xp.ones_like(denom))
         shape = (-1,) + (1,) * (self.sums.ndim - 1)
         return self.sums / xp.reshape(safe, shape), ok
 
 
-def sufficient_statistics(X, kernels, *, log_weights=None, padding=0, method="auto"):
+def sufficient_statistics(
+    X, kernels, *, log_weights=None, padding=0, method="auto", latent="image"
+):
     r"""EM sufficient statistics of a batch: ``N_k``, ``S_k`` and ``Σ log p(X_n)``.
 
     :math:`N_k = \sum_{n,u}\gamma_{nku},\quad
@@ -245,12 +305,19 @@ def sufficient_statistics(X, kernels, *, log_weights=None, padding=0, method="au
     -------
     stats : SufficientStatistics
     """
-    batch = _Batch(X, kernels, log_weights, padding, method)
+    batch = _Batch(X, kernels, log_weights, padding, method, latent)
     return _statistics(batch, kernels_ndim=_checks.as_array(kernels, "k").ndim)
 
 
 def window_statistics(
-    X, kernels, *, log_weights=None, padding=0, method="auto", margin=0
+    X,
+    kernels,
+    *,
+    log_weights=None,
+    padding=0,
+    method="auto",
+    latent="image",
+    margin=0,
 ):
     """:func:`sufficient_statistics` with ``S_k`` over windows enlarged by ``margin``.
 
@@ -260,7 +327,7 @@ def window_statistics(
     results for the kernel moved by up to ``margin`` pixels; the estimator
     uses them to re-centre kernels that settled on a shifted pattern.
     """
-    batch = _Batch(X, kernels, log_weights, padding, method)
+    batch = _Batch(X, kernels, log_weights, padding, method, latent)
     return _statistics(batch, margin=margin)
 
 
@@ -268,7 +335,7 @@ def _statistics(batch, kernels_ndim=4, margin=0):
     xp = batch.xp
     wide = wide_float(xp, batch.device)
     A = batch.log_joint()
-    log_norm = logsumexp(A, axis=_MAP_AXES, keepdims=True)
+    log_norm = batch.log_normalizer(A)
     resp = xp.exp(A - log_norm)
     counts = xp.sum(xp.astype(xp.sum(resp, axis=(2, 3)), wide), axis=0)
     if margin:
@@ -283,8 +350,5 @@ def _statistics(batch, kernels_ndim=4, margin=0):
     sums = xp.astype(engine.weighted_sum(resp), wide)
     if kernels_ndim == 3:
         sums = sums[:, 0, ...]
-    # c(X) is large (−½‖X‖²): add it in the wide type
-    ll = xp.sum(
-        xp.astype(log_norm[:, 0, 0, 0], wide) + xp.astype(batch.log_const(), wide)
-    )
+    ll = xp.sum(batch.log_likelihood(log_norm, wide))
     return SufficientStatistics(counts, sums, ll, batch.X.shape[0])

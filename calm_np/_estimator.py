@@ -133,11 +133,18 @@ class ConvolutionalMixture:
         ``True`` return value stops the fit.
     features : {"log_joint", "log_posterior", "posterior"}, default="log_joint"
         What :meth:`transform` returns per kernel and pooling cell:
-        ``logsumexp_u A[k, u]`` (the paper's ``log p(Z=k, X) - c(X)``), that
-        normalised over kernels (``log p(Z=k | X)``), or its exponential.
+        ``logsumexp_u A[k, u]`` over the cell (the paper's image-wide
+        ``log p(Z=k, X) − c(X)`` when ``pooling=1``), the log of the posterior
+        mass in the cell (``log p(Z=k, U∈cell | X)``; with
+        ``latent="patch"``, the log expected count of patches of kernel
+        ``k`` in the cell), or that mass itself.
     pooling : int or (int, int), default=1
         Grid of pooling cells over the positions: ``transform`` returns
         ``n_kernels * ph * pw`` features, each cell's logsumexp.
+    latent : {"image", "patch"}, default="image"
+        One (kernel, position) per image (the paper), or every patch drawn
+        from the mixture (EM for an identity-covariance Gaussian mixture over
+        all patches; the objective is the pseudo-log-likelihood).
 
     Attributes
     ----------
@@ -180,6 +187,7 @@ class ConvolutionalMixture:
         callback=None,
         features="log_joint",
         pooling=1,
+        latent="image",
     ):
         self.n_kernels = n_kernels
         self.kernel_size = kernel_size
@@ -198,6 +206,7 @@ class ConvolutionalMixture:
         self.callback = callback
         self.features = features
         self.pooling = pooling
+        self.latent = latent
 
     # -- scikit-learn protocol -----------------------------------------------
     @classmethod
@@ -280,6 +289,7 @@ class ConvolutionalMixture:
         if self.batch_size is not None:
             integer("batch_size", 1)
         _checks.check_method(self.method)
+        _checks.check_latent(self.latent)
         if isinstance(self.init, str):
             if self.init not in INITS:
                 raise ValueError(
@@ -430,6 +440,8 @@ class ConvolutionalMixture:
         if not isinstance(self.init, str):
             return self._check_init_array(source, kernel_size, dtype)
         images = sample_images(source, max(1000, 4 * self.n_kernels), rng)
+        # the sample is checked like every batch: same message, no warnings
+        _checks.check_finite(source.xp.astype(images, dtype), "X", source.xp)
         return initial_kernels(
             self.init,
             images,
@@ -466,7 +478,13 @@ class ConvolutionalMixture:
         if bar is not None:
             bar.reset(total=source.n_samples)
         return source.statistics(
-            kernels, log_w, padding, self.method, progress, margin=margin
+            kernels,
+            log_w,
+            padding,
+            self.method,
+            progress,
+            margin=margin,
+            latent=self.latent,
         )
 
     def _run_em(self, source, kernels, log_w, padding, rng, run):
@@ -667,7 +685,9 @@ class ConvolutionalMixture:
             kernels = xp.asarray(self.kernels_, dtype=dtype, device=source.device)
             weights = xp.asarray(self.weights_, dtype=dtype, device=source.device)
             online = self._online
-        stats = source.statistics(kernels, xp.log(weights), padding, self.method)
+        stats = source.statistics(
+            kernels, xp.log(weights), padding, self.method, latent=self.latent
+        )
         n = stats.n_samples
         if online is None:
             counts, sums, n_seen, t = stats.counts / n, stats.sums / n, n, 0
@@ -734,8 +754,8 @@ class ConvolutionalMixture:
 
         ``n_features = n_kernels * ph * pw`` for ``pooling=(ph, pw)``; each
         is a logsumexp of the log joint ``A[k, u]`` over a cell of positions
-        (``features="log_joint"``), normalised over kernels and cells
-        (``"log_posterior"``), or the posterior mass (``"posterior"``).
+        (``features="log_joint"``), the log posterior mass of the cell
+        (``"log_posterior"``), or that mass (``"posterior"``).
         """
         source = self._batches(X)
         self._check_params()
@@ -760,10 +780,12 @@ class ConvolutionalMixture:
         A = log_joint(
             batch, kernels, log_weights=log_w, padding=self.padding_, method=self.method
         )
-        feats = _pool(A, _checks.check_padding(self.pooling), xp)
+        grid = _checks.check_padding(self.pooling)
         if self.features == "log_joint":
-            return feats
-        log_post = feats - logsumexp(feats, axis=1, keepdims=True)
+            return _pool(A, grid, xp)
+        # log of the posterior mass in each (kernel, cell) under the latent
+        axes = (1, 2, 3) if self.latent == "image" else (1,)
+        log_post = _pool(A - logsumexp(A, axis=axes, keepdims=True), grid, xp)
         return log_post if self.features == "log_posterior" else xp.exp(log_post)
 
     def fit_transform(self, X, y=None):
@@ -826,20 +848,22 @@ class ConvolutionalMixture:
         import zipfile
 
         try:
-            with np.load(path, allow_pickle=False) as data:
-                names = set(data.files)
-                if not {"header", "kernels", "weights"} <= names:
-                    raise ValueError(
-                        f"{path} is not a calm_np model file (missing arrays); "
-                        "write models with ConvolutionalMixture.save"
-                    )
-                header = json.loads(bytes(data["header"]).decode("utf-8"))
-                kernels = data["kernels"]
-                weights = data["weights"]
-                bounds = data["lower_bounds"] if "lower_bounds" in names else None
-        except (zipfile.BadZipFile, EOFError, OSError) as exc:
-            if isinstance(exc, FileNotFoundError):
-                raise
+            with open(path, "rb") as fh:
+                if fh.read(4) != b"PK\x03\x04":
+                    raise zipfile.BadZipFile("no zip signature")
+                fh.seek(0)
+                with np.load(fh, allow_pickle=False) as data:
+                    names = set(data.files)
+                    if not {"header", "kernels", "weights"} <= names:
+                        raise ValueError(
+                            f"{path} is not a calm_np model file (missing "
+                            "arrays); write models with ConvolutionalMixture.save"
+                        )
+                    header = json.loads(bytes(data["header"]).decode("utf-8"))
+                    kernels = data["kernels"]
+                    weights = data["weights"]
+                    bounds = data["lower_bounds"] if "lower_bounds" in names else None
+        except (zipfile.BadZipFile, EOFError) as exc:
             raise ValueError(
                 f"{path} is truncated or not an .npz file ({exc}); save the model again"
             ) from exc

@@ -135,7 +135,7 @@ def similarity(kernels, max_shift, xp):
     corr = xp.max(xp.reshape(engine.correlate(kernels), (k, k, -1)), axis=2)
     norms = xp.sqrt(xp.sum(kernels * kernels, axis=(1, 2, 3)))
     denom = norms[:, None] * norms[None, :]
-    tiny = xp.finfo(kernels.dtype).tiny
+    tiny = xp.finfo(kernels.dtype).smallest_normal
     sim = corr / xp.where(denom > tiny, denom, xp.ones_like(denom))
     eye = xp.eye(k, dtype=xp.bool, device=_device(kernels))
     return xp.where(eye, xp.zeros_like(sim), sim)

@@ -87,3 +87,37 @@ def statistics_loop(X, kernels, log_weights=None, padding=0):
                 for x in range(Wo):
                     S[j] += resp[i, j, y, x] * Xp[i, :, y : y + kh, x : x + kw]
     return resp.sum(axis=(0, 2, 3)), S, log_px.sum()
+
+
+def patch_mixture(X, kernels, log_weights=None, padding=0):
+    """latent="patch": each im2col patch under Σ_k π_k N(μ_k, I), by scipy.
+
+    Returns the per-image pseudo-log-likelihood ``(n,)``, the per-position
+    posterior ``(n, k, Ho, Wo)`` and the statistics (N_k, S_k, Σ).
+    """
+    Xp = pad(X, padding)
+    M = as4d(kernels)
+    n, c, Hp, Wp = Xp.shape
+    k, _, kh, kw = M.shape
+    if log_weights is None:
+        log_weights = np.full(k, -np.log(k))
+    Ho, Wo = Hp - kh + 1, Wp - kw + 1
+    D = c * kh * kw
+    patches = np.empty((n, Ho, Wo, D))
+    for y in range(Ho):
+        for x in range(Wo):
+            patches[:, y, x] = Xp[:, :, y : y + kh, x : x + kw].reshape(n, D)
+    flat = patches.reshape(-1, D)
+    log_comp = np.stack(
+        [
+            np.atleast_1d(multivariate_normal(M[j].ravel(), np.eye(D)).logpdf(flat))
+            + log_weights[j]
+            for j in range(k)
+        ],
+        axis=1,
+    ).reshape(n, Ho, Wo, k)
+    log_px = logsumexp(log_comp, axis=3)  # (n, Ho, Wo)
+    resp = np.exp(log_comp - log_px[..., None]).transpose(0, 3, 1, 2)
+    counts = resp.sum(axis=(0, 2, 3))
+    sums = np.einsum("nkyx,nyxd->kd", resp, patches).reshape(M.shape)
+    return log_px.sum(axis=(1, 2)), resp, (counts, sums, log_px.sum())

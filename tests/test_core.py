@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from _helpers import assert_close, check_array_like, make_data, problems
-from _oracle import brute_force, log_joint_loop, statistics_loop
+from _oracle import brute_force, log_joint_loop, patch_mixture, statistics_loop
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -501,3 +501,47 @@ def _check_fft_refused(X, M, Xs, Ms):
         calm_np.log_joint(Xs, Ms, method="fft")
     # auto falls back to im2col
     assert_close(calm_np.log_joint(Xs, Ms), log_joint_loop(X, M))
+
+
+# latent="patch": every patch an independent draw from the mixture ----------------
+
+
+@given(p=problems(max_hw=6, max_kernel=3))
+def test_patch_latent_matches_brute_force_patch_mixture(backend, p):
+    X, M, log_w = make_data(p)
+    pseudo_ll, resp, (counts, sums, total) = patch_mixture(X, M, log_w, p["padding"])
+    lw = None if log_w is None else backend.asarray(log_w)
+    for method in _methods(backend):
+        kw = dict(log_weights=lw, padding=p["padding"], method=method, latent="patch")
+        Xb, Mb = backend.asarray(X), backend.asarray(M)
+        assert_close(calm_np.log_likelihood(Xb, Mb, **kw), pseudo_ll)
+        post = calm_np.posterior(Xb, Mb, **kw)
+        assert_close(post, resp)
+        np.testing.assert_allclose(to_numpy(post).sum(axis=1), 1.0, rtol=1e-12)
+        s = calm_np.sufficient_statistics(Xb, Mb, **kw)
+        assert_close(s.counts, counts)
+        assert_close(s.sums, sums)
+        assert_close(s.log_likelihood, total)
+
+
+@given(p=problems(max_hw=9, max_kernel=5))
+def test_patch_latent_engines_agree_in_float32(fft_backend, p):
+    X, M, _ = make_data(p)
+    _, _, (counts, sums, total) = patch_mixture(X, M, None, p["padding"])
+    for method in ("im2col", "fft"):
+        s = calm_np.sufficient_statistics(
+            fft_backend.asarray(X, "float32"),
+            fft_backend.asarray(M, "float32"),
+            padding=p["padding"],
+            method=method,
+            latent="patch",
+        )
+        assert_close(s.counts, counts, dtype="float32")
+        assert_close(s.sums, sums, dtype="float32")
+        assert_close(s.log_likelihood, total, dtype="float32", rtol=1e-5)
+
+
+def test_unknown_latent_is_refused():
+    X, M = _good()
+    with pytest.raises(ValueError, match="latent must be one of .'image', 'patch'."):
+        calm_np.posterior(X, M, latent="pixel")
