@@ -53,6 +53,13 @@ class ImageSource:
         elif isinstance(X, (list, tuple)):
             self.kind = "array"
             self.X = _checks.check_images(_checks.as_array(X, name), name)
+        elif _is_lazy_array(X):
+            # array-like read by slices (e.g. calm_np.datasets' STL-10 memmap):
+            # each batch is converted when it is read, never the whole
+            self.kind = "lazy"
+            if len(X.shape) not in (3, 4):
+                _checks.check_images(X[:1], name)  # the usual shape error
+            self.X = X
         elif isinstance(X, Iterator):
             raise TypeError(
                 f"{name} is a one-shot iterator, but EM reads the data once per "
@@ -78,10 +85,10 @@ class ImageSource:
 
     # -- shape ---------------------------------------------------------------
     def _first_batch(self):
-        if self.kind in ("array", "dask"):
+        if self.kind in ("array", "dask", "lazy"):
             if self.X.shape[0] == 0:
                 raise ValueError("X contains no images; pass at least one image")
-            first = self.X[:1, ...]
+            first = self._slice(0, 1)
             return first.compute() if self.kind == "dask" else first
         for batch in self.X:
             batch = _checks.check_images(batch, "each batch of X")
@@ -91,7 +98,7 @@ class ImageSource:
     @property
     def n_samples(self):
         if self._n is None:
-            if self.kind in ("array", "dask"):
+            if self.kind in ("array", "dask", "lazy"):
                 self._n = int(self.X.shape[0])
             else:
                 self._n = sum(int(b.shape[0]) for b in self._iter_raw())
@@ -117,11 +124,21 @@ class ImageSource:
         n = self.n_samples
         step = n if self.batch_size is None else self.batch_size
         for start in range(0, n, max(step, 1)):
-            yield self.X[start : min(start + step, n), ...]
+            yield self._slice(start, min(start + step, n))
+
+    def _slice(self, start, stop):
+        if self.kind == "lazy":
+            return _checks.check_images(_checks.as_array(self.X[start:stop], "X"))
+        return self.X[start:stop, ...]
 
     def take(self, indices):
         """Images at sorted global ``indices`` (host ints), same for any batching."""
         xp = self.xp
+        if self.kind == "lazy":
+            import numpy as np
+
+            rows = self.X[np.asarray(indices, dtype=np.intp)]
+            return _checks.check_images(_checks.as_array(rows, "X"))
         if self.kind == "array":
             if _is_numpy_like(self.X):
                 import numpy as np
@@ -180,6 +197,16 @@ class ImageSource:
             if progress is not None:
                 progress(int(batch.shape[0]))
         return total
+
+
+def _is_lazy_array(X):
+    """Sliceable with a shape but no array-API namespace (read batch-wise)."""
+    shape = getattr(X, "shape", None)
+    return (
+        isinstance(shape, tuple)
+        and hasattr(X, "__getitem__")
+        and not isinstance(X, (str, bytes))
+    )
 
 
 def _is_numpy_like(X):

@@ -31,7 +31,7 @@ from typing import Any
 
 from . import _checks
 from ._conv import ENGINES, choose_method
-from ._xp import LOG_2PI, get_namespace, logsumexp, wide_float
+from ._xp import LOG_2PI, device_of, get_namespace, logsumexp, wide_float
 
 __all__ = [
     "SufficientStatistics",
@@ -50,7 +50,7 @@ def _pad(X, padding, xp):
     if ph == 0 and pw == 0:
         return X
     n, c, H, W = X.shape
-    kw = {"dtype": X.dtype, "device": _device(X)}
+    kw = {"dtype": X.dtype, "device": device_of(X)}
     if pw:
         side = xp.zeros((n, c, H, pw), **kw)
         X = xp.concat([side, X, side], axis=3)
@@ -58,12 +58,6 @@ def _pad(X, padding, xp):
         top = xp.zeros((n, c, ph, W + 2 * pw), **kw)
         X = xp.concat([top, X, top], axis=2)
     return X
-
-
-def _device(x):
-    from ._xp import device_of
-
-    return device_of(x)
 
 
 class _Batch:

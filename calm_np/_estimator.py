@@ -30,7 +30,7 @@ from ._init import (
     sample_patches,
     similarity,
 )
-from ._xp import get_namespace, logsumexp, to_numpy
+from ._xp import device_of, get_namespace, logsumexp, to_numpy
 
 __all__ = [
     "ConvergenceWarning",
@@ -580,7 +580,7 @@ class ConvolutionalMixture:
                 w = to_numpy(xp.exp(log_w)).astype(np.float64)
                 w[bad] = 1.0 / k
                 log_w = xp.asarray(
-                    np.log(w / w.sum()), dtype=kernels.dtype, device=_device(kernels)
+                    np.log(w / w.sum()), dtype=kernels.dtype, device=device_of(kernels)
                 )
         if bool(xp.all(new == kernels)):
             return None
@@ -971,9 +971,3 @@ def _same(a, b):
         return bool(a == b)
     except (TypeError, ValueError):
         return a is b
-
-
-def _device(x):
-    from ._xp import device_of
-
-    return device_of(x)

@@ -13,6 +13,7 @@ import numpy as np
 
 from ._conv import Im2col
 from ._em import _pad
+from ._xp import device_of
 
 INITS = ("kmeans++", "random_patches", "random")
 
@@ -113,7 +114,7 @@ def initial_kernels(init, images, n_kernels, padding, kernel_shape, rng, xp, dty
         scale = scale if scale > 0 else 1.0
         c = images.shape[1]
         host = rng.standard_normal((n_kernels, c, *kernel_shape)) * scale
-        return xp.asarray(host, dtype=dtype, device=_device(images))
+        return xp.asarray(host, dtype=dtype, device=device_of(images))
     patches = sample_patches(images, padding, kernel_shape, n_cand, rng, xp, dtype)
     if init == "random_patches":
         idx = rng.choice(patches.shape[0], size=n_kernels, replace=False)
@@ -137,11 +138,5 @@ def similarity(kernels, max_shift, xp):
     denom = norms[:, None] * norms[None, :]
     tiny = xp.finfo(kernels.dtype).smallest_normal
     sim = corr / xp.where(denom > tiny, denom, xp.ones_like(denom))
-    eye = xp.eye(k, dtype=xp.bool, device=_device(kernels))
+    eye = xp.eye(k, dtype=xp.bool, device=device_of(kernels))
     return xp.where(eye, xp.zeros_like(sim), sim)
-
-
-def _device(x):
-    from ._xp import device_of
-
-    return device_of(x)

@@ -144,7 +144,18 @@ def test_memmap_and_iterable_give_the_same_model(tmp_path):
             return iter(X[i : i + 9] for i in range(0, 25, 9))
 
     from_obj = fit_quiet(quiet(**params), Reiterable())
-    for other in (from_mm, from_it, from_obj):
+
+    class Sliceable:  # e.g. calm_np.datasets' STL-10 images: read by slices
+        shape, dtype, ndim = X.shape, X.dtype, X.ndim
+
+        def __len__(self):
+            return len(X)
+
+        def __getitem__(self, key):
+            return X[key]
+
+    from_lazy = fit_quiet(quiet(**params), Sliceable())
+    for other in (from_mm, from_it, from_obj, from_lazy):
         np.testing.assert_allclose(other.kernels_, ref.kernels_, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(other.lower_bounds_, ref.lower_bounds_, rtol=1e-12)
 
