@@ -220,7 +220,7 @@ def main(argv=None):
         threads_per_worker=1,
         processes=True,
         host="127.0.0.1",
-        dashboard_address=None,
+        dashboard_address="127.0.0.1:0",  # loopback, any free port (not 8787)
         memory_limit=args.memory_limit,
         silence_logs=logging.ERROR,
     )

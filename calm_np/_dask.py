@@ -60,16 +60,15 @@ def _check_images(X, name="X"):
             f"{name} must have shape (n_samples, n_channels, height, width) or "
             f"(n_samples, height, width), got a dask array of shape {X.shape}"
         )
-    split = [axis for axis in range(1, X.ndim) if len(X.chunks[axis]) > 1]
-    if split:
-        fix = ", ".join(f"{axis}: -1" for axis in range(1, X.ndim))
+    if any(len(c) > 1 for c in X.chunks[1:]):
         raise ValueError(
             f"{name} must be chunked along the image axis (axis 0) only, but "
-            f"axes {split} are split into chunks {[X.chunks[a] for a in split]}; "
-            f"each image must live whole in one chunk. Rechunk once and keep "
-            f"the result, e.g. X = X.rechunk({{{fix}}}).persist(), before "
-            "calling calm_np (a rechunk inside each EM iteration would move "
-            "every image across the cluster every time)"
+            f"its channel/height/width axes are split too (chunks "
+            f"{X.chunks[1:]}); each image must live whole in one chunk. Rechunk "
+            "once and keep the result, e.g. X = X.rechunk({0: 'auto', 1: -1, "
+            "2: -1, 3: -1}).persist() (drop 3: for (n, H, W) images), before "
+            "calling calm_np: a rechunk inside each EM iteration would move "
+            "every image across the cluster every time"
         )
 
 
@@ -110,11 +109,15 @@ def _register_sizeof():
 _SIZEOF_REGISTERED: list = []
 
 
-def _block_statistics(block, kernels, log_weights, padding, method, margin=0):
+def _block_statistics(
+    block, kernels, log_weights, padding, method, margin=0, latent="image"
+):
     # module-level and pure: workers pickle it by reference, and a retried
     # task recomputes exactly the same sums
     _register_sizeof()
     kw = dict(log_weights=log_weights, padding=padding, method=method)
+    if latent != "image":
+        kw["latent"] = latent
     if margin:
         from ._em import window_statistics
 
@@ -136,6 +139,7 @@ def statistics(
     log_weights=None,
     padding=0,
     method="auto",
+    latent="image",
     margin=0,
     split_every=SPLIT_EVERY,
 ):
@@ -166,6 +170,8 @@ def statistics(
         Zeros added on each side of every image.
     method : {"auto", "im2col", "fft"}, default="auto"
         Engine used on each chunk.
+    latent : {"image", "patch"}, default="image"
+        One (kernel, position) per image, or a mixture per patch (SPEC §1).
     margin : int, default=0
         ``> 0`` maps :func:`calm_np._em.window_statistics` instead (``sums``
         over windows enlarged by ``margin``; the estimator's re-centring).
@@ -204,7 +210,8 @@ def statistics(
     # fail here with calm_np's messages instead of inside a worker.  The
     # result is also the answer for an array without images.
     empty = xp.zeros((0, *X.shape[1:]), dtype=X.dtype)
-    nothing = _block_statistics(empty, kernels, log_weights, padding, method, margin)
+    options = (padding, method, margin, latent)
+    nothing = _block_statistics(empty, kernels, log_weights, *options)
     if X.shape[0] == 0 or X.numblocks[0] == 0:
         return nothing
 
@@ -214,7 +221,7 @@ def statistics(
     # lineage and is lost with its worker; a graph key is recomputable.)
     kernels_key = dask.delayed(kernels, pure=True)
     weights_key = None if log_weights is None else dask.delayed(log_weights, pure=True)
-    token = dask.base.tokenize(X.name, kernels, log_weights, padding, method, margin)
+    token = dask.base.tokenize(X.name, kernels, log_weights, *options)
     # A blockwise map that keeps every axis (one statistics object per chunk
     # as a 1x1x1(x1) "block") fuses with the layers that produce the chunk
     # (reading it from disk, scaling it), so each chunk is read and reduced
@@ -224,9 +231,7 @@ def statistics(
         _block_statistics,
         kernels_key,
         weights_key,
-        padding,
-        method,
-        margin,
+        *options,
         chunks=((1,) * X.numblocks[0],) + ((1,),) * (X.ndim - 1),
         meta=np.empty((0,) * X.ndim, dtype=object),
         name=f"calm_np-statistics-{token}",

@@ -97,6 +97,19 @@ def test_statistics_equal_in_memory(chunks, method):
         assert_statistics_equal(actual, expected)
 
 
+@pytest.mark.parametrize("latent", ["image", "patch"])
+@pytest.mark.parametrize("margin", [0, 1])
+def test_statistics_latent_and_window_options_equal_in_memory(latent, margin):
+    from calm_np._em import window_statistics
+
+    X, _, init = planted(20, c=2)
+    func = window_statistics if margin else calm_np.sufficient_statistics
+    kw = dict(padding=1, latent=latent, **({"margin": margin} if margin else {}))
+    expected = func(X, init, **kw)
+    actual = _dask.statistics(da.from_array(X, chunks=(6, -1, -1, -1)), init, **kw)
+    assert_statistics_equal(actual, expected)
+
+
 def test_statistics_three_dim_images_and_kernels():
     X, _, init = planted(15)
     X3, init3 = X[:, 0], init[:, 0]
@@ -241,7 +254,7 @@ def test_statistics_of_no_images_are_zero():
 def test_statistics_refuses_chunked_image_axes():
     X, _, init = planted(8)
     Xd = da.from_array(X, chunks=(4, -1, 6, -1))
-    with pytest.raises(ValueError, match=r"axis 0\) only.*rechunk\(\{1: -1"):
+    with pytest.raises(ValueError, match=r"axis 0\) only.*\(6, 6\).*rechunk"):
         _dask.statistics(Xd, init)
     with pytest.raises(ValueError, match="axis 0"):
         _dask.map_images(_score, Xd, init)
@@ -347,7 +360,7 @@ def client():
         threads_per_worker=1,
         processes=True,
         host="127.0.0.1",
-        dashboard_address=None,
+        dashboard_address="127.0.0.1:0",  # loopback, any free port (not 8787)
         memory_limit="1GiB",
         silence_logs=logging.CRITICAL,
     )
@@ -529,6 +542,13 @@ def assert_same_fit(actual, expected):
 def images():
     X, _, _ = planted(150, size=(14, 14), kernel=(5, 5), seed=1)
     return X
+
+
+@pytest.mark.parametrize("latent", ["image", "patch"])
+def test_fit_on_dask_equals_numpy_fit_threaded(images, latent):
+    expected = _fit(images, latent=latent)
+    actual = _fit(da.from_array(images, chunks=(33, -1, -1, -1)), latent=latent)
+    assert_same_fit(actual, expected)
 
 
 def test_cluster_fit_equals_numpy_fit(client, images):
