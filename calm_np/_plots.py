@@ -1,0 +1,128 @@
+"""Figures for the command line: a grid of kernels and the objective per iteration.
+
+matplotlib is imported when a figure is drawn, never at ``import calm_np``; the
+figures are drawn on an Agg canvas directly (no ``pyplot``), so nothing here
+touches the caller's global matplotlib state or needs a display.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ._xp import to_numpy
+
+__all__ = ["kernel_grid", "objective_curve"]
+
+
+def _figure(width, height):
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise ImportError(
+            "drawing figures needs matplotlib; install it with "
+            '`pip install "calm_np[examples]"` or `pip install matplotlib`'
+        ) from exc
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _tiles(kernels):
+    """Kernels ``(k, c, h, w)`` as displayable tiles ``(k, h, w[, 3])`` in [0, 1].
+
+    Each kernel is scaled on its own (the kernels of one model can differ in
+    norm by orders of magnitude, and the figure is about their shapes). One
+    channel is shown in grey, three as RGB; any other count shows the mean
+    over channels.
+    """
+    K = np.asarray(to_numpy(kernels), dtype=np.float64)
+    if K.ndim == 3:
+        K = K[:, None]
+    lo = K.min(axis=(1, 2, 3), keepdims=True)
+    hi = K.max(axis=(1, 2, 3), keepdims=True)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    K = (K - lo) / span
+    if K.shape[1] == 3:
+        return np.moveaxis(K, 1, -1)
+    return K.mean(axis=1)
+
+
+def kernel_grid(kernels, path, *, title=None, order=None):
+    """Save the kernels as a near-square grid of tiles in a PNG file.
+
+    Parameters
+    ----------
+    kernels : array of shape (n_kernels, n_channels, kh, kw)
+        Any namespace; copied to the host.
+    path : str or path-like
+        Where to write the PNG.
+    title : str or None, default=None
+        Figure title.
+    order : sequence of int or None, default=None
+        Order of the tiles, e.g. kernels sorted by weight or posterior mass.
+
+    Returns
+    -------
+    path : str or path-like
+        The ``path`` given.
+    """
+    tiles = _tiles(kernels)
+    if order is not None:
+        tiles = tiles[np.asarray(order, dtype=np.int64)]
+    k = tiles.shape[0]
+    cols = max(1, math.ceil(math.sqrt(k)))
+    rows = max(1, math.ceil(k / cols))
+    side = min(0.6 * cols, 12.0) / cols  # inches per tile, at most 12 in wide
+    fig = _figure(side * cols + 0.4, side * rows + (0.8 if title else 0.4))
+    grid = fig.add_gridspec(rows, cols, wspace=0.08, hspace=0.08)
+    for i in range(rows * cols):
+        ax = fig.add_subplot(grid[i // cols, i % cols])
+        ax.set_axis_off()
+        if i < k:
+            gray = tiles.ndim == 3
+            ax.imshow(
+                tiles[i],
+                cmap="gray" if gray else None,
+                vmin=0.0,
+                vmax=1.0,
+                interpolation="nearest",
+            )
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def objective_curve(lower_bounds, path, *, title=None, ylabel=None):
+    """Save the objective after each EM iteration as a line plot (PNG).
+
+    Parameters
+    ----------
+    lower_bounds : sequence of float
+        ``ConvolutionalMixture.lower_bounds_``: the mean per-image objective
+        after iterations 1, 2, ...
+    path : str or path-like
+    title, ylabel : str or None
+
+    Returns
+    -------
+    path : str or path-like
+    """
+    values = np.asarray(list(lower_bounds), dtype=np.float64)
+    fig = _figure(5.0, 3.5)
+    ax = fig.add_subplot(1, 1, 1)
+    iters = np.arange(1, values.size + 1)
+    ax.plot(iters, values, marker="o", markersize=3)
+    ax.set_xlabel("EM iteration")
+    ax.set_ylabel(ylabel or "mean log-likelihood per image (nats)")
+    if values.size:
+        ax.set_xlim(0.5, values.size + 0.5)
+    ax.grid(True, alpha=0.3)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path
