@@ -8,18 +8,12 @@ source for its batches, a few sampled images, and the statistics of a pass.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable, Iterator
 
 from . import _checks
+from ._dask import is_dask_array
 from ._em import sufficient_statistics, window_statistics
 from ._xp import get_namespace, is_array_api_obj
-
-
-def _is_dask(X):
-    # never import dask ourselves: a Dask array implies dask is imported
-    module = sys.modules.get("dask.array")
-    return module is not None and isinstance(X, module.Array)
 
 
 class ImageSource:
@@ -36,7 +30,7 @@ class ImageSource:
     def __init__(self, X, batch_size=None, name="X"):
         self.batch_size = batch_size
         self.kind = None
-        if _is_dask(X):
+        if is_dask_array(X):
             self.kind = "dask"
             self.X = _checks.check_images(X, name)
         elif is_array_api_obj(X):

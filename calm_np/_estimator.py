@@ -9,6 +9,7 @@ of ``kernels_``).
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import math
@@ -725,7 +726,9 @@ class ConvolutionalMixture:
         if source.kind == "dask":
             from . import _dask
 
-            return _dask.map_images(self._score_batch, source.X, kind="score")
+            # a snapshot: a later refit must not change this lazy result
+            frozen = copy.copy(self)
+            return _dask.map_images(frozen._score_batch, source.X, kind="score")
         return self._concat(source, self._score_batch)
 
     def _score_batch(self, batch):
@@ -762,8 +765,9 @@ class ConvolutionalMixture:
         if source.kind == "dask":
             from . import _dask
 
+            frozen = copy.copy(self)  # a later refit must not change it
             return _dask.map_images(
-                self._transform_batch,
+                frozen._transform_batch,
                 source.X,
                 kind="transform",
                 n_features=self._n_features(),
