@@ -41,8 +41,10 @@ def main():
         f"fitted {model.n_kernels} kernels of 5x5 on {len(X_train)} digits in "
         f"{seconds:.1f} s, {model.n_iter_} EM iterations, converged={model.converged_}"
     )
-    print(f"mean log-likelihood per image: train {model.score(X_train):.3f}, "
-          f"test {model.score(X_test):.3f} nats")
+    print(
+        f"mean log-likelihood per image: train {model.score(X_train):.3f}, "
+        f"test {model.score(X_test):.3f} nats"
+    )
     bounds = np.array(model.lower_bounds_)
     print("objective never went down:", bool(np.all(np.diff(bounds) >= -1e-9)))
 
