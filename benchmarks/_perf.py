@@ -1,0 +1,208 @@
+"""Shared helpers of the performance benchmarks (machine, peak, data, timing).
+
+Every timing here is a median over interleaved repeats after a warm-up: the
+machines these run on are shared, so calm_np and the reference are always
+measured side by side in the same loop and compared by their ratio.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import platform
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+# The two setups of the issue.
+SETUPS = {
+    "mnist": dict(
+        image=(1, 28, 28), n_kernels=64, kernel=(20, 20), padding=2, batch=1000
+    ),
+    "stl10": dict(
+        image=(3, 96, 96), n_kernels=200, kernel=(15, 15), padding=0, batch=200
+    ),
+}
+
+
+def cpu_model():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    return platform.processor() or platform.machine()
+
+
+def n_cpus():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover
+        return os.cpu_count() or 1
+
+
+def rss_mb():
+    """Current resident set size in MB (Linux), else the peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:  # pragma: no cover
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def sgemm_peak(threads=None, size=2048, repeats=7):
+    """Measured NumPy float32 GEMM speed (GFLOP/s), median of ``repeats``."""
+    a = np.random.default_rng(0).random((size, size), dtype=np.float32)
+    b = a.copy()
+    out = np.empty_like(a)
+    ctx = _blas_threads(threads)
+    with ctx:
+        np.matmul(a, b, out=out)
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            np.matmul(a, b, out=out)
+            times.append(time.perf_counter() - t)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
+def _blas_threads(threads):
+    import contextlib
+
+    if threads is None:
+        return contextlib.nullcontext()
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(threads, user_api="blas")
+
+
+def machine_line(threads):
+    import scipy
+
+    return (
+        f"machine: {cpu_model()}, {n_cpus()} CPUs, {threads} threads; "
+        f"numpy {np.__version__}, scipy {scipy.__version__}"
+    )
+
+
+def dense_flops(image, n_kernels, kernel, padding):
+    """Flops per image of the dense E-step plus M-step (2·K·D·L each)."""
+    c, H, W = image
+    kh, kw = kernel
+    ph, pw = (padding, padding) if isinstance(padding, int) else padding
+    L = (H + 2 * ph - kh + 1) * (W + 2 * pw - kw + 1)
+    return 2 * (2 * n_kernels * c * kh * kw * L)
+
+
+def load_images(setup, n, seed=0):
+    """``n`` float32 images for a setup.
+
+    MNIST: Fashion-MNIST training images scaled to [0, 1] (random images of
+    the same shape when the files are missing).  STL-10: standard-normal
+    images (per-image ZCA-whitened STL-10 images have this scale; timings do
+    not depend on the content).
+    """
+    c, H, W = SETUPS[setup]["image"]
+    rng = np.random.default_rng(seed)
+    if setup == "mnist":
+        path = FASHION / "train-images-idx3-ubyte.gz"
+        if path.exists():
+            with gzip.open(path) as f:
+                raw = np.frombuffer(f.read(), np.uint8, offset=16)
+            X = raw.reshape(-1, 1, 28, 28)[:n].astype(np.float32) / 255
+            if X.shape[0] == n:
+                return X, "Fashion-MNIST train images / 255"
+        return rng.random((n, c, H, W), dtype=np.float32), "uniform random"
+    return rng.standard_normal((n, c, H, W)).astype(np.float32), "standard normal"
+
+
+def init_kernels(X, n_kernels, kernel, padding, seed=0):
+    """Kernels = random patches of the (padded) images, as an init would pick."""
+    rng = np.random.default_rng(seed)
+    ph, pw = (padding, padding) if isinstance(padding, int) else padding
+    Xp = np.pad(X, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    kh, kw = kernel
+    n, _, Hp, Wp = Xp.shape
+    idx = rng.integers(n, size=n_kernels)
+    ys = rng.integers(Hp - kh + 1, size=n_kernels)
+    xs = rng.integers(Wp - kw + 1, size=n_kernels)
+    M = np.stack(
+        [Xp[i, :, y : y + kh, x : x + kw] for i, y, x in zip(idx, ys, xs, strict=True)]
+    )
+    return np.ascontiguousarray(M, dtype=X.dtype)
+
+
+def interleaved(fns, repeats, warmup=1):
+    """Median seconds of each callable, run round-robin ``repeats`` times."""
+    for f in fns.values():
+        for _ in range(warmup):
+            f()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            t = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}, times
+
+
+def calm_epoch(X, kernels, batch, padding, method, fused=None):
+    """One exact batch-EM epoch with calm_np: statistics of every batch, then
+    one M-step.  ``fused=True`` calls the engines' fused statistics directly
+    (what ``_em`` does once it delegates to them); ``None`` uses the public
+    :func:`calm_np.sufficient_statistics`."""
+    import calm_np
+
+    total = None
+    for s in range(0, X.shape[0], batch):
+        Xb = X[s : s + batch]
+        if fused:
+            stats = _fused_statistics(Xb, kernels, padding, method)
+        else:
+            stats = calm_np.sufficient_statistics(
+                Xb, kernels, padding=padding, method=method
+            )
+        total = stats if total is None else total + stats
+    new, ok = total.m_step()
+    return np.where(ok[:, None, None, None], new, kernels), total
+
+
+def _fused_statistics(X, kernels, padding, method):
+    from calm_np import _em
+
+    batch = _em._Batch(X, kernels, None, padding, method)
+    wide = np.float64
+    counts, sums, log_norm = batch.engine.statistics(
+        batch.kernels, batch.log_weights, wide
+    )
+    ll = np.sum(log_norm[:, 0, 0, 0].astype(wide) + batch.log_const().astype(wide))
+    return _em.SufficientStatistics(counts, sums, ll, X.shape[0])
+
+
+def hook_active():
+    """Whether ``calm_np.sufficient_statistics`` already runs the fused path."""
+    import inspect
+
+    from calm_np import _em
+
+    return "engine.statistics" in inspect.getsource(_em._statistics)
+
+
+def reference_epoch(Xt, Mt, batch, padding):
+    import reference_torch
+
+    return reference_torch.epoch(Xt, Mt, batch_size=batch, padding=padding)

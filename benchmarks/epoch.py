@@ -1,0 +1,169 @@
+"""calm_np vs the reference (PyTorch transcription): time of one batch-EM epoch.
+
+    python benchmarks/epoch.py                      # both setups, ~3 minutes
+    python benchmarks/epoch.py --setups mnist --n-mnist 60000   # a full epoch
+
+Prints, per setup and engine: seconds per epoch (scaled from the subset of
+images timed, and said so), ms per image, the ratio to the reference measured
+in the same interleaved loop, and the dense-equivalent GFLOP/s (the dense E+M
+work divided by the time) against a measured NumPy SGEMM peak; then the
+float32-vs-float64 agreement (goal 5).  Everything is float32, on the CPU,
+with ``--threads`` threads for both libraries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import _perf  # noqa: E402
+
+FULL_EPOCH = {"mnist": 60000, "stl10": 105000}  # STL-10 train + unlabeled
+GOALS = {"mnist": 0.33, "stl10": 0.25}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--setups", default="mnist,stl10")
+    ap.add_argument("--n-mnist", type=int, default=5000, help="images timed")
+    ap.add_argument("--n-stl", type=int, default=40, help="images timed")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=_perf.n_cpus())
+    ap.add_argument("--engines", default="auto,im2col,fft")
+    ap.add_argument("--skip-agreement", action="store_true")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    import calm_np
+
+    os.environ["CALM_NP_NUM_THREADS"] = str(args.threads)
+    torch.set_num_threads(args.threads)
+    peak = _perf.sgemm_peak(args.threads)
+    fused = not _perf.hook_active()
+    print(_perf.machine_line(args.threads) + f", torch {torch.__version__}")
+    print(f"calm_np {calm_np.__version__}; dtype float32")
+    print(f"NumPy SGEMM peak ({args.threads} threads, 2048^3): {peak:.0f} GFLOP/s")
+    if fused:
+        print(
+            "note: calm_np.sufficient_statistics does not call the engines' fused "
+            "statistics yet; 'calm_np' rows call them directly (_em._Batch + "
+            "engine.statistics), 'public' rows the public function as it is"
+        )
+    print()
+    results = {}
+    for setup in args.setups.split(","):
+        results.update(run_setup(setup, args, peak, fused))
+    if not args.skip_agreement:
+        agreement()
+    return results
+
+
+def run_setup(setup, args, peak, fused):
+    """Time one setup, print its rows; returns {(setup, impl, engine): ratio}."""
+    import torch
+
+    header = (
+        f"{'setup':6} {'impl':9} {'engine':7} {'s/epoch':>8} {'ms/img':>8} "
+        f"{'ratio':>6} {'GFLOP/s':>8} {'%peak':>6}"
+    )
+    results = {}
+    cfg = _perf.SETUPS[setup]
+    n = args.n_mnist if setup == "mnist" else args.n_stl
+    X, source = _perf.load_images(setup, n)
+    M = _perf.init_kernels(X, cfg["n_kernels"], cfg["kernel"], cfg["padding"])
+    flops = _perf.dense_flops(
+        cfg["image"], cfg["n_kernels"], cfg["kernel"], cfg["padding"]
+    )
+    print(
+        f"[{setup}] {n} images {cfg['image']} ({source}), K={cfg['n_kernels']} "
+        f"kernels {cfg['kernel']}, padding {cfg['padding']}, batch "
+        f"{cfg['batch']}; s/epoch = per-image time x {FULL_EPOCH[setup]} "
+        f"images; dense work {flops / 1e6:.1f} MFLOP/image"
+    )
+    Xt, Mt = torch.from_numpy(X), torch.from_numpy(M)
+    batch, pad = cfg["batch"], cfg["padding"]
+    fns = {("reference", "torch"): lambda: _perf.reference_epoch(Xt, Mt, batch, pad)}
+    for engine in args.engines.split(","):
+        fns[("calm_np", engine)] = lambda e=engine: _perf.calm_epoch(
+            X, M, batch, pad, e, fused=fused
+        )
+    if fused:
+        fns[("public", "auto")] = lambda: _perf.calm_epoch(X, M, batch, pad, "auto")
+    med, _ = _perf.interleaved(fns, args.repeats)
+    ref = med[("reference", "torch")]
+    print(header)
+    for (impl, engine), t in med.items():
+        per_image = t / n
+        gflops = flops / per_image / 1e9
+        print(
+            f"{setup:6} {impl:9} {engine:7} {per_image * FULL_EPOCH[setup]:8.2f} "
+            f"{per_image * 1e3:8.3f} {t / ref:6.3f} {gflops:8.1f} "
+            f"{100 * gflops / peak:6.1f}"
+        )
+        results[(setup, impl, engine)] = t / ref
+    auto = results[(setup, "calm_np", "auto")]
+    verdict = "met" if auto <= GOALS[setup] else "NOT met"
+    print(
+        f"goal: calm_np auto <= {GOALS[setup]}x the reference: {auto:.3f}x, "
+        f"{verdict} (median of {args.repeats} interleaved runs); "
+        f"peak RSS {_perf.peak_rss_mb():.0f} MB\n"
+    )
+    return results
+
+
+# float32 must agree with float64 on the same data within these (goal 5):
+# relative to the largest entry for N_k and S_k, relative for Σ log p.
+AGREEMENT_TOL = {"counts": 1e-4, "sums": 1e-4, "log_likelihood": 1e-6}
+
+
+def agreement():
+    import calm_np
+
+    print("float32 vs float64 on the same images and kernels (goal 5):")
+    worst = {}
+    for setup, n in (("mnist", 200), ("stl10", 4)):
+        cfg = _perf.SETUPS[setup]
+        X, _ = _perf.load_images(setup, n, seed=1)
+        M = _perf.init_kernels(X, cfg["n_kernels"], cfg["kernel"], cfg["padding"])
+        for engine in ("im2col", "fft"):
+            s64 = calm_np.sufficient_statistics(
+                X.astype(np.float64),
+                M.astype(np.float64),
+                padding=cfg["padding"],
+                method=engine,
+            )
+            s32 = _perf._fused_statistics(X, M, cfg["padding"], engine)
+            err = {
+                "counts": _rel(s32.counts, s64.counts),
+                "sums": _rel(s32.sums, s64.sums),
+                "log_likelihood": abs(
+                    float(s32.log_likelihood) / float(s64.log_likelihood) - 1
+                ),
+            }
+            print(
+                f"  {setup:6} {engine:7} max|ΔN_k|/max N_k {err['counts']:.1e}  "
+                f"max|ΔS_k|/max|S_k| {err['sums']:.1e}  |ΔL|/|L| "
+                f"{err['log_likelihood']:.1e}"
+            )
+            for key, value in err.items():
+                worst[key] = max(worst.get(key, 0.0), value)
+    ok = all(worst[k] <= AGREEMENT_TOL[k] for k in AGREEMENT_TOL)
+    tol = ", ".join(f"{k} {v:g}" for k, v in AGREEMENT_TOL.items())
+    print(f"  tolerance: {tol} -> {'met' if ok else 'NOT met'}")
+    return worst
+
+
+def _rel(a, b):
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""The fused NumPy fast paths equal the generic engines (array-api-extra's
+``_agnostic`` pattern: same inputs, fast path on and off, same numbers).
+
+The fused ``statistics`` of each engine (chunked, threaded, normaliser folded
+into the image side, row-DFT or 2-D FFT for the ``fft`` engine) must give the
+``N_k``, ``S_k`` and per-image normaliser of the plain chain
+``correlate -> logsumexp -> exp -> weighted_sum``.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from _helpers import planted_images
+
+from calm_np import _conv, _em
+from calm_np._conv import _generic_statistics
+from calm_np._xp import native_paths
+
+pytestmark = pytest.mark.numpy
+
+# float32: the paths sum in different orders (GEMM blocking, DFT by matrix
+# vs FFT); both are within ~1e-6 relative of float64, so 1e-5 of each other.
+TOL = {"float64": 1e-12, "float32": 1e-5}
+
+SHAPES = [
+    # n, c, H, W, k, (kh, kw), padding
+    (37, 2, 11, 12, 5, (4, 3), 1),
+    (9, 3, 9, 9, 4, (9, 9), 0),
+    (6, 1, 6, 7, 3, (2, 5), (2, 0)),
+    (3, 1, 1, 5, 2, (1, 2), 0),
+]
+
+
+def _fused_and_generic(X, M, log_w, padding, method, variant=None, monkeypatch=None):
+    batch = _em._Batch(X, M, log_w, padding, method)
+    if variant is not None:
+        monkeypatch.setattr(_conv, "_fft2d_is_cheaper", lambda *a: variant == "fft2d")
+    fused = batch.engine.statistics(batch.kernels, batch.log_weights, np.float64)
+    with native_paths(False):
+        generic = _generic_statistics(
+            batch.engine, batch.kernels, batch.log_weights, np.float64
+        )
+    return fused, generic
+
+
+def _assert_same(fused, generic, dtype):
+    tol = TOL[dtype]
+    for a, b in zip(fused, generic, strict=True):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        assert a.shape == b.shape
+        finite = np.isfinite(b)
+        np.testing.assert_array_equal(np.isfinite(a), finite)
+        scale = max(np.max(np.abs(b[finite]), initial=0.0), 1e-300)
+        np.testing.assert_allclose(a[finite], b[finite], rtol=0, atol=tol * scale)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize(
+    "method, variant",
+    [("im2col", None), ("fft", "rowdft"), ("fft", "fft2d")],
+)
+def test_fused_statistics_match_generic(method, variant, shape, dtype, monkeypatch):
+    n, c, H, W, k, kernel, padding = shape
+    rng = np.random.default_rng(n + k)
+    X = rng.standard_normal((n, c, H, W)).astype(dtype)
+    M = rng.standard_normal((k, c, *kernel)).astype(dtype)
+    log_w = np.log(rng.dirichlet(np.ones(k))).astype(dtype)
+    fused, generic = _fused_and_generic(
+        X, M, log_w, padding, method, variant, monkeypatch
+    )
+    assert fused[0].dtype == np.float64 and fused[1].dtype == np.float64
+    assert fused[2].dtype == np.dtype(dtype)
+    assert fused[2].shape == (n, 1, 1, 1)
+    _assert_same(fused, generic, dtype)
+
+
+@pytest.mark.parametrize(
+    "method, variant",
+    [("im2col", None), ("fft", "rowdft"), ("fft", "fft2d")],
+)
+def test_fused_statistics_minus_inf_weight_and_peaked_posterior(
+    method, variant, monkeypatch
+):
+    # a dead kernel (log π = −inf) gets N_k = 0 exactly; large kernels make
+    # the posterior peaked, so most probabilities underflow (flushed to 0)
+    rng = np.random.default_rng(1)
+    M = 4 * rng.standard_normal((3, 1, 4, 4))
+    X, _ = planted_images(2, 20, 1, 12, 12, M[:2], noise=0.5)
+    log_w = np.array([np.log(0.6), np.log(0.4), -np.inf])
+    for dtype in ("float32", "float64"):
+        fused, generic = _fused_and_generic(
+            X.astype(dtype),
+            M.astype(dtype),
+            log_w.astype(dtype),
+            1,
+            method,
+            variant,
+            monkeypatch,
+        )
+        assert fused[0][2] == 0.0
+        assert np.all(fused[1][2] == 0.0)
+        _assert_same(fused, generic, dtype)
+
+
+@pytest.mark.parametrize(
+    "method, variant",
+    [("im2col", None), ("fft", "rowdft"), ("fft", "fft2d")],
+)
+def test_fused_statistics_many_chunks_on_threads(method, variant, monkeypatch):
+    # more images than one chunk and two worker threads: every image is
+    # counted once, whatever thread took its chunk
+    monkeypatch.setenv("CALM_NP_NUM_THREADS", "2")
+    for cls in (_conv._Im2colPlan, _conv._RowDFT, _conv._FFT2D):
+
+        def init(self, *args, _original=cls.__init__):
+            _original(self, *args)
+            self.chunk_size = 7
+
+        monkeypatch.setattr(cls, "__init__", init)
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((300, 1, 10, 10))
+    M = rng.standard_normal((4, 1, 3, 3))
+    fused, generic = _fused_and_generic(X, M, None, 0, method, variant, monkeypatch)
+    _assert_same(fused, generic, "float64")
+    np.testing.assert_allclose(np.sum(fused[0]), 300.0, rtol=1e-12)
+
+
+def test_fused_statistics_through_sufficient_statistics_shape():
+    # the same numbers as the public function, 3-D kernels included
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((5, 8, 9))
+    M = rng.standard_normal((2, 3, 3))
+    public = __import__("calm_np").sufficient_statistics(X, M, padding=1)
+    batch = _em._Batch(X, M, None, 1, "auto")
+    counts, sums, _ = batch.engine.statistics(
+        batch.kernels, batch.log_weights, np.float64
+    )
+    np.testing.assert_allclose(counts, public.counts, rtol=1e-12)
+    np.testing.assert_allclose(sums[:, 0], public.sums, rtol=1e-12, atol=1e-14)
+
+
+def test_blas_threads_restored_after_concurrent_calls():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    controller = threadpoolctl.ThreadpoolController()
+    before = [info["num_threads"] for info in controller.select(user_api="blas").info()]
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((64, 1, 12, 12))
+    M = rng.standard_normal((3, 1, 5, 5))
+    results, errors = [], []
+
+    def run():
+        try:
+            batch = _em._Batch(X, M, None, 0, "fft")
+            results.append(
+                batch.engine.statistics(batch.kernels, batch.log_weights, np.float64)
+            )
+        except Exception as exc:  # noqa: BLE001 - re-raised below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for r in results[1:]:
+        _assert_same(r, results[0], "float64")
+    after = [info["num_threads"] for info in controller.select(user_api="blas").info()]
+    assert after == before
