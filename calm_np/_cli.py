@@ -712,20 +712,25 @@ def _json_params(model):
     return out
 
 
-def _out_dir(path):
+def _out_dir(path, create):
+    """The output folder; created only once there is something to write."""
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {path} exists and is not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create --out folder {path}: {exc.strerror}") from None
+    if create:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(
+                f"cannot create --out folder {path}: {exc.strerror}"
+            ) from None
     return out
 
 
 def _write_outputs(out, model, summary, log):
     from . import _plots
 
+    _out_dir(out, create=True)
     paths = dict(
         model=out / "model.npz",
         kernels_png=out / "kernels.png",
@@ -763,7 +768,7 @@ def _objective_label(model):
 
 def _run_fit(args, evaluate):
     log = _logger(args.quiet)
-    out = _out_dir(args.out)
+    out = _out_dir(args.out, create=False)
     to_backend, device = _backend(args.backend, args.device, args.dtype)
     params, preprocess = _resolve_settings(args)
     model_path = getattr(args, "model", None)

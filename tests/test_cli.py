@@ -24,6 +24,12 @@ TINY = ["--n-kernels", "4", "--kernel-size", "3", "--max-iter", "3", "--quiet"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp_path(tmp_path, monkeypatch):
+    # a run without --out writes ./calm-np-output: keep it out of the checkout
+    monkeypatch.chdir(tmp_path)
+
+
 def run(capsys, *args):
     status = main([str(a) for a in args])
     out, err = capsys.readouterr()
@@ -313,6 +319,7 @@ def test_cli_missing_data_folder(tmp_path, capsys):
         capsys, "fit", "--dataset", "fashion-mnist", "--data-dir", missing, "-q"
     )
     assert_one_line_error(status, err, 1, str(missing))
+    assert not (tmp_path / _cli.DEFAULT_OUT).exists()  # nothing written on error
 
 
 def test_cli_data_folder_without_files_names_them(tmp_path, capsys):
