@@ -213,7 +213,7 @@ def choose_method(xp, n_channels, n_kernels, padded_shape, kernel_shape):
     if use_native(xp) == "numpy":
         image = (1, n_channels) + tuple(padded_shape)
         kernels = (n_kernels, n_channels) + tuple(kernel_shape)
-        fft = min(_fused_cost(v, image, kernels) for v in ("rowdft", "fft2d"))
+        fft = _fused_cost("rowdft", image, kernels)
         return "fft" if fft < _fused_cost("im2col", image, kernels) else "im2col"
     args = (n_channels, n_kernels, padded_shape, kernel_shape)
     return "fft" if cost("fft", *args) < cost("im2col", *args) else "im2col"
@@ -338,17 +338,31 @@ def _parallel_chunks(n, chunk, work, make_acc):
         return [f.result() for f in futures]
 
 
+def _flush_threshold(np, dtype):
+    """Log of the smallest probability kept: ``tiny / eps`` of the dtype.
+
+    Smaller ones are set to exactly 0 before the M-step.  Kept ones times
+    any factor above ``eps`` (DFT weights, pixels) stay normal numbers:
+    subnormal GEMM operands cost ~3× the time.  The change to ``S_k`` and
+    ``N_k`` is below ``tiny / eps`` (1e-31 in float32) per entry.
+    """
+    info = np.finfo(dtype)
+    return math.log(float(info.tiny) / float(info.eps))
+
+
 def _softmax_inplace(A3, np):
     """``A3`` (rows, m, cols) of log joints -> exp(A - max_n), in place.
 
-    Returns the per-image max (m,), finite.  Entries whose exponential would
-    be subnormal become exactly 0.
+    Returns the per-image max (m,), finite.  Probabilities below
+    :func:`_flush_threshold` become exactly 0.
     """
-    mx = A3.max(axis=0).max(axis=-1)
+    if A3.shape[1] == 1:
+        mx = np.max(A3, keepdims=True).reshape(1)  # contiguous: fastest
+    else:
+        mx = A3.max(axis=0).max(axis=-1)
     mx = np.where(np.isfinite(mx), mx, 0).astype(A3.dtype)
     A3 -= mx[:, None]
-    log_tiny = math.log(np.finfo(A3.dtype).tiny)
-    np.copyto(A3, -np.inf, where=A3 < log_tiny)
+    np.copyto(A3, -np.inf, where=A3 < _flush_threshold(np, A3.dtype))
     np.exp(A3, out=A3)
     return mx
 
@@ -360,24 +374,48 @@ def _numpy_statistics(engine, kernels, log_weights, wide):
     M = np.asarray(kernels)
     dtype = M.dtype
     bias = -0.5 * np.sum(M * M, axis=(1, 2, 3), dtype=dtype) + np.asarray(log_weights)
-    if engine.name == "fft":
-        plan_cls = _FFT2D if _fft2d_is_cheaper(Xp.shape, M.shape) else _RowDFT
-        plan = plan_cls(Xp.shape, M.shape, dtype)
-    else:
-        plan = _Im2colPlan(Xp.shape, M.shape, dtype)
+    plan_cls = _RowDFT if engine.name == "fft" else _Im2colPlan
+    plan = plan_cls(Xp.shape, M.shape, dtype)
     prepared = plan.prepare(M, bias)
     n = Xp.shape[0]
     log_norm = np.empty(n, dtype=dtype)
 
-    def make_acc():
-        return plan.new_accumulator()
-
     def work(start, stop, acc):
         log_norm[start:stop] = plan.chunk(Xp[start:stop], prepared, acc)
 
-    accs = _parallel_chunks(n, plan.chunk_size, work, make_acc)
+    accs = _parallel_chunks(n, plan.chunk_size, work, plan.new_accumulator)
     counts, sums = plan.finish(accs, wide)
     return counts, sums, log_norm.reshape(n, 1, 1, 1)
+
+
+class _Buffers:
+    """Per-thread scratch arrays, reused from chunk to chunk.
+
+    Fresh multi-megabyte arrays per chunk cost page faults and zeroing
+    (~20 % of a chunk's time for STL-10-sized maps); views of one flat
+    allocation work for every chunk size up to the largest.
+    """
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+        self.flat = {}
+
+    def get(self, name, shape):
+        import numpy as np
+
+        size = math.prod(shape)
+        buf = self.flat.get(name)
+        if buf is None or buf.size < size:
+            buf = self.flat[name] = np.empty(size, dtype=self.dtype)
+        return buf[:size].reshape(shape)
+
+
+def _normalise(sk, dtype, np):
+    """Per-image ``Z`` and ``1/Z`` (0 where ``Z = 0``) from the map sums."""
+    Z = sk.sum(axis=0)
+    safe = np.where(Z > 0, Z, 1)
+    inv = np.where(Z > 0, 1.0 / safe, 0).astype(dtype)
+    return Z, inv
 
 
 class _Im2colPlan:
@@ -390,8 +428,8 @@ class _Im2colPlan:
         self.Ho, self.Wo = Hp - kh + 1, Wp - kw + 1
         self.D, self.L = c * kh * kw, self.Ho * self.Wo
         self.dtype = dtype
-        # ~4 MB of patches per chunk keeps a chunk's work in cache
-        per_image = self.L * (self.D + 2 * k) * 4
+        # ~4 MB of patches and maps per chunk keeps a chunk's work in cache
+        per_image = self.L * (self.D + k) * 4
         self.chunk_size = max(1, min(256, (4 << 20) // max(per_image, 1)))
 
     def prepare(self, M, bias):
@@ -406,6 +444,8 @@ class _Im2colPlan:
         return {
             "counts": np.zeros(self.k),
             "sums": np.zeros((self.k, self.D)),
+            "part": np.empty((self.k, self.D), dtype=self.dtype),
+            "buffers": _Buffers(self.dtype),
         }
 
     def chunk(self, Xc, prepared, acc):
@@ -413,20 +453,22 @@ class _Im2colPlan:
         from numpy.lib.stride_tricks import sliding_window_view
 
         Mf, bias = prepared
+        buffers = acc["buffers"]
         m = Xc.shape[0]
         kh, kw, L, D, k = self.kh, self.kw, self.L, self.D, self.k
         view = sliding_window_view(Xc, (kh, kw), axis=(2, 3))  # (m,c,Ho,Wo,kh,kw)
-        P = np.ascontiguousarray(view.transpose(1, 4, 5, 0, 2, 3)).reshape(D, m * L)
-        A = Mf @ P  # (k, m·L)
+        P = buffers.get("P", (self.c, kh, kw, m, self.Ho, self.Wo))
+        P[...] = view.transpose(1, 4, 5, 0, 2, 3)
+        P = P.reshape(D, m * L)
+        A = np.matmul(Mf, P, out=buffers.get("A", (k, m * L)))
         A += bias[:, None]
         A3 = A.reshape(k, m, L)
         mx = _softmax_inplace(A3, np)
         sk = A3.sum(axis=-1)  # (k, m)
-        Z = sk.sum(axis=0)
-        inv = np.where(Z > 0, 1.0 / np.where(Z > 0, Z, 1), 0).astype(self.dtype)
+        Z, inv = _normalise(sk, self.dtype, np)
         acc["counts"] += np.sum(sk * inv, axis=1, dtype=np.float64)
         A3 *= inv[:, None]
-        acc["sums"] += A @ P.T  # (k, D)
+        acc["sums"] += np.matmul(A, P.T, out=acc["part"])  # (k, D)
         with np.errstate(divide="ignore"):
             return mx + np.log(Z)
 
@@ -458,6 +500,9 @@ def _dft_matrices(F, n_in, n_out, dtype_name):
     inv = (
         np.stack([np.cos(theta), -np.sin(theta)], axis=1) * (weight / F)[:, None, None]
     )
+    # exact zeros where cos/sin vanish (not 1e-17): keeps products normal
+    fwd[np.abs(fwd) < 1e-12] = 0.0
+    inv[np.abs(inv) < 1e-12] = 0.0
     return fwd.astype(dtype_name), inv.astype(dtype_name)
 
 
@@ -511,42 +556,60 @@ class _RowDFT:
         dc = (np.where(finite, bias, 0) * F).astype(self.dtype)
         inv2 = np.ascontiguousarray(inv.reshape(2 * nb, self.Wo).T)  # (Wo, 2nb)
         fwd2 = np.ascontiguousarray(fwd_g.reshape(self.Wo, 2 * nb).T)  # (2nb, Wo)
-        fwdx = np.ascontiguousarray(fwd_x.reshape(self.Wp, 2 * nb))
+        fwdx = np.ascontiguousarray(fwd_x.reshape(self.Wp, 2 * nb).T)  # (2nb, Wp)
         return Mblk, dc, dead, inv2, fwd2, fwdx
 
     def new_accumulator(self):
         import numpy as np
 
         nb, k, ckh = self.nb, self.k, self.c * self.kh
-        return {"counts": np.zeros(k), "sums": np.zeros((nb, 2 * k, 2 * ckh))}
+        return {
+            "counts": np.zeros(k),
+            "sums": np.zeros((nb, 2 * k, 2 * ckh)),
+            "part": np.empty((2 * k, 2 * ckh), dtype=self.dtype),
+            "buffers": _Buffers(self.dtype),
+        }
 
     def chunk(self, Xc, prepared, acc):
         import numpy as np
         from numpy.lib.stride_tricks import sliding_window_view
 
         Mblk, dc, dead, inv2, fwd2, fwdx = prepared
+        buffers = acc["buffers"]
         m = Xc.shape[0]
         nb, k, c, kh, Ho, Wo = self.nb, self.k, self.c, self.kh, self.Ho, self.Wo
+        n_col = m * Ho
         # row spectra (2nb, m, c, Hp) -> Toeplitz (nb, 2·c·kh, m·Ho); the
         # copy reads rows contiguously
-        X_f = (fwdx.T @ Xc.reshape(-1, self.Wp).T).reshape(2 * nb, m, c, self.Hp)
-        view = sliding_window_view(X_f, kh, axis=3)  # (2nb, m, c, Ho, kh)
-        # a copy even when the view happens to be contiguous: scaled in place
-        T = view.transpose(0, 2, 4, 1, 3).copy().reshape(nb, 2 * c * kh, m * Ho)
-        E = np.matmul(Mblk, T)  # (nb, 2k, m·Ho): rows (re/im, k) per bin
+        rows = Xc.reshape(-1, self.Wp)
+        X_f = np.matmul(fwdx, rows.T, out=buffers.get("X_f", (2 * nb, rows.shape[0])))
+        view = sliding_window_view(X_f.reshape(2 * nb, m, c, self.Hp), kh, axis=3)
+        T = buffers.get("T", (2 * nb, c, kh, m, Ho))
+        T[...] = view.transpose(0, 2, 4, 1, 3)  # (2nb, c, kh, m, Ho)
+        T = T.reshape(nb, 2 * c * kh, n_col)
+        # one 2-D GEMM per bin: NumPy's stacked matmul falls back to a slow
+        # loop for some shapes (e.g. 82 columns), a plain GEMM never does
+        E = buffers.get("E", (nb, 2 * k, n_col))
+        for f in range(nb):
+            np.matmul(Mblk[f], T[f], out=E[f])  # rows (re/im, k)
         E[0, :k] += dc[:, None]
-        A = inv2 @ E.reshape(2 * nb, k * m * Ho)  # (Wo, k·m·Ho)
+        A = np.matmul(
+            inv2, E.reshape(2 * nb, k * n_col), out=buffers.get("A", (Wo, k * n_col))
+        )
         if dead is not None:
-            A.reshape(Wo, k, m * Ho)[:, dead] = -np.inf
-        A3 = A.reshape(Wo * k, m, Ho)
-        mx = _softmax_inplace(A3, np)
+            A.reshape(Wo, k, n_col)[:, dead] = -np.inf
+        mx = _softmax_inplace(A.reshape(Wo * k, m, Ho), np)
         sk = A.sum(axis=0).reshape(k, m, Ho).sum(axis=-1)  # (k, m)
-        Z = sk.sum(axis=0)
-        inv = np.where(Z > 0, 1.0 / np.where(Z > 0, Z, 1), 0).astype(self.dtype)
+        Z, inv = _normalise(sk, self.dtype, np)
         acc["counts"] += np.sum(sk * inv, axis=1, dtype=np.float64)
-        G = (fwd2 @ A).reshape(nb, 2 * k, m * Ho)  # row spectra of γ
+        # row spectra of γ (reusing E's memory), image side scaled by 1/Z_n
+        G = np.matmul(fwd2, A, out=E.reshape(2 * nb, k * n_col))
+        G = G.reshape(nb, 2 * k, n_col)
         T.reshape(nb, 2 * c * kh, m, Ho)[...] *= inv[:, None]
-        acc["sums"] += np.matmul(G, T.transpose(0, 2, 1))  # (nb, 2k, 2ckh)
+        sums, part = acc["sums"], acc["part"]  # (nb, 2k, 2ckh)
+        for f in range(nb):
+            np.matmul(G[f], T[f].T, out=part)
+            sums[f] += part
         with np.errstate(divide="ignore"):
             return mx + np.log(Z)
 
@@ -562,35 +625,27 @@ class _RowDFT:
         return counts.astype(wide), S.reshape(k, c, kh, kw).astype(wide)
 
 
-def _fft2d_is_cheaper(image_shape, kernel_shape):
-    """Row-DFT GEMMs or 2-D FFTs for the fused FFT path (modelled seconds)."""
-    return _fused_cost("fft2d", image_shape, kernel_shape) < _fused_cost(
-        "rowdft", image_shape, kernel_shape
-    )
-
-
-# Speeds of the operations of the fused NumPy paths, in units per second on
-# this package's reference machine (2-core AMD EPYC, AVX-512, 2 threads),
-# fitted by ``benchmarks/engine_choice.py --fit`` to timings of a grid of
-# shapes: GEMM flops (large GEMMs, and the skinny DFT-by-GEMM ones), FFT flops
-# (nominal 2.5·N·log2 N per real transform), complex multiply-adds, softmax
-# map entries, copied patch entries, and images (per-image overhead).
-_FEATURES = ("gemm", "dft", "fft", "cmac", "map", "copy", "image")
+# Effective speeds of the operations of the fused NumPy paths (units per
+# second, 2 threads on a busy 2-core AMD EPYC with AVX-512): GEMM flops of
+# the products, flops of the skinny DFT-by-GEMM row transforms (inner
+# dimensions of 13 to 98: far slower per flop), softmax map entries, copied
+# entries (patches, Toeplitz) and images (per-image overhead).  Only their
+# ratios matter.  Fitted to ``benchmarks/engine_choice.py --save`` timings of
+# 104 shapes (least squares, then a search maximising the shapes where the
+# pick is within 10 % of the faster engine); ``--fit`` refits them.
+_FEATURES = ("gemm", "dft", "map", "copy", "image")
 _SPEED = {
-    "gemm": 80e9,
-    "dft": 40e9,
-    "fft": 10e9,
-    "cmac": 2.5e9,
-    "map": 0.6e9,
-    "copy": 1e9,
-    "image": 1e5,
+    "gemm": 4.1e10,
+    "dft": 1.8e10,
+    "map": 4.5e8,
+    "copy": 5.3e8,
+    "image": 8e4,
 }
 
 
 def _fused_features(kind, image_shape, kernel_shape):
-    """Per-image operation counts of a fused path (``kind``: 'im2col',
-    'rowdft' or 'fft2d') for images ``(n, c, Hp, Wp)`` and kernels
-    ``(k, c, kh, kw)``."""
+    """Per-image operation counts of a fused path (``kind``: 'im2col' or
+    'rowdft') for images ``(n, c, Hp, Wp)`` and kernels ``(k, c, kh, kw)``."""
     _, c, Hp, Wp = image_shape
     k, _, kh, kw = kernel_shape
     Ho, Wo = Hp - kh + 1, Wp - kw + 1
@@ -612,140 +667,10 @@ def _fused_features(kind, image_shape, kernel_shape):
             "copy": 2.0 * nb * c * kh * Ho,  # Toeplitz matrix
             "image": 1.0,
         }
-    F1, F2 = plan_shapes((Hp, Wp), (kh, kw))
-    F = F1 * F2
-    return {
-        "fft": (2 * k + c) * 2.5 * F * math.log2(max(F, 2)),
-        "cmac": 2.0 * k * c * F1 * (F2 // 2 + 1),
-        "map": 2.0 * maps,  # two passes over the maps
-        "image": 1.0,
-    }
+    raise ValueError(kind)
 
 
 def _fused_cost(kind, image_shape, kernel_shape):
     """Modelled seconds per image of a fused path."""
     f = _fused_features(kind, image_shape, kernel_shape)
     return sum(v / _SPEED[name] for name, v in f.items())
-
-
-class _FFT2D:
-    """Fused 2-D FFT path, kernels in cache-sized groups, two passes.
-
-    Pass 1 (E-step), per group of kernels: ``Â = Σ_c X̂_c · conj(M̂_c)``,
-    inverse transform, crop, store; the group's max and sum of exponentials
-    give the per-image normaliser without another sweep of the maps.
-    Pass 2 (M-step), per group: ``γ = exp(A − max)`` (in cache), forward
-    transform, and ``Σ_n Γ̂_n · conj(X̂_n)/Z_n`` added to the accumulated
-    ``conj(Ŝ)``; one inverse transform per batch in :meth:`finish`.
-    """
-
-    def __init__(self, image_shape, kernel_shape, dtype):
-        import numpy as np
-
-        _, c, Hp, Wp = image_shape
-        k, _, kh, kw = kernel_shape
-        self.c, self.k, self.kh, self.kw = c, k, kh, kw
-        self.Ho, self.Wo = Hp - kh + 1, Wp - kw + 1
-        self.shape = plan_shapes((Hp, Wp), (kh, kw))
-        F1, F2 = self.shape
-        self.Fr = F2 // 2 + 1
-        self.dtype = dtype
-        self.cdtype = np.result_type(dtype, np.complex64)
-        spectrum = F1 * self.Fr * self.cdtype.itemsize
-        maps = k * self.Ho * self.Wo * np.dtype(dtype).itemsize
-        # images per chunk: the accumulator (k·c spectra) is swept once per
-        # chunk, so amortise it; but keep the chunk's maps within ~24 MB
-        self.chunk_size = int(max(1, min(64, (24 << 20) // max(maps, 1))))
-        # kernels per group: one group's spectra for the chunk in ~1 MB
-        self.group = int(max(1, min(k, (1 << 20) // (spectrum * self.chunk_size))))
-
-    def prepare(self, M, bias):
-        import numpy as np
-        import scipy.fft as sfft
-
-        F1, F2 = self.shape
-        Mc = np.conj(sfft.rfft2(M, s=self.shape, workers=1)).astype(self.cdtype)
-        finite = np.isfinite(bias)
-        dead = None if finite.all() else ~finite
-        dc = (np.where(finite, bias, 0) * (F1 * F2)).astype(self.dtype)
-        return Mc, dc, dead
-
-    def new_accumulator(self):
-        import numpy as np
-
-        F1 = self.shape[0]
-        return {
-            "counts": np.zeros(self.k),
-            "sums_f": np.zeros((self.k, self.c, F1, self.Fr), dtype=self.cdtype),
-        }
-
-    def _groups(self):
-        return [(g, min(g + self.group, self.k)) for g in range(0, self.k, self.group)]
-
-    def chunk(self, Xc, prepared, acc):
-        import numpy as np
-        import scipy.fft as sfft
-
-        Mc, dc, dead = prepared
-        m = Xc.shape[0]
-        c, k, Ho, Wo, s = self.c, self.k, self.Ho, self.Wo, self.shape
-        X_f = sfft.rfft2(Xc, s=s, workers=1).astype(self.cdtype, copy=False)
-        A = np.empty((m, k, Ho, Wo), dtype=self.dtype)
-        groups = self._groups()
-        g_max = np.empty((len(groups), m), dtype=self.dtype)
-        g_sum = np.empty((len(groups), m), dtype=np.float64)
-        buf = tmp = None
-        for gi, (g0, g1) in enumerate(groups):
-            shape = (m, g1 - g0) + X_f.shape[2:]
-            if buf is None or buf.shape != shape:
-                buf, tmp = np.empty(shape, self.cdtype), np.empty(shape, self.cdtype)
-            np.multiply(X_f[:, None, 0], Mc[None, g0:g1, 0], out=buf)
-            for ci in range(1, c):
-                np.multiply(X_f[:, None, ci], Mc[None, g0:g1, ci], out=tmp)
-                buf += tmp
-            buf[:, :, 0, 0] += dc[g0:g1]
-            Ag = A[:, g0:g1]
-            Ag[...] = sfft.irfft2(buf, s=s, workers=1)[..., :Ho, :Wo]
-            if dead is not None:
-                Ag[:, dead[g0:g1]] = -np.inf
-            flat = Ag.reshape(m, -1)
-            gm = flat.max(axis=1)
-            gm = np.where(np.isfinite(gm), gm, 0).astype(self.dtype)
-            g_max[gi] = gm
-            g_sum[gi] = np.sum(np.exp(flat - gm[:, None]), axis=1, dtype=np.float64)
-        mx = g_max.max(axis=0)
-        Z = np.sum(g_sum * np.exp(g_max - mx), axis=0)  # float64
-        inv = np.where(Z > 0, 1.0 / np.where(Z > 0, Z, 1), 0)
-        Xs = np.conj(X_f) * inv.astype(self.dtype)[:, None, None, None]
-        log_tiny = math.log(np.finfo(self.dtype).tiny)
-        sums_f = acc["sums_f"]
-        t_all = np.empty((self.group,) + X_f.shape[2:], self.cdtype)
-        # γ goes straight into a zero-padded buffer: no copy before the FFT
-        padded = np.zeros((m, self.group) + s, dtype=self.dtype)
-        for g0, g1 in groups:
-            P = padded[:, : g1 - g0]
-            E = P[..., :Ho, :Wo]
-            np.subtract(A[:, g0:g1], mx[:, None, None, None], out=E)
-            np.copyto(E, -np.inf, where=E < log_tiny)
-            np.exp(E, out=E)
-            acc["counts"][g0:g1] += np.sum(
-                E.sum(axis=(2, 3)) * inv[:, None], axis=0, dtype=np.float64
-            )
-            G = sfft.rfft2(P, workers=1)  # (m, kg, F1, Fr)
-            out, t = sums_f[g0:g1], t_all[: g1 - g0]
-            for n in range(m):
-                for ci in range(c):
-                    np.multiply(G[n], Xs[n, ci], out=t)
-                    out[:, ci] += t
-        with np.errstate(divide="ignore"):
-            return (mx + np.log(Z)).astype(self.dtype)
-
-    def finish(self, accs, wide):
-        import numpy as np
-        import scipy.fft as sfft
-
-        sums_f = np.conj(sum(a["sums_f"].astype(np.complex128) for a in accs))
-        S = sfft.irfft2(sums_f, s=self.shape, workers=_n_threads())
-        S = S[..., : self.kh, : self.kw]
-        counts = sum(a["counts"] for a in accs)
-        return counts.astype(wide), S.astype(wide)

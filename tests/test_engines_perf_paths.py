@@ -34,10 +34,8 @@ SHAPES = [
 ]
 
 
-def _fused_and_generic(X, M, log_w, padding, method, variant=None, monkeypatch=None):
+def _fused_and_generic(X, M, log_w, padding, method):
     batch = _em._Batch(X, M, log_w, padding, method)
-    if variant is not None:
-        monkeypatch.setattr(_conv, "_fft2d_is_cheaper", lambda *a: variant == "fft2d")
     fused = batch.engine.statistics(batch.kernels, batch.log_weights, np.float64)
     with native_paths(False):
         generic = _generic_statistics(
@@ -59,32 +57,22 @@ def _assert_same(fused, generic, dtype):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize(
-    "method, variant",
-    [("im2col", None), ("fft", "rowdft"), ("fft", "fft2d")],
-)
-def test_fused_statistics_match_generic(method, variant, shape, dtype, monkeypatch):
+@pytest.mark.parametrize("method", ["im2col", "fft"])
+def test_fused_statistics_match_generic(method, shape, dtype):
     n, c, H, W, k, kernel, padding = shape
     rng = np.random.default_rng(n + k)
     X = rng.standard_normal((n, c, H, W)).astype(dtype)
     M = rng.standard_normal((k, c, *kernel)).astype(dtype)
     log_w = np.log(rng.dirichlet(np.ones(k))).astype(dtype)
-    fused, generic = _fused_and_generic(
-        X, M, log_w, padding, method, variant, monkeypatch
-    )
+    fused, generic = _fused_and_generic(X, M, log_w, padding, method)
     assert fused[0].dtype == np.float64 and fused[1].dtype == np.float64
     assert fused[2].dtype == np.dtype(dtype)
     assert fused[2].shape == (n, 1, 1, 1)
     _assert_same(fused, generic, dtype)
 
 
-@pytest.mark.parametrize(
-    "method, variant",
-    [("im2col", None), ("fft", "rowdft"), ("fft", "fft2d")],
-)
-def test_fused_statistics_minus_inf_weight_and_peaked_posterior(
-    method, variant, monkeypatch
-):
+@pytest.mark.parametrize("method", ["im2col", "fft"])
+def test_fused_statistics_minus_inf_weight_and_peaked_posterior(method):
     # a dead kernel (log π = −inf) gets N_k = 0 exactly; large kernels make
     # the posterior peaked, so most probabilities underflow (flushed to 0)
     rng = np.random.default_rng(1)
@@ -98,23 +86,18 @@ def test_fused_statistics_minus_inf_weight_and_peaked_posterior(
             log_w.astype(dtype),
             1,
             method,
-            variant,
-            monkeypatch,
         )
         assert fused[0][2] == 0.0
         assert np.all(fused[1][2] == 0.0)
         _assert_same(fused, generic, dtype)
 
 
-@pytest.mark.parametrize(
-    "method, variant",
-    [("im2col", None), ("fft", "rowdft"), ("fft", "fft2d")],
-)
-def test_fused_statistics_many_chunks_on_threads(method, variant, monkeypatch):
+@pytest.mark.parametrize("method", ["im2col", "fft"])
+def test_fused_statistics_many_chunks_on_threads(method, monkeypatch):
     # more images than one chunk and two worker threads: every image is
     # counted once, whatever thread took its chunk
     monkeypatch.setenv("CALM_NP_NUM_THREADS", "2")
-    for cls in (_conv._Im2colPlan, _conv._RowDFT, _conv._FFT2D):
+    for cls in (_conv._Im2colPlan, _conv._RowDFT):
 
         def init(self, *args, _original=cls.__init__):
             _original(self, *args)
@@ -124,7 +107,7 @@ def test_fused_statistics_many_chunks_on_threads(method, variant, monkeypatch):
     rng = np.random.default_rng(2)
     X = rng.standard_normal((300, 1, 10, 10))
     M = rng.standard_normal((4, 1, 3, 3))
-    fused, generic = _fused_and_generic(X, M, None, 0, method, variant, monkeypatch)
+    fused, generic = _fused_and_generic(X, M, None, 0, method)
     _assert_same(fused, generic, "float64")
     np.testing.assert_allclose(np.sum(fused[0]), 300.0, rtol=1e-12)
 
