@@ -183,7 +183,7 @@ def test_cli_reads_mnist_idx_files(tmp_path, capsys):
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["n_train"] == len(labels["train"])
     assert summary["evaluation"]["n_test"] == len(labels["t10k"])
-    assert summary["image_shape"] == [28, 28] or summary["image_shape"] == [1, 28, 28]
+    assert summary["image_shape"] == [1, 28, 28]
     # the class is where a bright square sits: pooled features see it
     assert summary["evaluation"]["accuracy"] >= 0.9
 
@@ -197,6 +197,19 @@ def test_cli_fashion_mnist_data_dir_and_limit(tmp_path, capsys):
     )  # fmt: skip
     assert status == 0
     assert json.loads((tmp_path / "o" / "summary.json").read_text())["n_train"] == 12
+
+
+def test_cli_fit_limit_fits_on_a_subset_and_probes_all(tmp_path, capsys):
+    write_mnist(tmp_path / "fm", n_train=30, n_test=10)
+    status, _, _ = run(
+        capsys,
+        "evaluate", "--dataset", "fashion-mnist", "--data-dir", tmp_path / "fm",
+        *TINY, "--fit-limit", "8", "--out", tmp_path / "o",
+    )  # fmt: skip
+    assert status == 0
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["n_fit"] == 8 and summary["n_train"] == 30
+    assert summary["evaluation"]["n_train"] == 30
 
 
 def test_cli_reads_stl10_binary_files(tmp_path, capsys):
