@@ -58,6 +58,26 @@ def rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def rss_parts_mb():
+    """``(total, anonymous, file-backed)`` resident MB (Linux; else total only).
+
+    File-backed pages of a memmap that was read stay mapped (and counted in
+    the RSS) until the kernel needs them: they are page cache, not memory
+    the process allocated.  The anonymous part is what the computation uses.
+    """
+    fields = {}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            key = line.split(":", 1)[0]
+            if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
+                fields[key] = int(line.split()[1]) / 1024
+    except OSError:  # pragma: no cover
+        total = rss_mb()
+        return total, total, 0.0
+    total = fields.get("VmRSS", rss_mb())
+    return total, fields.get("RssAnon", total), fields.get("RssFile", 0.0)
+
+
 def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -193,12 +213,46 @@ def _fused_statistics(X, kernels, padding, method):
     return _em.SufficientStatistics(counts, sums, ll, X.shape[0])
 
 
+def install_hook():
+    """Make ``_em._statistics`` delegate to the engines' fused statistics.
+
+    The benchmark-side stand-in for the few lines ``_em._statistics`` needs
+    (proposed in the README's performance section): for ``latent="image"``
+    without a margin it calls ``batch.engine.statistics``; everything else
+    goes to the original.  Returns whether it patched anything.
+    """
+    from calm_np import _em
+
+    if hook_active():
+        return False
+    original = _em._statistics
+
+    def _statistics(batch, kernels_ndim=4, margin=0):
+        if margin or getattr(batch, "latent", "image") != "image":
+            return original(batch, kernels_ndim=kernels_ndim, margin=margin)
+        xp = batch.xp
+        wide = _em.wide_float(xp, batch.device)
+        counts, sums, log_norm = batch.engine.statistics(
+            batch.kernels, batch.log_weights, wide
+        )
+        if kernels_ndim == 3:
+            sums = sums[:, 0, ...]
+        ll = xp.sum(batch.log_likelihood(log_norm, wide))
+        return _em.SufficientStatistics(counts, sums, ll, batch.X.shape[0])
+
+    _statistics.fused_hook = True
+    _em._statistics = _statistics
+    return True
+
+
 def hook_active():
     """Whether ``calm_np.sufficient_statistics`` already runs the fused path."""
     import inspect
 
     from calm_np import _em
 
+    if getattr(_em._statistics, "fused_hook", False):
+        return True
     return "engine.statistics" in inspect.getsource(_em._statistics)
 
 

@@ -76,9 +76,10 @@ def epoch(X, kernels, batch_size=1000, log_weights=None, padding=0):
     Returns the new kernels and the summed unnormalized log-likelihood
     (``Σ_n logsumexp A_n``, the figure the reference reports).
     """
-    counts = torch.zeros(kernels.shape[0], dtype=kernels.dtype)
+    like = {"dtype": kernels.dtype, "device": kernels.device}
+    counts = torch.zeros(kernels.shape[0], **like)
     sums = torch.zeros_like(kernels)
-    total = torch.zeros((), dtype=kernels.dtype)
+    total = torch.zeros((), **like)
     with torch.no_grad():
         for start in range(0, X.shape[0], batch_size):
             Xb = X[start : start + batch_size]

@@ -1,0 +1,187 @@
+"""Peak memory of ``fit`` depends on ``batch_size``, not on the number of images.
+
+    python benchmarks/memory.py                 # 1 000 000 images, ~3 minutes
+    python benchmarks/memory.py --n 200000 --keep
+
+Writes MNIST-sized float32 images (28×28, strokes on noise, in [0, 1]) to a
+memory-mapped ``.npy`` file (3 GB for a million), then fits
+:class:`calm_np.ConvolutionalMixture` on it in a fresh subprocess per case,
+sampling the resident set size (RSS) every 50 ms: before the fit, during it
+(peak), and after.  Cases: a tenth of the memmap and all of it with the same
+``batch_size``, and all of it with a 4× larger ``batch_size``.  The fit is
+one EM iteration (two passes over every image) with small kernels, so the
+run stays short; memory per batch is set by the model and the batch size,
+whatever ``n``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import _perf  # noqa: E402
+
+
+def make_memmap(path, n, seed=0, block=50_000):
+    """``n`` float32 images 28×28 on disk, written a block at a time."""
+    X = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, 28, 28))
+    rng = np.random.default_rng(seed)
+    strokes = (rng.random((8, 10, 10)) > 0.6).astype(np.uint8) * 200
+    for s in range(0, n, block):
+        m = min(block, n - s)
+        part = rng.integers(0, 40, size=(m, 28, 28), dtype=np.uint8)
+        which = rng.integers(8, size=m)
+        ys, xs = rng.integers(18, size=m), rng.integers(18, size=m)
+        for i in range(m):
+            y, x = ys[i], xs[i]
+            part[i, y : y + 10, x : x + 10] |= strokes[which[i]]
+        X[s : s + m] = part / np.float32(255)
+    X.flush()
+    del X
+
+
+def _child(path, n, batch_size, n_kernels, kernel_size):
+    """Run in a subprocess: fit, print a JSON line with the RSS figures."""
+    import calm_np
+
+    hooked = _perf.install_hook()
+    X = np.load(path, mmap_mode="r")[:n]
+    before = _perf.rss_parts_mb()
+    peak = list(before)
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            now = _perf.rss_parts_mb()
+            for i in range(3):
+                peak[i] = max(peak[i], now[i])
+            time.sleep(0.05)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    t0 = time.perf_counter()
+    model = calm_np.ConvolutionalMixture(
+        n_kernels,
+        kernel_size=kernel_size,
+        batch_size=batch_size,
+        max_iter=1,
+        tol=0.0,
+        random_state=0,
+    )
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConvergenceWarning: one iteration
+        model.fit(X)
+    seconds = time.perf_counter() - t0
+    stop.set()
+    t.join()
+    after = _perf.rss_parts_mb()
+    print(
+        json.dumps(
+            dict(
+                n=n,
+                batch_size=batch_size,
+                before=before,
+                peak=[max(p, a) for p, a in zip(peak, after, strict=True)],
+                after=after,
+                seconds=seconds,
+                bound=float(model.lower_bound_),
+                hooked=hooked,
+            )
+        )
+    )
+
+
+def _fmt(parts):
+    total, anon, file = parts
+    return f"{total:.0f}={anon:.0f}+{file:.0f}"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--batch-size", type=int, default=1000)
+    ap.add_argument("--n-kernels", type=int, default=16)
+    ap.add_argument("--kernel-size", type=int, default=5)
+    ap.add_argument("--dir", default=None, help="where to write the memmap")
+    ap.add_argument("--keep", action="store_true", help="keep the memmap file")
+    ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        path, n, bs, k, ks = args.child
+        return _child(path, int(n), int(bs), int(k), int(ks))
+
+    folder = Path(args.dir or tempfile.mkdtemp(prefix="calm_np_mem_"))
+    path = folder / "images.npy"
+    t0 = time.perf_counter()
+    make_memmap(path, args.n)
+    size_mb = path.stat().st_size / 2**20
+    print(_perf.machine_line(_perf.n_cpus()))
+    print(
+        f"memmap: {args.n} float32 images 28x28 ({size_mb:.0f} MB on disk) written "
+        f"in {time.perf_counter() - t0:.0f} s; model: {args.n_kernels} kernels "
+        f"{args.kernel_size}x{args.kernel_size}, one EM iteration, float32"
+    )
+    cases = [
+        (args.n // 10, args.batch_size),
+        (args.n, args.batch_size),
+        (args.n, 4 * args.batch_size),
+    ]
+    print(
+        "RSS in MB, total = anonymous (allocated by the process) + file-backed "
+        "(memmap pages read, page cache the kernel reclaims at will)"
+    )
+    print(
+        f"{'images':>9} {'batch':>6} {'before':>14} {'peak':>14} {'after':>14} "
+        f"{'anon growth':>11} {'fit s':>7}"
+    )
+    rows = []
+    try:
+        for n, bs in cases:
+            cmd = [sys.executable, __file__, "--child", str(path), str(n), str(bs)]
+            cmd += [str(args.n_kernels), str(args.kernel_size)]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            rows.append(r)
+            print(
+                f"{r['n']:9d} {r['batch_size']:6d} {_fmt(r['before']):>14} "
+                f"{_fmt(r['peak']):>14} {_fmt(r['after']):>14} "
+                f"{r['peak'][1] - r['before'][1]:11.0f} {r['seconds']:7.1f}"
+            )
+    finally:
+        if not args.keep:
+            path.unlink(missing_ok=True)
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+    if rows and rows[0].get("hooked"):
+        print(
+            "(fit ran with the fused statistics hooked into _em in-process, "
+            "see benchmarks/_perf.install_hook)"
+        )
+    small, full, big = (r["peak"][1] - r["before"][1] for r in rows)
+    # bounded by the batch: 10x the images may not cost more anonymous memory
+    # (20 MB of slack for allocator noise)
+    verdict = "met" if full <= 1.25 * small + 20 else "NOT met"
+    print(
+        f"goal 4: peak anonymous growth {full:.0f} MB for {args.n} images vs "
+        f"{small:.0f} MB for {args.n // 10} (same batch): {verdict}; "
+        f"{big:.0f} MB with a 4x batch"
+    )
+    return rows
+
+
+if __name__ == "__main__":
+    main()
