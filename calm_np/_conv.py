@@ -499,23 +499,28 @@ class _Im2colPlan:
 def _dft_matrices(F, n_in, n_out, dtype_name):
     """Real DFT matrices for rows of length ``n_in`` zero-padded to ``F``.
 
-    ``fwd`` (n_in, nb, 2): row @ fwd = (Re, Im) of the rfft, bins f < nb.
-    ``inv`` (nb, 2, n_out): spectrum -> first ``n_out`` samples of irfft.
+    The ``F // 2 + 1`` bins of a real row's spectrum are stored in
+    ``ns = (F + 1) // 2`` *slots* of (re, im) pairs: slot 0 holds the two
+    purely real bins, DC and (for even ``F``) Nyquist, so no GEMM row is
+    spent on an imaginary part that is always zero; slot ``s >= 1`` holds
+    bin ``s``.
+
+    ``fwd`` (n_in, ns, 2): row @ fwd = the row's slots.
+    ``inv`` (ns, 2, n_out): slots -> first ``n_out`` samples of the irfft.
     """
     import numpy as np
 
-    nb = F // 2 + 1
-    f = np.arange(nb)
-    theta = 2 * np.pi * np.outer(np.arange(n_in), f) / F
+    ns = (F + 1) // 2
+    s = np.arange(ns)
+    x_in = np.arange(n_in)
+    theta = 2 * np.pi * np.outer(x_in, s) / F
     fwd = np.stack([np.cos(theta), -np.sin(theta)], axis=-1)
-    weight = np.full(nb, 2.0)
-    weight[0] = 1.0
-    if F % 2 == 0:
-        weight[-1] = 1.0
-    theta = 2 * np.pi * np.outer(f, np.arange(n_out)) / F
-    inv = (
-        np.stack([np.cos(theta), -np.sin(theta)], axis=1) * (weight / F)[:, None, None]
-    )
+    fwd[:, 0, 1] = (-1.0) ** x_in if F % 2 == 0 else 0.0  # Nyquist
+    x_out = np.arange(n_out)
+    theta = 2 * np.pi * np.outer(s, x_out) / F
+    inv = np.stack([np.cos(theta), -np.sin(theta)], axis=1) * (2.0 / F)
+    inv[0, 0] = 1.0 / F  # DC
+    inv[0, 1] = (-1.0) ** x_out / F if F % 2 == 0 else 0.0  # Nyquist
     # exact zeros where cos/sin vanish (not 1e-17): keeps products normal
     fwd[np.abs(fwd) < 1e-12] = 0.0
     inv[np.abs(inv) < 1e-12] = 0.0
@@ -526,7 +531,8 @@ class _RowDFT:
     """Fused row-FFT correlation (see the comment block above).
 
     With ``X̂[n,c,r,f]`` the DFT of image row ``r`` and ``M̂[k,c,i,f]`` that of
-    kernel row ``i`` (length ``F = Wp``, ``nb = F//2 + 1`` bins)::
+    kernel row ``i`` (length ``F = Wp``; ``ns`` slots of bins, see
+    :func:`_dft_matrices`)::
 
         Â[n,k,y,f] = Σ_{c,i} X̂[n,c,y+i,f] · conj(M̂[k,c,i,f])      E-step
         Ŝ[k,c,i,f] = Σ_{n,y} conj(Γ̂[n,k,y,f]) · X̂[n,c,y+i,f]      M-step
@@ -543,45 +549,49 @@ class _RowDFT:
         self.Hp, self.Wp = Hp, Wp
         self.Ho, self.Wo = Hp - kh + 1, Wp - kw + 1
         self.F = Wp
-        self.nb = Wp // 2 + 1
+        self.ns = (Wp + 1) // 2
         self.dtype = dtype
-        # the maps and their row spectra: ~(Wo + 2nb)·k·Ho floats per image
-        per_image = (self.Wo + 2 * self.nb) * k * self.Ho * 4
+        # the maps and their row spectra: ~(Wo + 2ns)·k·Ho floats per image
+        per_image = (self.Wo + 2 * self.ns) * k * self.Ho * 4
         self.chunk_size = max(1, min(256, (6 << 20) // max(per_image, 1)))
 
     def prepare(self, M, bias):
         import numpy as np
 
-        nb, F, k, c, kh = self.nb, self.F, self.k, self.c, self.kh
+        ns, F, k, c, kh = self.ns, self.F, self.k, self.c, self.kh
         name = np.dtype(self.dtype).name
         fwd_k, _ = _dft_matrices(F, self.kw, 0, name)
         fwd_x, _ = _dft_matrices(F, self.Wp, 0, name)
         fwd_g, inv = _dft_matrices(F, self.Wo, self.Wo, name)
-        M_f = np.tensordot(M, fwd_k, axes=(3, 0))  # (k, c, kh, nb, 2)
-        Mr = np.moveaxis(M_f[..., 0].reshape(k, c * kh, nb), -1, 0)  # (nb, k, ckh)
-        Mi = np.moveaxis(M_f[..., 1].reshape(k, c * kh, nb), -1, 0)
+        M_f = np.tensordot(M, fwd_k, axes=(3, 0))  # (k, c, kh, ns, 2)
+        Mr = np.moveaxis(M_f[..., 0].reshape(k, c * kh, ns), -1, 0)  # (ns, k, ckh)
+        Mi = np.moveaxis(M_f[..., 1].reshape(k, c * kh, ns), -1, 0)
         # conj(M̂)·X̂: re = Mr·Tr + Mi·Ti, im = Mr·Ti − Mi·Tr
-        Mblk = np.empty((nb, 2 * k, 2 * c * kh), dtype=self.dtype)
+        Mblk = np.empty((ns, 2 * k, 2 * c * kh), dtype=self.dtype)
         Mblk[:, :k, : c * kh] = Mr
         Mblk[:, :k, c * kh :] = Mi
         Mblk[:, k:, : c * kh] = -Mi
         Mblk[:, k:, c * kh :] = Mr
+        # slot 0 holds two real bins (DC, Nyquist): a diagonal block
+        Mblk[0, :k, c * kh :] = 0
+        Mblk[0, k:, : c * kh] = 0
+        Mblk[0, k:, c * kh :] = Mi[0]
         finite = np.isfinite(bias)
         dead = None if finite.all() else ~finite
         # bias on the DC coefficient: the inverse DFT spreads it as 1/F · F
         dc = (np.where(finite, bias, 0) * F).astype(self.dtype)
-        inv2 = np.ascontiguousarray(inv.reshape(2 * nb, self.Wo).T)  # (Wo, 2nb)
-        fwd2 = np.ascontiguousarray(fwd_g.reshape(self.Wo, 2 * nb).T)  # (2nb, Wo)
-        fwdx = np.ascontiguousarray(fwd_x.reshape(self.Wp, 2 * nb).T)  # (2nb, Wp)
+        inv2 = np.ascontiguousarray(inv.reshape(2 * ns, self.Wo).T)  # (Wo, 2ns)
+        fwd2 = np.ascontiguousarray(fwd_g.reshape(self.Wo, 2 * ns).T)  # (2ns, Wo)
+        fwdx = np.ascontiguousarray(fwd_x.reshape(self.Wp, 2 * ns).T)  # (2ns, Wp)
         return Mblk, dc, dead, inv2, fwd2, fwdx
 
     def new_accumulator(self):
         import numpy as np
 
-        nb, k, ckh = self.nb, self.k, self.c * self.kh
+        ns, k, ckh = self.ns, self.k, self.c * self.kh
         return {
             "counts": np.zeros(k),
-            "sums": np.zeros((nb, 2 * k, 2 * ckh)),
+            "sums": np.zeros((ns, 2 * k, 2 * ckh)),
             "part": np.empty((2 * k, 2 * ckh), dtype=self.dtype),
             "buffers": _Buffers(self.dtype),
         }
@@ -593,24 +603,24 @@ class _RowDFT:
         Mblk, dc, dead, inv2, fwd2, fwdx = prepared
         buffers = acc["buffers"]
         m = Xc.shape[0]
-        nb, k, c, kh, Ho, Wo = self.nb, self.k, self.c, self.kh, self.Ho, self.Wo
+        ns, k, c, kh, Ho, Wo = self.ns, self.k, self.c, self.kh, self.Ho, self.Wo
         n_col = m * Ho
-        # row spectra (2nb, m, c, Hp) -> Toeplitz (nb, 2·c·kh, m·Ho); the
+        # row spectra (2ns, m, c, Hp) -> Toeplitz (ns, 2·c·kh, m·Ho); the
         # copy reads rows contiguously
         rows = Xc.reshape(-1, self.Wp)
-        X_f = np.matmul(fwdx, rows.T, out=buffers.get("X_f", (2 * nb, rows.shape[0])))
-        view = sliding_window_view(X_f.reshape(2 * nb, m, c, self.Hp), kh, axis=3)
-        T = buffers.get("T", (2 * nb, c, kh, m, Ho))
-        T[...] = view.transpose(0, 2, 4, 1, 3)  # (2nb, c, kh, m, Ho)
-        T = T.reshape(nb, 2 * c * kh, n_col)
+        X_f = np.matmul(fwdx, rows.T, out=buffers.get("X_f", (2 * ns, rows.shape[0])))
+        view = sliding_window_view(X_f.reshape(2 * ns, m, c, self.Hp), kh, axis=3)
+        T = buffers.get("T", (2 * ns, c, kh, m, Ho))
+        T[...] = view.transpose(0, 2, 4, 1, 3)  # (2ns, c, kh, m, Ho)
+        T = T.reshape(ns, 2 * c * kh, n_col)
         # one 2-D GEMM per bin: NumPy's stacked matmul falls back to a slow
         # loop for some shapes (e.g. 82 columns), a plain GEMM never does
-        E = buffers.get("E", (nb, 2 * k, n_col))
-        for f in range(nb):
+        E = buffers.get("E", (ns, 2 * k, n_col))
+        for f in range(ns):
             np.matmul(Mblk[f], T[f], out=E[f])  # rows (re/im, k)
         E[0, :k] += dc[:, None]
         A = np.matmul(
-            inv2, E.reshape(2 * nb, k * n_col), out=buffers.get("A", (Wo, k * n_col))
+            inv2, E.reshape(2 * ns, k * n_col), out=buffers.get("A", (Wo, k * n_col))
         )
         if dead is not None:
             A.reshape(Wo, k, n_col)[:, dead] = -np.inf
@@ -619,11 +629,11 @@ class _RowDFT:
         Z, inv = _normalise(sk, self.dtype, np)
         acc["counts"] += np.sum(sk * inv, axis=1, dtype=np.float64)
         # row spectra of γ (reusing E's memory), image side scaled by 1/Z_n
-        G = np.matmul(fwd2, A, out=E.reshape(2 * nb, k * n_col))
-        G = G.reshape(nb, 2 * k, n_col)
-        T.reshape(nb, 2 * c * kh, m, Ho)[...] *= inv[:, None]
-        sums, part = acc["sums"], acc["part"]  # (nb, 2k, 2ckh)
-        for f in range(nb):
+        G = np.matmul(fwd2, A, out=E.reshape(2 * ns, k * n_col))
+        G = G.reshape(ns, 2 * k, n_col)
+        T.reshape(ns, 2 * c * kh, m, Ho)[...] *= inv[:, None]
+        sums, part = acc["sums"], acc["part"]  # (ns, 2k, 2ckh)
+        for f in range(ns):
             np.matmul(G[f], T[f].T, out=part)
             sums[f] += part
         with np.errstate(divide="ignore"):
@@ -632,11 +642,17 @@ class _RowDFT:
     def finish(self, accs, wide):
         import numpy as np
 
-        nb, k, c, kh, kw = self.nb, self.k, self.c, self.kh, self.kw
-        P = sum(a["sums"] for a in accs).reshape(nb, 2, k, 2, c * kh)
-        # conj(Γ̂)·X̂ = (Gr·Tr + Gi·Ti) + i(Gr·Ti − Gi·Tr)
-        S_f = (P[:, 0, :, 0] + P[:, 1, :, 1]) + 1j * (P[:, 0, :, 1] - P[:, 1, :, 0])
-        S = np.fft.irfft(np.moveaxis(S_f, 0, -1), n=self.F, axis=-1)[..., :kw]
+        ns, k, c, kh, kw, F = self.ns, self.k, self.c, self.kh, self.kw, self.F
+        P = sum(a["sums"] for a in accs).reshape(ns, 2, k, 2, c * kh)
+        # conj(Γ̂)·X̂ = (Gr·Tr + Gi·Ti) + i(Gr·Ti − Gi·Tr), per bin
+        S_f = np.zeros((F // 2 + 1, k, c * kh), dtype=np.complex128)
+        S_f[1:ns] = (P[1:, 0, :, 0] + P[1:, 1, :, 1]) + 1j * (
+            P[1:, 0, :, 1] - P[1:, 1, :, 0]
+        )
+        S_f[0] = P[0, 0, :, 0]  # DC: real times real
+        if F % 2 == 0:
+            S_f[F // 2] = P[0, 1, :, 1]  # Nyquist
+        S = np.fft.irfft(np.moveaxis(S_f, 0, -1), n=F, axis=-1)[..., :kw]
         counts = sum(a["counts"] for a in accs)
         return counts.astype(wide), S.reshape(k, c, kh, kw).astype(wide)
 
@@ -675,12 +691,12 @@ def _fused_features(kind, image_shape, kernel_shape):
             "image": 1.0,
         }
     if kind == "rowdft":
-        nb = Wp // 2 + 1
+        ns = (Wp + 1) // 2
         return {
-            "gemm": 16.0 * nb * k * c * kh * Ho,  # E and M products, re/im
-            "dft": 8.0 * nb * Wo * k * Ho,  # the maps' row transforms
+            "gemm": 16.0 * ns * k * c * kh * Ho,  # E and M products, re/im
+            "dft": 8.0 * ns * Wo * k * Ho,  # the maps' row transforms
             "map": maps,
-            "copy": 2.0 * nb * c * kh * Ho,  # Toeplitz matrix
+            "copy": 2.0 * ns * c * kh * Ho,  # Toeplitz matrix
             "image": 1.0,
         }
     raise ValueError(kind)
