@@ -326,8 +326,10 @@ def _executor(size):
 def _parallel_chunks(n, chunk, work, make_acc):
     """Run ``work(start, stop, acc)`` over chunks of ``range(n)`` on threads.
 
-    Each thread pulls the next chunk and adds into its own accumulator
-    (``make_acc()``); the accumulators come back as a list.
+    Thread ``t`` of ``T`` takes chunks ``t, t + T, t + 2T, …`` (a static
+    assignment) and adds into its own accumulator (``make_acc()``); the
+    accumulators come back in thread order.  Which chunk lands in which sum
+    never depends on timing, so a fit is bit-for-bit reproducible.
     """
     starts = list(range(0, n, chunk))
     n_threads = min(_n_threads(), len(starts))
@@ -337,20 +339,15 @@ def _parallel_chunks(n, chunk, work, make_acc):
             for s in starts:
                 work(s, min(s + chunk, n), acc)
             return [acc]
-        lock = threading.Lock()
-        it = iter(starts)
 
-        def run():
+        def run(t):
             acc = make_acc()
-            while True:
-                with lock:
-                    s = next(it, None)
-                if s is None:
-                    return acc
+            for s in starts[t::n_threads]:
                 work(s, min(s + chunk, n), acc)
+            return acc
 
         pool = _executor(n_threads)
-        futures = [pool.submit(run) for _ in range(n_threads)]
+        futures = [pool.submit(run, t) for t in range(n_threads)]
         return [f.result() for f in futures]
 
 

@@ -9,7 +9,9 @@ into the image side, row-DFT or 2-D FFT for the ``fft`` engine) must give the
 
 from __future__ import annotations
 
+import random
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -157,3 +159,31 @@ def test_blas_threads_restored_after_concurrent_calls():
         _assert_same(r, results[0], "float64")
     after = [info["num_threads"] for info in controller.select(user_api="blas").info()]
     assert after == before
+
+
+@pytest.mark.parametrize("method", ["im2col", "fft"])
+def test_fused_statistics_are_bit_reproducible_on_threads(method, monkeypatch):
+    # the same data gives the same bits every time, however the threads race
+    monkeypatch.setenv("CALM_NP_NUM_THREADS", "2")
+    for cls in (_conv._Im2colPlan, _conv._RowDFT):
+
+        def init(self, *args, _original=cls.__init__):
+            _original(self, *args)
+            self.chunk_size = 3
+
+        def chunk(self, *args, _original=cls.chunk):
+            time.sleep(random.random() * 2e-3)  # make the threads race
+            return _original(self, *args)
+
+        monkeypatch.setattr(cls, "__init__", init)
+        monkeypatch.setattr(cls, "chunk", chunk)
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((120, 2, 9, 9))
+    M = rng.standard_normal((5, 2, 4, 4))
+    runs = [
+        __import__("calm_np").sufficient_statistics(X, M, method=method)
+        for _ in range(8)
+    ]
+    for other in runs[1:]:
+        np.testing.assert_array_equal(other.sums, runs[0].sums)
+        np.testing.assert_array_equal(other.counts, runs[0].counts)
