@@ -2,7 +2,7 @@
 ``_agnostic`` pattern: same inputs, fast path on and off, same numbers).
 
 The fused ``statistics`` of each engine (chunked, threaded, normaliser folded
-into the image side, row-DFT or 2-D FFT for the ``fft`` engine) must give the
+into the image side, row-DFT GEMMs for the ``fft`` engine) must give the
 ``N_k``, ``S_k`` and per-image normaliser of the plain chain
 ``correlate -> logsumexp -> exp -> weighted_sum``.
 """
