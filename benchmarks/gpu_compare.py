@@ -41,6 +41,10 @@ def _backend(dry_run):
     n = cupy.cuda.runtime.getDeviceCount()
     if n < 1 or not torch.cuda.is_available():
         raise SystemExit("no CUDA device visible to CuPy and torch")
+    # full float32 on both sides: torch would otherwise use TF32 tensor cores
+    # for its convolutions (10-bit mantissa), CuPy does not
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
     props = cupy.cuda.runtime.getDeviceProperties(0)
     name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
 
