@@ -187,3 +187,16 @@ def test_fused_statistics_are_bit_reproducible_on_threads(method, monkeypatch):
     for other in runs[1:]:
         np.testing.assert_array_equal(other.sums, runs[0].sums)
         np.testing.assert_array_equal(other.counts, runs[0].counts)
+
+
+def test_fused_statistics_without_threadpoolctl(monkeypatch):
+    # no threadpoolctl: chunks run in turn on the calling thread (BLAS keeps
+    # its own threads), with the same numbers
+    monkeypatch.setitem(_conv._BLAS, "controller", False)
+    monkeypatch.setenv("CALM_NP_NUM_THREADS", "2")
+    rng = np.random.default_rng(6)
+    X = rng.standard_normal((50, 2, 9, 10))
+    M = rng.standard_normal((3, 2, 4, 4))
+    for method in ("im2col", "fft"):
+        fused, generic = _fused_and_generic(X, M, None, 1, method)
+        _assert_same(fused, generic, "float64")
