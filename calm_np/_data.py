@@ -118,7 +118,9 @@ class ImageSource:
         n = self.n_samples
         step = n if self.batch_size is None else self.batch_size
         for start in range(0, n, max(step, 1)):
-            yield self._slice(start, min(start + step, n))
+            stop = min(start + step, n)
+            yield self._slice(start, stop)
+            _release_pages(self.X, start, stop)
 
     def _slice(self, start, stop):
         if self.kind == "lazy":
@@ -191,6 +193,40 @@ class ImageSource:
             if progress is not None:
                 progress(int(batch.shape[0]))
         return total
+
+
+def _release_pages(X, start, stop):
+    """Drop a memmap's rows ``[start, stop)`` from this process's memory.
+
+    Pages of a file mapping stay resident after they are read, so a pass
+    over a large memmap would grow the process's RSS to the file's size.
+    ``MADV_DONTNEED`` unmaps them (the data stays in the file and the OS
+    page cache), keeping resident memory bounded by the batch.  Skipped for
+    copy-on-write maps (their changes live only in those pages) and where
+    the platform has no ``madvise``.
+    """
+    import mmap
+
+    import numpy as np
+
+    if not isinstance(X, np.memmap) or getattr(X, "mode", "c") == "c":
+        return
+    raw = getattr(X, "_mmap", None)
+    if raw is None or not hasattr(raw, "madvise") or start >= stop:
+        return
+    try:
+        base = np.frombuffer(raw, dtype=np.uint8).ctypes.data
+        rows = X[start:stop]
+        first = rows.ctypes.data - base
+        last = first + rows.nbytes
+        page = mmap.PAGESIZE
+        # whole pages inside the rows only: neighbours may still be in use
+        lo = -(-first // page) * page
+        hi = (last // page) * page
+        if hi > lo:
+            raw.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+    except (AttributeError, OSError, ValueError, BufferError):
+        return  # an optimisation only
 
 
 def _is_lazy_array(X):
