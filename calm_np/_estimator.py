@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
-FEATURES = ("log_joint", "log_posterior", "posterior")
+FEATURES = ("log_joint", "log_posterior", "posterior", "triangle")
 
 
 class ConvergenceWarning(UserWarning):
@@ -132,13 +132,17 @@ class ConvolutionalMixture:
         ``callback(estimator)`` after every iteration, with the current
         ``kernels_``, ``weights_``, ``lower_bounds_`` and ``n_iter_``; a
         ``True`` return value stops the fit.
-    features : {"log_joint", "log_posterior", "posterior"}, default="log_joint"
+    features : {"log_joint", "log_posterior", "posterior", "triangle"}, \
+default="log_joint"
         What :meth:`transform` returns per kernel and pooling cell:
         ``logsumexp_u A[k, u]`` over the cell (the paper's image-wide
         ``log p(Z=k, X) − c(X)`` when ``pooling=1``), the log of the posterior
         mass in the cell (``log p(Z=k, U∈cell | X)``; with
         ``latent="patch"``, the log expected count of patches of kernel
-        ``k`` in the cell), or that mass itself.
+        ``k`` in the cell), that mass itself, or the "triangle" activation of
+        Coates et al. (2011) summed over the cell: with the distance
+        ``z[k, u] = ‖x_u − μ_k‖`` read off the log joint,
+        ``max(0, mean_j z[j, u] − z[k, u])``.
     pooling : int or (int, int), default=1
         Grid of pooling cells over the positions: ``transform`` returns
         ``n_kernels * ph * pw`` features, each cell's logsumexp.
@@ -758,7 +762,8 @@ class ConvolutionalMixture:
         ``n_features = n_kernels * ph * pw`` for ``pooling=(ph, pw)``; each
         is a logsumexp of the log joint ``A[k, u]`` over a cell of positions
         (``features="log_joint"``), the log posterior mass of the cell
-        (``"log_posterior"``), or that mass (``"posterior"``).
+        (``"log_posterior"``), that mass (``"posterior"``), or the sum of the
+        triangle activations of the cell (``"triangle"``).
         """
         source = self._batches(X)
         self._check_params()
@@ -787,6 +792,9 @@ class ConvolutionalMixture:
         grid = _checks.check_padding(self.pooling)
         if self.features == "log_joint":
             return _pool(A, grid, xp)
+        if self.features == "triangle":
+            act = _triangle(batch, A, kernels, log_w, self.padding_, self.method, xp)
+            return _pool(act, grid, xp, reduce=xp.sum)
         # log of the posterior mass in each (kernel, cell) under the latent
         axes = (1, 2, 3) if self.latent == "image" else (1,)
         log_post = _pool(A - logsumexp(A, axis=axes, keepdims=True), grid, xp)
@@ -946,8 +954,33 @@ def _recentre(ext, kernels, margin, reg, xp):
     return xp.stack(rows, axis=0)
 
 
-def _pool(A, grid, xp):
+def _triangle(X, A, kernels, log_w, padding, method, xp):
+    """Triangle activation ``max(0, mean_j z[j,u] − z[k,u])``, ``(n, k, Ho, Wo)``.
+
+    ``z[k, u] = ‖x_u − μ_k‖`` comes from the log joint,
+    ``‖x_u − μ_k‖² = ‖x_u‖² − 2 (A[k, u] − log π_k)``, with the patch norms
+    ``‖x_u‖²`` a correlation of ``X²`` with a kernel of ones (through the
+    same engines).  Coates, Lee & Ng (2011) use it on k-means centroids: a
+    kernel is active where the patch is closer to it than to the average
+    kernel, which makes the code sparse and competitive across kernels.
+    """
+    _, c, kh, kw = kernels.shape
+    X = xp.astype(X, kernels.dtype)
+    ones = xp.ones((1, c, kh, kw), dtype=kernels.dtype, device=device_of(kernels))
+    # log_joint adds -½‖ones‖² (a single kernel has log weight 0)
+    sq_norms = log_joint(X * X, ones, padding=padding, method=method)
+    sq_norms = sq_norms + 0.5 * (c * kh * kw)
+    dist2 = sq_norms - 2.0 * (A - xp.reshape(log_w, (1, -1, 1, 1)))
+    dist = xp.sqrt(xp.maximum(dist2, xp.zeros_like(dist2)))
+    act = xp.mean(dist, axis=1, keepdims=True) - dist
+    return xp.maximum(act, xp.zeros_like(act))
+
+
+def _pool(A, grid, xp, reduce=None):
     """logsumexp of ``A (n, k, Ho, Wo)`` over a grid of cells → (n, k·gh·gw).
+
+    ``reduce(a, axis=(2, 3))`` replaces the logsumexp when given (the sum
+    for ``features="triangle"``).
 
     Cell ``i`` of ``g`` along an axis of ``L`` positions spans
     ``[i·L // g, max((i+1)·L // g, i·L // g + 1))``: every cell holds at least
@@ -955,15 +988,16 @@ def _pool(A, grid, xp):
     """
     n, k, Ho, Wo = A.shape
     gh, gw = grid
+    reduce = logsumexp if reduce is None else reduce
     if (gh, gw) == (1, 1):
-        return logsumexp(A, axis=(2, 3))
+        return reduce(A, axis=(2, 3))
 
     def edges(L, g):
         starts = [min(i * L // g, L - 1) for i in range(g)]
         return [(a, max((i + 1) * L // g, a + 1)) for i, a in enumerate(starts)]
 
     cells = [
-        logsumexp(A[:, :, y0:y1, x0:x1], axis=(2, 3))
+        reduce(A[:, :, y0:y1, x0:x1], axis=(2, 3))
         for y0, y1 in edges(Ho, gh)
         for x0, x1 in edges(Wo, gw)
     ]
