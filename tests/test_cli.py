@@ -223,13 +223,15 @@ def test_cli_reads_stl10_binary_files(tmp_path, capsys):
     assert status == 0
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["image_shape"] == [3, 96, 96]
-    assert summary["preprocess"] == "per-image"
+    assert summary["preprocess"] == _cli.PRESETS["best"]["stl10"]["preprocess"]
     model = calm_np.ConvolutionalMixture.load(tmp_path / "o" / "model.npz")
     assert model.kernels_.shape == (2, 3, 5, 5)
     assert_png(tmp_path / "o" / "kernels.png")  # RGB tiles
 
 
-@pytest.mark.parametrize("preprocess", ["standardize", "per-image", "zca", "none"])
+@pytest.mark.parametrize(
+    "preprocess", ["local", "standardize", "per-image", "zca", "none"]
+)
 def test_cli_preprocess_options(tmp_path, capsys, preprocess):
     status, _, _ = run(
         capsys,
@@ -239,6 +241,45 @@ def test_cli_preprocess_options(tmp_path, capsys, preprocess):
     assert status == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["preprocess"] == preprocess
+
+
+def test_local_contrast_normalizes_each_window():
+    rng = np.random.default_rng(0)
+    X = rng.uniform(size=(2, 1, 12, 12)) * np.array([1.0, 0.1])[:, None, None, None]
+    out = _cli.local_contrast(X, (5, 5), eps=0.0)
+    # scale invariant (the second image is the first's pattern, dimmer) ...
+    X2 = X.copy()
+    X2[1] = X2[0] * 0.1
+    out2 = _cli.local_contrast(X2, (5, 5), eps=0.0)
+    np.testing.assert_allclose(out2[0], out2[1], rtol=1e-9, atol=1e-12)
+    # ... and each interior pixel is its window's z-score
+    y, x = 6, 6
+    window = X[0, 0, y - 2 : y + 3, x - 2 : x + 3]
+    centred = (X[0, 0] - _box_mean(X[0, 0], 5))[y - 2 : y + 3, x - 2 : x + 3]
+    expected = (X[0, 0, y, x] - window.mean()) / np.sqrt((centred**2).mean())
+    assert out[0, 0, y, x] == pytest.approx(expected, rel=1e-9)
+    assert out.shape == X.shape
+
+
+def _box_mean(image, size):
+    r = size // 2
+    padded = np.pad(image, r, mode="reflect")  # numpy "reflect" = scipy "mirror"
+    out = np.zeros_like(image)
+    for dy in range(size):
+        for dx in range(size):
+            out += padded[dy : dy + image.shape[0], dx : dx + image.shape[1]]
+    return out / size**2
+
+
+def test_cli_best_presets_use_the_measured_readout():
+    best = _cli.PRESETS["best"]["mnist"]
+    best256 = _cli.PRESETS["best256"]["mnist"]
+    assert best256["n_kernels"] * best256["pooling"] ** 2 <= 256
+    for preset in (best, best256):
+        params = {
+            k: v for k, v in preset.items() if k not in ("preprocess", "fit_limit")
+        }
+        calm_np.ConvolutionalMixture(**params)._check_params()  # valid settings
 
 
 def test_cli_paper_preset(tmp_path, capsys):
@@ -379,7 +420,7 @@ def test_cli_numpy_backend_refuses_gpu_device(capsys):
 
 
 def test_cli_kernel_larger_than_images(tmp_path, capsys):
-    status, _, err = run(capsys, "fit", "--kernel-size", "12", "--out", tmp_path, "-q")
+    status, _, err = run(capsys, "fit", "--kernel-size", "20", "--out", tmp_path, "-q")
     assert_one_line_error(status, err, 1, "kernel")
 
 

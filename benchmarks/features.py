@@ -1,0 +1,352 @@
+"""Feature quality on Fashion-MNIST: linear-probe accuracy of one CALM layer.
+
+Every row turns each image into a feature vector, standardizes the features
+(statistics of the training set) and fits the same multinomial logistic
+regression (scikit-learn, lbfgs, C=1, max_iter=1000) on the training images;
+the number is its accuracy on the test images.
+
+Rows:
+
+    raw        the 784 pixels
+    kmeans     Coates, Lee & Ng (2011): 64 k-means centroids of normalized,
+               ZCA-whitened 7x7 patches, "triangle" activation at every
+               position, summed over the 4 image quadrants (256 features)
+    paper      the CALM paper's MNIST setup: 64 kernels 20x20, padding 2,
+               batch 1000, 15 epochs, pixels in [0, 1], image-wide pooled
+               log p(Z=k | X) (64 features)
+    paper0     the same kernels before EM (the k-means++ initialisation)
+    joint      the paper's model and readout family at their best: 128 kernels
+               7x7, image latent, log joint pooled over a 3x3 grid
+    best256    the best setting within 256 features: 64 kernels 7x7,
+               latent="patch", local contrast normalization, triangle
+               activation summed over 2x2 cells
+    best       `calm-np evaluate --dataset fashion-mnist`'s defaults: the
+               same with 128 kernels and a 3x3 grid
+    plus the levers (--rows levers), each one change to best256: readout,
+    latent, preprocessing, kernel size and count, pooling grid, no EM.
+
+    python benchmarks/features.py                            # main rows, 60k/10k
+    python benchmarks/features.py --rows levers --limit 10000 --test-limit 2000
+    python benchmarks/features.py --rows raw,kmeans --limit 5000
+
+Prints one line per row (accuracy, features, seconds split into fit, features
+and probe) and the machine; ``--json PATH`` writes the rows too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+import calm_np
+from calm_np import _cli, datasets
+
+PATCH = 7  # k-means patch side
+
+
+# ---------------------------------------------------------------------------
+# settings
+# ---------------------------------------------------------------------------
+
+BEST = dict(_cli.PRESETS["best"]["mnist"])
+BEST256 = dict(_cli.PRESETS["best256"]["mnist"])
+PAPER = dict(_cli.PRESETS["paper"]["mnist"])
+# the best setting with the paper's model and readout family: image latent,
+# log-joint pooled over a grid, pixels standardized
+JOINT = dict(
+    n_kernels=128,
+    kernel_size=7,
+    latent="image",
+    max_iter=15,
+    batch_size=1000,
+    pooling=3,
+    features="log_joint",
+    preprocess="standardize",
+    fit_limit=10000,
+)
+
+
+def calm(base=None, **changes):
+    """A CALM row: estimator parameters plus ``preprocess`` and ``fit_limit``."""
+    return {**(base or BEST256), **changes}
+
+
+MAIN_ROWS = ("raw", "kmeans", "paper", "paper0", "joint", "best256", "best")
+
+ROWS = {
+    "paper": calm(PAPER),
+    "paper0": calm(PAPER, max_iter=0),
+    "joint": calm(JOINT),
+    "joint64": calm(JOINT, n_kernels=64),
+    "best": calm(BEST),
+    "best256": calm(BEST256),
+    # levers: each one change to best256
+    "log_joint": calm(features="log_joint"),
+    "log_posterior": calm(features="log_posterior"),
+    "posterior": calm(features="posterior"),
+    "image_latent": calm(latent="image"),
+    "standardize": calm(preprocess="standardize"),
+    "per_image": calm(preprocess="per-image"),
+    "zca": calm(preprocess="zca"),
+    "kernel5": calm(kernel_size=5),
+    "kernel9": calm(kernel_size=9),
+    "pool1": calm(pooling=1),
+    "pool3": calm(pooling=3),
+    "pool4": calm(pooling=4),
+    "pyramid": calm(pooling="1+2+3"),
+    "k32": calm(n_kernels=32),
+    "untrained": calm(max_iter=0),
+}
+LEVERS = tuple(k for k in ROWS if k not in MAIN_ROWS)
+
+
+# ---------------------------------------------------------------------------
+# the probe and the baselines
+# ---------------------------------------------------------------------------
+
+
+def probe(F_train, y_train, F_test, y_test):
+    """Standardize, multinomial logistic regression; test accuracy."""
+    return _cli._probe(F_train, y_train, F_test, y_test, C=1.0)
+
+
+def raw_features(X_train, X_test):
+    flat = lambda X: X.reshape(len(X), -1).astype(np.float64) / 255  # noqa: E731
+    return flat(X_train), flat(X_test), 0.0
+
+
+def _patches(images, size):
+    """All ``size x size`` patches at stride 1: (n, Ho, Wo, size*size)."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    view = sliding_window_view(images, (size, size), axis=(1, 2))
+    n, ho, wo = view.shape[:3]
+    return view.reshape(n, ho, wo, size * size)
+
+
+def _normalize(P):
+    # Coates et al.: per-patch brightness and contrast normalization, with
+    # 10 added to the variance of 0..255 pixels
+    P = P - P.mean(axis=-1, keepdims=True)
+    return P / np.sqrt(P.var(axis=-1, keepdims=True) + 10.0)
+
+
+def kmeans_triangle(X_train, X_test, n_centroids=64, n_patches=100_000, seed=0):
+    """Coates, Lee & Ng (2011) single-layer k-means features, 4 quadrants."""
+    from sklearn.cluster import KMeans
+
+    rng = np.random.default_rng(seed)
+    start = time.perf_counter()
+    images = X_train.astype(np.float64)
+    n, H, W = images.shape
+    idx = rng.integers(n, size=n_patches)
+    ys = rng.integers(H - PATCH + 1, size=n_patches)
+    xs = rng.integers(W - PATCH + 1, size=n_patches)
+    P = np.stack(
+        [
+            images[i, y : y + PATCH, x : x + PATCH].ravel()
+            for i, y, x in zip(idx, ys, xs, strict=True)
+        ]
+    )
+    P = _normalize(P)
+    zca = datasets.ZCAWhitening(eps=0.1).fit(P)
+    centroids = KMeans(n_centroids, n_init=1, max_iter=100, random_state=seed).fit(
+        zca.transform(P)
+    )
+    C = centroids.cluster_centers_
+    c_sq = (C * C).sum(axis=1)
+    fit_seconds = time.perf_counter() - start
+
+    def encode(X, batch=500):
+        out = []
+        for i in range(0, len(X), batch):
+            P = _normalize(_patches(X[i : i + batch].astype(np.float64), PATCH))
+            b, ho, wo, d = P.shape
+            Z = zca.transform(P.reshape(-1, d))
+            dist = np.sqrt(
+                np.maximum((Z * Z).sum(1)[:, None] - 2 * Z @ C.T + c_sq, 0.0)
+            )
+            act = np.maximum(dist.mean(axis=1, keepdims=True) - dist, 0.0)
+            act = act.reshape(b, ho, wo, -1)
+            hy, hx = ho // 2, wo // 2
+            quads = [
+                act[:, :hy, :hx].sum((1, 2)),
+                act[:, :hy, hx:].sum((1, 2)),
+                act[:, hy:, :hx].sum((1, 2)),
+                act[:, hy:, hx:].sum((1, 2)),
+            ]
+            out.append(np.concatenate(quads, axis=1))
+        return np.concatenate(out)
+
+    return encode(X_train), encode(X_test), fit_seconds
+
+
+def calm_features(setting, X_train, X_test, seed=0):
+    """Fit a ConvolutionalMixture as ``setting`` says; pooled features."""
+    setting = dict(setting)
+    preprocess = setting.pop("preprocess")
+    fit_limit = setting.pop("fit_limit", None)
+    names = set(calm_np.ConvolutionalMixture().get_params())
+    if "latent" in setting and "latent" not in names:
+        raise SystemExit("this calm_np has no latent= option")
+    A, B = _cli._preprocess(preprocess, X_train, X_test)
+    A, B = A.astype(np.float32), B.astype(np.float32)
+    A, B = A[:, None] if A.ndim == 3 else A, B[:, None] if B.ndim == 3 else B
+    # "1+2+3": a pyramid, the features of each grid side by side
+    grids = [int(g) for g in str(setting.pop("pooling", 1)).split("+")]
+    model = calm_np.ConvolutionalMixture(**setting, random_state=seed)
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", calm_np.ConvergenceWarning)
+        model.fit(A if fit_limit is None else A[:fit_limit])
+    fit_seconds = time.perf_counter() - start
+    batch = model.batch_size or 1000
+    F_train, F_test = [], []
+    for grid in grids:
+        model.set_params(pooling=grid)
+        F_train.append(_cli._features(model, A, batch, quiet=True))
+        F_test.append(_cli._features(model, B, batch, quiet=True))
+    return np.hstack(F_train), np.hstack(F_test), fit_seconds, model
+
+
+# ---------------------------------------------------------------------------
+# driver
+# ---------------------------------------------------------------------------
+
+
+def machine():
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return dict(
+        cpu=cpu,
+        cores=os.cpu_count(),
+        platform=platform.platform(),
+        numpy=np.__version__,
+        calm_np=calm_np.__version__,
+        load_1min=round(load, 2),
+    )
+
+
+def describe(name, setting):
+    if name in ("raw", "kmeans"):
+        return {
+            "raw": "784 pixels / 255",
+            "kmeans": f"k-means 64x{PATCH}x{PATCH}, triangle, 4 quadrants",
+        }[name]
+    s = setting
+    ks = s.get("kernel_size")
+    parts = [
+        f"K={s['n_kernels']} {ks}x{ks}",
+        f"pad {s.get('padding', 0)}",
+        f"pool {s.get('pooling', 1)}",
+        s.get("features", "log_joint"),
+        f"latent {s.get('latent', 'image')}",
+        f"prep {s['preprocess']}",
+        f"{s.get('max_iter')} it",
+    ]
+    if s.get("fit_limit"):
+        parts.append(f"fit on {s['fit_limit']}")
+    return ", ".join(parts)
+
+
+def run_row(name, X_train, y_train, X_test, y_test, seed):
+    start = time.perf_counter()
+    info = {}
+    if name == "raw":
+        F_train, F_test, fit_s = raw_features(X_train, X_test)
+    elif name == "kmeans":
+        F_train, F_test, fit_s = kmeans_triangle(X_train, X_test, seed=seed)
+    else:
+        F_train, F_test, fit_s, model = calm_features(ROWS[name], X_train, X_test, seed)
+        info = dict(n_iter=int(model.n_iter_), objective=model.lower_bound_)
+    features_done = time.perf_counter()
+    accuracy = probe(F_train, y_train, F_test, y_test)
+    end = time.perf_counter()
+    return dict(
+        row=name,
+        setting=describe(name, ROWS.get(name)),
+        accuracy=round(accuracy, 4),
+        n_features=int(F_train.shape[1]),
+        fit_seconds=round(fit_s, 1),
+        feature_seconds=round(features_done - start - fit_s, 1),
+        probe_seconds=round(end - features_done, 1),
+        total_seconds=round(end - start, 1),
+        **info,
+    )
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument(
+        "--rows",
+        default=",".join(MAIN_ROWS),
+        help=f"comma-separated rows, or 'levers' (default: {','.join(MAIN_ROWS)})",
+    )
+    ap.add_argument("--data-dir", help="Fashion-MNIST folder (default: Debian's)")
+    ap.add_argument("--limit", type=int, help="first N training images")
+    ap.add_argument("--test-limit", type=int, help="first N test images")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", type=Path, help="also write the rows here")
+    args = ap.parse_args(argv)
+    rows = []
+    for name in args.rows.split(","):
+        rows.extend(LEVERS if name == "levers" else [name])
+    unknown = [r for r in rows if r not in ROWS and r not in ("raw", "kmeans")]
+    if unknown:
+        ap.error(f"unknown rows {unknown}; known: raw, kmeans, {', '.join(ROWS)}")
+
+    X_train, y_train = datasets.load_fashion_mnist(args.data_dir, limit=args.limit)
+    X_test, y_test = datasets.load_fashion_mnist(
+        args.data_dir, "test", limit=args.test_limit
+    )
+    info = machine()
+    print(
+        f"Fashion-MNIST {len(X_train)} train / {len(X_test)} test; {info['cpu']}, "
+        f"{info['cores']} cores, load {info['load_1min']}; numpy {info['numpy']}",
+        flush=True,
+    )
+    results = []
+    for name in rows:
+        r = run_row(name, X_train, y_train, X_test, y_test, args.seed)
+        results.append(r)
+        print(
+            f"{r['row']:14s} {r['accuracy']:.4f}  {r['n_features']:5d} features  "
+            f"{r['total_seconds']:7.1f} s (fit {r['fit_seconds']}, features "
+            f"{r['feature_seconds']}, probe {r['probe_seconds']})  {r['setting']}",
+            flush=True,
+        )
+    info["load_1min_end"] = round(os.getloadavg()[0], 2)
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                dict(
+                    machine=info,
+                    n_train=len(X_train),
+                    n_test=len(X_test),
+                    command=sys.argv,
+                    rows=results,
+                ),
+                indent=2,
+            )
+            + "\n"
+        )
+    return results
+
+
+if __name__ == "__main__":
+    main()
