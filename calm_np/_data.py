@@ -139,7 +139,16 @@ class ImageSource:
             if _is_numpy_like(self.X):
                 import numpy as np
 
-                return np.asarray(self.X[np.asarray(indices, dtype=np.intp)])
+                idx = np.asarray(indices, dtype=np.intp)
+                if not isinstance(self.X, np.memmap):
+                    return np.asarray(self.X[idx])
+                # scattered reads map whole neighbourhoods of the file: read a
+                # few rows at a time and let those pages go before the next
+                rows = np.empty((len(idx), *self.X.shape[1:]), dtype=self.X.dtype)
+                for s in range(0, len(idx), 32):
+                    rows[s : s + 32] = self.X[idx[s : s + 32]]
+                    _release_pages(self.X, 0, self.n_samples)
+                return rows
             idx = xp.asarray(indices, dtype=xp.int64, device=self.device)
             return xp.take(self.X, idx, axis=0)
         if self.kind == "dask":
