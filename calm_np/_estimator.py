@@ -21,7 +21,7 @@ import numpy as np
 
 from . import _checks
 from ._data import ImageSource
-from ._em import SufficientStatistics, log_joint, log_likelihood
+from ._em import SufficientStatistics, _Batch, log_joint, log_likelihood
 from ._init import (
     INITS,
     check_random_state,
@@ -959,17 +959,13 @@ def _triangle(X, A, kernels, log_w, padding, method, xp):
 
     ``z[k, u] = ‖x_u − μ_k‖`` comes from the log joint,
     ``‖x_u − μ_k‖² = ‖x_u‖² − 2 (A[k, u] − log π_k)``, with the patch norms
-    ``‖x_u‖²`` a correlation of ``X²`` with a kernel of ones (through the
-    same engines).  Coates, Lee & Ng (2011) use it on k-means centroids: a
+    ``‖x_u‖²`` from an integral image of ``X²`` (as for ``latent="patch"``).
+    Coates, Lee & Ng (2011) use it on k-means centroids: a
     kernel is active where the patch is closer to it than to the average
     kernel, which makes the code sparse and competitive across kernels.
     """
-    _, c, kh, kw = kernels.shape
-    X = xp.astype(X, kernels.dtype)
-    ones = xp.ones((1, c, kh, kw), dtype=kernels.dtype, device=device_of(kernels))
-    # log_joint adds -½‖ones‖² (a single kernel has log weight 0)
-    sq_norms = log_joint(X * X, ones, padding=padding, method=method)
-    sq_norms = sq_norms + 0.5 * (c * kh * kw)
+    sq_norms = _Batch(X, kernels, log_w, padding, method).patch_sq_norms()
+    sq_norms = sq_norms[:, None, ...]
     dist2 = sq_norms - 2.0 * (A - xp.reshape(log_w, (1, -1, 1, 1)))
     dist = xp.sqrt(xp.maximum(dist2, xp.zeros_like(dist2)))
     act = xp.mean(dist, axis=1, keepdims=True) - dist
