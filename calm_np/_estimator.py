@@ -9,6 +9,7 @@ of ``kernels_``).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import json
@@ -378,15 +379,21 @@ default="log_joint"
         kernel_size, padding = self._check_params()
         source = ImageSource(X, self.batch_size)
         self._check_source(source, kernel_size, padding)
+        with self._all_or_nothing():
+            self._fit(source, kernel_size, padding)
+        return self
+
+    @contextlib.contextmanager
+    def _all_or_nothing(self):
+        """Restore the fitted attributes if the block raises (no lost model)."""
         snapshot = {k: self.__dict__[k] for k in _FITTED if k in self.__dict__}
         try:
-            self._fit(source, kernel_size, padding)
+            yield
         except BaseException:
             for k in _FITTED:
                 self.__dict__.pop(k, None)
             self.__dict__.update(snapshot)
             raise
-        return self
 
     def _work_dtype(self, source):
         return _checks.float_dtype(
@@ -663,14 +670,8 @@ default="log_joint"
         if hasattr(self, "kernels_"):
             kernel_size, padding = self.kernel_size_, self.padding_
         self._check_source(source, kernel_size, padding)
-        snapshot = {k: self.__dict__[k] for k in _FITTED if k in self.__dict__}
-        try:
+        with self._all_or_nothing():
             self._partial_fit(source, kernel_size, padding)
-        except BaseException:
-            for k in _FITTED:
-                self.__dict__.pop(k, None)
-            self.__dict__.update(snapshot)
-            raise
         return self
 
     def _partial_fit(self, source, kernel_size, padding):
