@@ -103,6 +103,8 @@ ROWS = {
     "pool4": calm(pooling=4),
     "pyramid": calm(pooling="1+2+3"),
     "k32": calm(n_kernels=32),
+    "k28_pool3": calm(n_kernels=28, pooling=3),
+    "k16_pool4": calm(n_kernels=16, pooling=4),
     "untrained": calm(max_iter=0),
 }
 LEVERS = tuple(k for k in ROWS if k not in MAIN_ROWS)

@@ -117,6 +117,9 @@ def objective_curve(lower_bounds, path, *, title=None, ylabel=None):
     iters = np.arange(1, values.size + 1)
     ax.plot(iters, values, marker="o", markersize=3)
     ax.set_xlabel("EM iteration")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(ylabel or "mean log-likelihood per image (nats)")
     if values.size:
         ax.set_xlim(0.5, values.size + 0.5)
