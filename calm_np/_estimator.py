@@ -630,14 +630,11 @@ default="log_joint"
         self.n_channels_in_ = source.n_channels
 
     def _set_fitted(self, best, source, kernel_size, padding):
-        xp = source.xp
-        self.kernels_ = best["kernels"]
-        self.weights_ = xp.exp(best["log_w"])
-        self.lower_bound_ = best["lower_bound"]
-        self.lower_bounds_ = list(best["bounds"])
-        self.n_iter_ = best["n_iter"]
+        self._set_state(
+            best["kernels"], best["log_w"], best["bounds"], best["n_iter"], source
+        )
+        self.lower_bound_ = best["lower_bound"]  # also right when max_iter=0
         self.converged_ = best["converged"]
-        self.n_channels_in_ = source.n_channels
         self.kernel_size_ = kernel_size
         self.padding_ = padding
         stats = best["stats"]
