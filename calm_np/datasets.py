@@ -1,4 +1,4 @@
-"""Image data sets from local files, and the whitening the paper used.
+"""Image data sets from local files: the loaders.
 
 Loaders read files that are already on disk (nothing is downloaded):
 
@@ -13,10 +13,9 @@ Every loader returns images in the calm_np layout ``(n, c, H, W)`` (MNIST-like
 sets: ``(n, H, W)``, which calm_np reads as ``c = 1``) as host NumPy arrays;
 move them to another namespace with its ``asarray``.
 
-Preprocessing is array-API generic and keeps the input's namespace, device
-and dtype: :func:`zca_whiten_per_image` (per image and per channel, the
-paper's STL-10 preprocessing) and :class:`ZCAWhitening` (dataset-level ZCA as
-in Coates, Lee & Ng, 2011).
+The whitening the paper used lives in :mod:`calm_np.preprocessing`;
+:func:`zca_whiten_per_image` and :class:`ZCAWhitening` stay importable from
+here as aliases.
 
 This module imports neither scikit-learn, matplotlib, torch nor dask at import
 time; the functions that need scikit-learn import it when called.
@@ -24,16 +23,14 @@ time; the functions that need scikit-learn import it when called.
 
 from __future__ import annotations
 
-import gzip
 import math
 import os
-import zlib
 from pathlib import Path
 
 import numpy as np
 
-from . import _checks
-from ._xp import get_namespace, to_numpy, wide_float
+from ._idx import load_idx
+from .preprocessing import ZCAWhitening, zca_whiten_per_image
 
 __all__ = [
     "FASHION_MNIST_DIR",
@@ -55,126 +52,6 @@ FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 # ---------------------------------------------------------------------------
 # IDX (MNIST, Fashion-MNIST)
 # ---------------------------------------------------------------------------
-
-# IDX data type codes (third magic byte); multi-byte values are big-endian.
-_IDX_DTYPES = {
-    0x08: np.dtype("u1"),
-    0x09: np.dtype("i1"),
-    0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"),
-    0x0D: np.dtype(">f4"),
-    0x0E: np.dtype(">f8"),
-}
-_GZIP_MAGIC = b"\x1f\x8b"
-# Read in chunks so a damaged header claiming petabytes fails as "truncated"
-# instead of trying to allocate the claimed size up front.
-_CHUNK = 1 << 24
-
-
-def _read_exact(f, count):
-    parts, got = [], 0
-    while got < count:
-        part = f.read(min(_CHUNK, count - got))
-        if not part:
-            break
-        parts.append(part)
-        got += len(part)
-    return b"".join(parts)
-
-
-def load_idx(path, *, limit=None):
-    """Read one IDX file (the MNIST format) into a NumPy array.
-
-    Gzip compression is detected from the file's first bytes, not from its
-    name. All IDX data types are supported: unsigned/signed bytes, 16- and
-    32-bit integers, 32- and 64-bit floats, with any number of dimensions.
-
-    Parameters
-    ----------
-    path : str or path-like
-        The IDX file, e.g. ``train-images-idx3-ubyte.gz``.
-    limit : int or None, default=None
-        Read only the first ``limit`` items along the first axis (the rest of
-        the file is not read, and not checked).
-
-    Returns
-    -------
-    array : ndarray
-        Array of the shape stored in the header, in native byte order.
-
-    Raises
-    ------
-    ValueError
-        If the file is not an IDX file, is truncated, holds extra bytes
-        after the data, or is a damaged gzip file; the message names the file.
-
-    Notes
-    -----
-    The header is ``0x00 0x00 <type> <ndim>`` followed by ``ndim`` big-endian
-    32-bit sizes, then the values in C order, big-endian:
-
-    :math:`\\text{bytes} = 4 + 4\\,\\text{ndim} + \\text{itemsize}\\prod_i d_i`.
-    """
-    path = Path(path)
-    limit = _check_limit(limit)
-    with open(path, "rb") as raw:
-        compressed = raw.read(2) == _GZIP_MAGIC
-    opener = gzip.open if compressed else open
-    try:
-        with opener(path, "rb") as f:
-            return _read_idx(f, path, limit)
-    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
-        raise ValueError(
-            f"{path} is a damaged gzip file ({exc}); download or copy it again"
-        ) from exc
-
-
-def _read_idx(f, path, limit):
-    header = _read_exact(f, 4)
-    if len(header) < 4 or header[0] != 0 or header[1] != 0:
-        raise ValueError(
-            f"{path} is not an IDX file (its first bytes are {header!r}, an IDX "
-            "file starts with 0x00 0x00); pass an MNIST-format file"
-        )
-    code, ndim = header[2], header[3]
-    if code not in _IDX_DTYPES:
-        raise ValueError(
-            f"{path} is not an IDX file (unknown data type code 0x{code:02x}; "
-            "known: " + ", ".join(f"0x{c:02x}" for c in _IDX_DTYPES) + ")"
-        )
-    if ndim < 1:
-        raise ValueError(f"{path} is not an IDX file (its header gives 0 dimensions)")
-    dims_bytes = _read_exact(f, 4 * ndim)
-    if len(dims_bytes) < 4 * ndim:
-        raise ValueError(f"{path} is truncated: its header stops early")
-    shape = [int(d) for d in np.frombuffer(dims_bytes, dtype=">u4")]
-    if limit is not None:
-        shape[0] = min(shape[0], limit)
-    dtype = _IDX_DTYPES[code]
-    count = math.prod(shape) * dtype.itemsize
-    data = _read_exact(f, count)
-    if len(data) < count:
-        raise ValueError(
-            f"{path} is truncated: the header announces shape {tuple(shape)} "
-            f"({count} bytes of data) but the file holds {len(data)}; "
-            "download or copy it again"
-        )
-    if limit is None and f.read(1):
-        raise ValueError(
-            f"{path} has bytes after the {count} announced by its header "
-            f"(shape {tuple(shape)}); it is not a valid IDX file"
-        )
-    array = np.frombuffer(data, dtype=dtype).reshape(shape)
-    return array.astype(dtype.newbyteorder("="))  # native order, writable copy
-
-
-def _check_limit(limit):
-    if limit is None:
-        return None
-    if isinstance(limit, bool) or not isinstance(limit, int | np.integer) or limit < 0:
-        raise ValueError(f"limit must be None or a non-negative int, got {limit!r}")
-    return int(limit)
-
 
 _MNIST_PREFIX = {"train": "train", "test": "t10k"}
 
@@ -403,16 +280,8 @@ class STL10Images:
         start, stop, _ = slice(start, stop).indices(len(self))
         return _Batches(self, batch_size, start, stop, transform)
 
-    def iter_batches(self, batch_size, *, start=0, stop=None, transform=None):
-        """Iterator over :meth:`batches` (one pass over the images).
-
-        Yields
-        ------
-        batch : ndarray of shape (b, 3, 96, 96)
-        """
-        return iter(
-            self.batches(batch_size, start=start, stop=stop, transform=transform)
-        )
+    iter_batches = batches
+    """The same as :meth:`batches` (an older name)."""
 
     def __repr__(self):
         return (
@@ -483,7 +352,7 @@ def load_stl10(data_dir, split="train", *, mmap=True):
     mmap : bool, default=True
         Map the image file instead of reading it, and return an
         :class:`STL10Images` that reads images when indexed or streamed with
-        ``iter_batches``. ``False`` reads the whole split into memory
+        ``batches``. ``False`` reads the whole split into memory
         (the unlabeled split takes 2.8 GB).
 
     Returns
@@ -686,246 +555,3 @@ def sample_image_crops(n_crops, size, seed=None):
         crops[i] = np.moveaxis(photo[y : y + size, x : x + size, :], -1, 0)
     crops /= 255.0
     return crops
-
-
-# ---------------------------------------------------------------------------
-# Whitening (array-API generic)
-# ---------------------------------------------------------------------------
-
-
-def _check_eps(eps, positive):
-    if isinstance(eps, bool) or not isinstance(eps, int | float | np.floating):
-        raise TypeError(f"eps must be a real number, got {eps!r}")
-    eps = float(eps)
-    if not math.isfinite(eps) or eps < 0 or (positive and eps == 0):
-        need = "positive" if positive else "non-negative"
-        raise ValueError(f"eps must be finite and {need}, got {eps!r}")
-    return eps
-
-
-def _as_float(X, name):
-    X = _checks.as_array(X, name)
-    xp, device = get_namespace(X)
-    dtype = _checks.float_dtype(xp, [(X, name)], device)
-    return xp.astype(X, dtype), xp, device, dtype
-
-
-def zca_whiten_per_image(X, *, eps=1e-8):
-    """Whiten each image's channels separately: zero mean and unit variance.
-
-    The paper preprocesses STL-10 with "ZCA whitening per image and channel".
-    One plane of one image is a single sample of a 96·96-dimensional vector,
-    too few to estimate a covariance between pixels, so we take its pixels as
-    samples of one scalar: the ZCA transform of a scalar with variance
-    :math:`\\sigma^2` is :math:`(x - m) / \\sqrt{\\sigma^2 + \\epsilon}`, which
-    is exactly a per-plane standardization. This matches calm_np's model, in
-    which background pixels are :math:`N(0, 1)`. For whitening *between*
-    pixels fit a :class:`ZCAWhitening` on patches of the whole data set.
-
-    Parameters
-    ----------
-    X : array of shape (..., height, width)
-        Images, e.g. ``(n_samples, n_channels, height, width)``; each plane
-        over the last two axes is whitened on its own. Integer images become
-        the namespace's default float.
-    eps : float, default=1e-8
-        Regularizer added to each plane's variance, in squared pixel units.
-        Constant planes become zeros (also with ``eps=0``), never NaN.
-
-    Returns
-    -------
-    X_white : array of the same shape as X
-        On X's namespace and device, with X's floating dtype.
-
-    Notes
-    -----
-    :math:`\\tilde X_{n,c} = (X_{n,c} - \\bar X_{n,c}) /
-    \\sqrt{\\operatorname{var}(X_{n,c}) + \\epsilon}`, statistics over the
-    ``H × W`` pixels of the plane (variance with divisor ``H·W``).
-
-    Tested backends: NumPy, array-api-strict (2023.12), PyTorch (CPU).
-    """
-    eps = _check_eps(eps, positive=False)
-    X, xp, _, _ = _as_float(X, "X")
-    if X.ndim < 2:
-        raise ValueError(
-            f"X must have at least 2 dimensions (..., height, width), got shape "
-            f"{tuple(X.shape)}"
-        )
-    axes = (-2, -1)
-    mean = xp.mean(X, axis=axes, keepdims=True)
-    centered = X - mean
-    var = xp.mean(centered * centered, axis=axes, keepdims=True)
-    scale = xp.sqrt(var + eps)
-    # a constant plane with eps=0 would divide 0 by 0
-    scale = xp.where(scale > 0, scale, xp.ones_like(scale))
-    return centered / scale
-
-
-def _eigh(C, xp, device):
-    """Symmetric eigendecomposition on C's namespace (host NumPy fallback)."""
-    if hasattr(xp, "linalg"):
-        return xp.linalg.eigh(C)
-    # A namespace without the linalg extension: the d×d matrix goes to the
-    # host and back. It is small (d = c·h·w of a patch or image) and this
-    # happens once per fit.
-    w, v = np.linalg.eigh(to_numpy(C))
-    return (
-        xp.asarray(w, dtype=C.dtype, device=device),
-        xp.asarray(v, dtype=C.dtype, device=device),
-    )
-
-
-class ZCAWhitening:
-    """Dataset-level ZCA whitening (Coates, Lee & Ng, 2011).
-
-    ``fit`` estimates the mean and covariance of the training vectors
-    (patches or whole images, flattened); ``transform`` maps
-    :math:`x \\mapsto (x - m) W` with the symmetric
-    :math:`W = V \\operatorname{diag}((\\lambda + \\epsilon)^{-1/2}) V^T`,
-    which decorrelates the features while staying as close as possible to the
-    original pixels (unlike PCA whitening), so whitened patches still look
-    like patches.
-
-    Parameters
-    ----------
-    eps : float, default=0.1
-        Regularizer added to the eigenvalues, in squared input units;
-        Coates et al. use 0.1 on patches normalized to unit variance. Larger
-        values whiten less and amplify less noise.
-
-    Attributes
-    ----------
-    mean_ : array of shape (n_features,)
-    components_ : array of shape (n_features, n_features)
-        Eigenvectors of the covariance, one per row.
-    explained_variance_ : array of shape (n_features,)
-        Eigenvalues of the covariance (ascending), clipped at 0.
-    whitening_matrix_ : array of shape (n_features, n_features)
-        :math:`W`, symmetric.
-    n_features_in_ : int
-        Number of features, ``prod(feature_shape_)``.
-    feature_shape_ : tuple of int
-        Shape of one sample as given to ``fit`` (e.g. ``(c, h, w)``).
-
-    Notes
-    -----
-    The covariance uses the divisor ``n_samples`` and is accumulated in
-    float64 where the device has it; the fitted arrays have the input's
-    floating dtype, namespace and device. ``xp.linalg.eigh`` is used when the
-    namespace has the linalg extension; otherwise the ``d × d`` covariance is
-    decomposed by NumPy on the host and the result moved back.
-
-    Tested backends: NumPy, array-api-strict (2023.12, with and without
-    linalg), PyTorch (CPU).
-    """
-
-    def __init__(self, eps=0.1):
-        self.eps = eps
-
-    def _flatten(self, X, name, fitting):
-        X, xp, device, dtype = _as_float(X, name)
-        if X.ndim < 2:
-            raise ValueError(
-                f"{name} must have shape (n_samples, n_features) or (n_samples, "
-                f"...), got shape {tuple(X.shape)}"
-            )
-        feature_shape = tuple(X.shape[1:])
-        if not fitting and feature_shape != self.feature_shape_:
-            raise ValueError(
-                f"{name} has samples of shape {feature_shape} but this "
-                f"ZCAWhitening was fitted on shape {self.feature_shape_}"
-            )
-        n_features = math.prod(feature_shape)
-        return xp.reshape(X, (X.shape[0], n_features)), xp, device, dtype
-
-    def fit(self, X, y=None):
-        """Estimate the mean and the whitening matrix.
-
-        Parameters
-        ----------
-        X : array of shape (n_samples, n_features) or (n_samples, ...)
-            Training vectors; trailing axes (e.g. ``(c, h, w)`` patches) are
-            flattened.
-        y : ignored
-
-        Returns
-        -------
-        self : ZCAWhitening
-        """
-        eps = _check_eps(self.eps, positive=True)
-        feature_shape = tuple(_checks.as_array(X, "X").shape[1:])
-        X2, xp, device, dtype = self._flatten(X, "X", fitting=True)
-        if X2.shape[0] < 1:
-            raise ValueError("X must hold at least one sample to fit ZCAWhitening")
-        wide = wide_float(xp, device)
-        Xw = xp.astype(X2, wide)
-        mean = xp.mean(Xw, axis=0)
-        centered = Xw - mean
-        cov = (centered.T @ centered) / X2.shape[0]
-        cov = (cov + cov.T) / 2  # exact symmetry for eigh
-        eigvals, eigvecs = _eigh(cov, xp, device)
-        eigvals = xp.maximum(eigvals, xp.zeros_like(eigvals))
-        whitening = (eigvecs * (1.0 / xp.sqrt(eigvals + eps))) @ eigvecs.T
-        self.mean_ = xp.astype(mean, dtype)
-        self.components_ = xp.astype(eigvecs.T, dtype)
-        self.explained_variance_ = xp.astype(eigvals, dtype)
-        self.whitening_matrix_ = xp.astype(whitening, dtype)
-        self._fit_eps = eps  # inverse_transform must undo this fit's eps
-        self.n_features_in_ = math.prod(feature_shape)
-        self.feature_shape_ = feature_shape
-        return self
-
-    def _check_fitted(self):
-        if not hasattr(self, "whitening_matrix_"):
-            raise RuntimeError(
-                "this ZCAWhitening is not fitted yet; call fit(X) before "
-                "transform or inverse_transform"
-            )
-
-    def transform(self, X):
-        """Whiten X with the fitted mean and matrix.
-
-        Parameters
-        ----------
-        X : array of shape (n_samples, *feature_shape_)
-
-        Returns
-        -------
-        X_white : array of the same shape as X
-            On X's namespace and device, with X's floating dtype.
-        """
-        self._check_fitted()
-        X2, xp, _, dtype = self._flatten(X, "X", fitting=False)
-        mean = xp.astype(self.mean_, dtype)
-        W = xp.astype(self.whitening_matrix_, dtype)
-        out = (X2 - mean) @ W
-        return xp.reshape(out, (X2.shape[0], *self.feature_shape_))
-
-    def fit_transform(self, X, y=None):
-        """``fit(X).transform(X)``."""
-        return self.fit(X).transform(X)
-
-    def inverse_transform(self, X):
-        """Map whitened vectors (or learned kernels) back to input space.
-
-        Parameters
-        ----------
-        X : array of shape (n_samples, *feature_shape_)
-
-        Returns
-        -------
-        X_orig : array of the same shape as X
-
-        Notes
-        -----
-        :math:`x = \\tilde x\\, V \\operatorname{diag}(\\sqrt{\\lambda +
-        \\epsilon}) V^T + m`.
-        """
-        self._check_fitted()
-        X2, xp, _, dtype = self._flatten(X, "X", fitting=False)
-        V = xp.astype(self.components_, dtype)
-        lam = xp.astype(self.explained_variance_, dtype)
-        coloring = (V.T * xp.sqrt(lam + self._fit_eps)) @ V
-        out = X2 @ coloring + xp.astype(self.mean_, dtype)
-        return xp.reshape(out, (X2.shape[0], *self.feature_shape_))
