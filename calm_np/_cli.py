@@ -32,155 +32,20 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, datasets
+from . import __version__, datasets, evaluation
 from ._estimator import ConvolutionalMixture
 from ._xp import to_numpy
+from .evaluation import DATASETS, PRESETS
+from .preprocessing import PREPROCESSORS as PREPROCESS
 
 __all__ = ["main"]
 
 PROG = "calm-np"
 DEFAULT_OUT = "calm-np-output"
-DATASETS = ("digits", "fashion-mnist", "mnist", "stl10", "sample-images")
-PREPROCESS = ("local", "standardize", "per-image", "zca", "none")
-# Coates et al. add 10 to the variance of a patch of 0..255 pixels
-LOCAL_EPS = 10.0 / 255.0**2
 BACKENDS = ("numpy", "torch", "cupy")
 DTYPES = ("float32", "float64")
 # dataset-level ZCA decomposes a (pixels x pixels) covariance
 ZCA_MAX_PIXELS = 4096
-
-# Settings by name. "best" is what `evaluate` uses unless told otherwise: the
-# best linear-probe setting measured by benchmarks/features.py (README table);
-# "paper" is the reference setup of the CALM paper's MNIST experiment.
-# Options given on the command line override a preset's values.
-PRESETS = {
-    "best": {
-        "digits": dict(
-            n_kernels=32,
-            kernel_size=5,
-            padding=2,
-            max_iter=100,
-            pooling=3,
-            features="log_joint",
-            preprocess="standardize",
-        ),
-        "mnist": dict(
-            n_kernels=128,
-            kernel_size=7,
-            latent="patch",
-            max_iter=10,
-            tol=6.0,  # nats per image, 0.012 per patch: about 10 iterations
-            batch_size=1000,
-            pooling=3,
-            features="triangle",
-            preprocess="local",
-            fit_limit=10000,
-        ),
-        # not measured (no STL-10 files here): the Fashion-MNIST readout on
-        # the paper's kernels
-        "stl10": dict(
-            n_kernels=200,
-            kernel_size=15,
-            latent="patch",
-            max_iter=15,
-            batch_size=200,
-            pooling=2,
-            features="triangle",
-            preprocess="local",
-            fit_limit=20000,
-        ),
-    },
-    # the best measured setting within 256 features
-    "best256": {
-        "digits": dict(
-            n_kernels=16,
-            kernel_size=5,
-            padding=2,
-            max_iter=100,
-            pooling=3,
-            features="log_joint",
-            preprocess="standardize",
-        ),
-        "mnist": dict(
-            n_kernels=64,
-            kernel_size=7,
-            latent="patch",
-            max_iter=10,
-            tol=6.0,  # nats per image, 0.012 per patch: about 10 iterations
-            batch_size=1000,
-            pooling=2,
-            features="triangle",
-            preprocess="local",
-            fit_limit=10000,
-        ),
-        "stl10": dict(
-            n_kernels=64,
-            kernel_size=15,
-            latent="patch",
-            max_iter=15,
-            batch_size=200,
-            pooling=2,
-            features="triangle",
-            preprocess="local",
-            fit_limit=20000,
-        ),
-    },
-    "paper": {
-        "digits": dict(
-            n_kernels=64,
-            kernel_size=6,
-            padding=2,
-            batch_size=1000,
-            max_iter=15,
-            pooling=1,
-            features="log_posterior",
-            preprocess="none",
-        ),
-        "mnist": dict(
-            n_kernels=64,
-            kernel_size=20,
-            padding=2,
-            batch_size=1000,
-            max_iter=15,
-            pooling=1,
-            features="log_posterior",
-            preprocess="none",
-        ),
-        "stl10": dict(
-            n_kernels=200,
-            kernel_size=15,
-            padding=0,
-            batch_size=200,
-            max_iter=15,
-            pooling=1,
-            features="log_posterior",
-            preprocess="per-image",
-        ),
-    },
-}
-# which preset table a dataset reads
-_PRESET_FAMILY = {
-    "digits": "digits",
-    "fashion-mnist": "mnist",
-    "mnist": "mnist",
-    "stl10": "stl10",
-    "sample-images": "natural",
-}
-# a quick look at natural-image kernels (edges, gratings, colour blobs) from
-# 32x32 crops of scikit-learn's two photographs; the same in every preset
-_NATURAL = dict(
-    n_kernels=64,
-    kernel_size=8,
-    latent="patch",
-    max_iter=30,
-    tol=5.0,  # nats per image: the objective sums over 625 patches
-    pooling=2,
-    features="triangle",
-    preprocess="local",
-)
-for _table in PRESETS.values():
-    _table["natural"] = dict(_NATURAL)
-
 
 class UserError(Exception):
     """A mistake the user can fix; reported as one line, no traceback."""
@@ -459,94 +324,21 @@ def _load_data(args, labelled):
     if name in ("mnist", "stl10") and folder is None:
         what = "the four MNIST IDX files" if name == "mnist" else "stl10_binary"
         raise UserError(f"--dataset {name} needs --data-dir DIR (the folder of {what})")
-    if name == "digits":
-        from sklearn.model_selection import train_test_split
-
-        X, y = datasets.load_digits_images()
-        X_tr, X_te, y_tr, y_te = train_test_split(
-            X, y, test_size=0.3, random_state=0, stratify=y
-        )
-        return X_tr[:limit], y_tr[:limit], X_te[:limit], y_te[:limit]
-    if name in ("mnist", "fashion-mnist"):
-        load = datasets.load_mnist if name == "mnist" else datasets.load_fashion_mnist
-        X_tr, y_tr = load(folder, "train", limit=limit)
-        X_te = y_te = None
-        if labelled:
-            X_te, y_te = load(folder, "test", limit=limit)
-        return X_tr, y_tr, X_te, y_te
-    if name == "stl10":
-        train, y_tr = datasets.load_stl10(folder, "train")
-        X_tr, y_tr = train[:limit], y_tr[:limit]
-        X_te = y_te = None
-        if labelled:
-            test, y_te = datasets.load_stl10(folder, "test")
-            X_te, y_te = test[:limit], y_te[:limit]
-        return X_tr, y_tr, X_te, y_te
-    # sample-images: 32x32 crops of scikit-learn's two photographs
-    n = 1000 if limit is None else limit
-    seed = 0 if args.random_state is None else args.random_state
-    return datasets.sample_image_crops(n, 32, seed=seed), None, None, None
+    X_tr, y_tr, X_te, y_te = evaluation.load_dataset(
+        name, folder, limit=limit, test=labelled, seed=args.random_state or 0
+    )
+    return X_tr, y_tr, X_te, y_te
 
 
-def _as_unit_float(X):
-    """Pixels as float64 in [0, 1] (uint8 images are divided by 255), 4-D."""
-    X = np.asarray(X)
-    if X.ndim == 3:
-        X = X[:, None]  # (n, H, W): one channel
-    if X.dtype == np.uint8:
-        return X.astype(np.float64) / 255.0
-    return X.astype(np.float64)
-
-
-def local_contrast(X, window, eps=LOCAL_EPS):
-    """Local contrast normalization: each pixel relative to its window.
-
-    Every pixel has the mean of the ``window`` (h, w) box around it
-    subtracted and is divided by the root of the box's variance of those
-    differences plus ``eps``; each image and channel separately, borders
-    mirrored. It approximates the per-patch brightness and contrast
-    normalization of Coates et al. (2011) in a form that stays an image, so
-    the convolutional model still applies.
-    """
-    from scipy.ndimage import uniform_filter
-
-    size = (1, 1, *window)
-    centred = X - uniform_filter(X, size, mode="mirror")
-    var = uniform_filter(centred * centred, size, mode="mirror")
-    return centred / np.sqrt(var + eps)
-
-
-def _preprocess(mode, X_train, X_test, window=(7, 7)):
-    """Apply ``mode``, with statistics from the training images only."""
-    X_train = _as_unit_float(X_train)
-    X_test = None if X_test is None else _as_unit_float(X_test)
-    if mode == "none":
-        return X_train, X_test
-    if mode == "local":
-        local = lambda X: None if X is None else local_contrast(X, window)  # noqa: E731
-        return local(X_train), local(X_test)
-    if mode == "standardize":
-        mean, std = float(X_train.mean()), float(X_train.std())
-        std = std if std > 0 else 1.0
-        scale = lambda X: None if X is None else (X - mean) / std  # noqa: E731
-        return scale(X_train), scale(X_test)
-    if mode == "per-image":
-        white = lambda X: None if X is None else datasets.zca_whiten_per_image(X)  # noqa: E731
-        return white(X_train), white(X_test)
-    # zca: whole images, after per-image standardization (Coates et al.)
+def _preprocess(mode, X_train, X_test, window):
+    """``evaluation.preprocess``; whole-image ZCA only on small images."""
     pixels = math.prod(X_train.shape[1:])
-    if pixels > ZCA_MAX_PIXELS:
+    if mode == "zca" and pixels > ZCA_MAX_PIXELS:
         raise UserError(
             f"--preprocess zca whitens whole images, but these have {pixels} "
             f"values (at most {ZCA_MAX_PIXELS}); use --preprocess per-image"
         )
-    zca = datasets.ZCAWhitening(eps=0.1)
-    X_train = datasets.zca_whiten_per_image(X_train)
-    out_train = zca.fit_transform(X_train)
-    out_test = None
-    if X_test is not None:
-        out_test = zca.transform(datasets.zca_whiten_per_image(X_test))
-    return out_train, out_test
+    return evaluation.preprocess(mode, X_train, X_test, window=window)
 
 
 # ---------------------------------------------------------------------------
@@ -555,52 +347,12 @@ def _preprocess(mode, X_train, X_test, window=(7, 7)):
 
 
 def _backend(name, device, dtype):
-    """``(to_backend, device_name)``: a function moving host arrays there."""
-    if name == "numpy":
-        if device not in (None, "cpu"):
-            raise UserError(f"--backend numpy runs on the CPU; --device {device} ")
-        np_dtype = np.dtype(dtype)
-        return (lambda X: np.ascontiguousarray(X, dtype=np_dtype)), "cpu"
-    if name == "torch":
-        try:
-            import torch
-        except ImportError:
-            raise UserError(
-                "--backend torch needs PyTorch; install it (pip install torch) or "
-                "use --backend numpy"
-            ) from None
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        try:
-            dev = torch.device(device)
-            torch.zeros(1, device=dev)
-        except (RuntimeError, AssertionError) as exc:
-            raise UserError(
-                f"--device {device} is not usable by torch: {exc}"
-            ) from None
-        t_dtype = getattr(torch, dtype)
-        return (lambda X: torch.asarray(X, dtype=t_dtype, device=dev)), str(dev)
-    # cupy
+    """``(to_backend, device_name)``: ``evaluation.array_mover``, one-line errors."""
     try:
-        import cupy
-    except ImportError:
-        raise UserError(
-            "--backend cupy needs CuPy and a CUDA GPU, and CuPy is not installed; "
-            'install it (pip install "calm_np[gpu]") or use --backend numpy'
-        ) from None
-    try:
-        n_gpus = cupy.cuda.runtime.getDeviceCount()
-    except Exception:  # no driver, no device: CuPy raises its own runtime errors
-        n_gpus = 0
-    if n_gpus == 0:
-        raise UserError(
-            "--backend cupy needs a CUDA GPU, but none was found; use --backend "
-            "numpy or torch"
-        )
-    if device is not None:
-        raise UserError("--device applies to --backend torch only")
-    c_dtype = np.dtype(dtype)
-    return (lambda X: cupy.asarray(X, dtype=c_dtype)), "cuda:0"
+        return evaluation.array_mover(name, device, dtype)
+    except (ValueError, ImportError) as exc:
+        flags = f"--backend {name}" + (f" --device {device}" if device else "")
+        raise UserError(f"{flags}: {exc}") from None
 
 
 # ---------------------------------------------------------------------------
@@ -610,7 +362,7 @@ def _backend(name, device, dtype):
 
 def _resolve_settings(args):
     """Estimator parameters and preprocessing: preset, then explicit options."""
-    preset = dict(PRESETS[args.preset][_PRESET_FAMILY[args.dataset]])
+    preset = evaluation.preset(args.preset, args.dataset)
     extras = dict(
         preprocess=args.preprocess or preset.pop("preprocess"),
         fit_limit=args.fit_limit or preset.pop("fit_limit", None),
@@ -741,39 +493,6 @@ def _fmt_pair(v):
 
 def _fmt_shape(shape):
     return "x".join(str(int(s)) for s in shape)
-
-
-def _features(model, X, batch, quiet):
-    """``transform`` in chunks (bounded memory), as a float64 host array."""
-    n = X.shape[0]
-    starts = range(0, n, batch)
-    bar = None
-    if not quiet and n > batch and _bars_wanted():
-        try:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=n, unit="img", leave=False, desc="features")
-        except ImportError:
-            pass
-    out = []
-    for i in starts:
-        out.append(np.asarray(to_numpy(model.transform(X[i : i + batch]))))
-        if bar is not None:
-            bar.update(min(batch, n - i))
-    if bar is not None:
-        bar.close()
-    return np.concatenate(out, axis=0).astype(np.float64)
-
-
-def _probe(F_train, y_train, F_test, y_test, C):
-    """Multinomial logistic regression on standardized features: accuracy."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    probe = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=1000))
-    probe.fit(F_train, y_train)
-    return float(probe.score(F_test, y_test))
 
 
 # ---------------------------------------------------------------------------
@@ -923,10 +642,13 @@ def _run_fit(args, evaluate):
     if evaluate:
         batch = model.batch_size or 1000
         t0 = time.perf_counter()
-        F_train = _features(model, X_train_b, batch, args.quiet)
-        F_test = _features(model, to_backend(X_test), batch, args.quiet)
+        bars = not args.quiet and _bars_wanted()
+        F_train = evaluation.extract_features(model, X_train_b, batch, progress=bars)
+        F_test = evaluation.extract_features(
+            model, to_backend(X_test), batch, progress=bars
+        )
         t1 = time.perf_counter()
-        accuracy = _probe(F_train, y_train, F_test, y_test, args.C)
+        accuracy = evaluation.linear_probe(F_train, y_train, F_test, y_test, C=args.C)
         t2 = time.perf_counter()
         summary["evaluation"] = dict(
             accuracy=accuracy,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import calm_np
-from calm_np import _cli
+from calm_np import _cli, evaluation, preprocessing
 from calm_np._cli import main
 
 pytest.importorskip("sklearn")
@@ -223,7 +223,7 @@ def test_cli_reads_stl10_binary_files(tmp_path, capsys):
     assert status == 0
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["image_shape"] == [3, 96, 96]
-    assert summary["preprocess"] == _cli.PRESETS["best"]["stl10"]["preprocess"]
+    assert summary["preprocess"] == evaluation.PRESETS["best"]["stl10"]["preprocess"]
     model = calm_np.ConvolutionalMixture.load(tmp_path / "o" / "model.npz")
     assert model.kernels_.shape == (2, 3, 5, 5)
     assert_png(tmp_path / "o" / "kernels.png")  # RGB tiles
@@ -246,11 +246,11 @@ def test_cli_preprocess_options(tmp_path, capsys, preprocess):
 def test_local_contrast_normalizes_each_window():
     rng = np.random.default_rng(0)
     X = rng.uniform(size=(2, 1, 12, 12)) * np.array([1.0, 0.1])[:, None, None, None]
-    out = _cli.local_contrast(X, (5, 5), eps=0.0)
+    out = preprocessing.local_contrast(X, (5, 5), eps=0.0)
     # scale invariant (the second image is the first's pattern, dimmer) ...
     X2 = X.copy()
     X2[1] = X2[0] * 0.1
-    out2 = _cli.local_contrast(X2, (5, 5), eps=0.0)
+    out2 = preprocessing.local_contrast(X2, (5, 5), eps=0.0)
     np.testing.assert_allclose(out2[0], out2[1], rtol=1e-9, atol=1e-12)
     # ... and each interior pixel is its window's z-score
     y, x = 6, 6
@@ -272,8 +272,8 @@ def _box_mean(image, size):
 
 
 def test_cli_best_presets_use_the_measured_readout():
-    best = _cli.PRESETS["best"]["mnist"]
-    best256 = _cli.PRESETS["best256"]["mnist"]
+    best = evaluation.PRESETS["best"]["mnist"]
+    best256 = evaluation.PRESETS["best256"]["mnist"]
     assert best256["n_kernels"] * best256["pooling"] ** 2 <= 256
     for preset in (best, best256):
         params = {
@@ -290,7 +290,7 @@ def test_cli_paper_preset(tmp_path, capsys):
     )  # fmt: skip
     assert status == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
-    paper = _cli.PRESETS["paper"]["digits"]
+    paper = evaluation.PRESETS["paper"]["digits"]
     assert summary["params"]["padding"] == paper["padding"]
     assert summary["params"]["n_kernels"] == 3  # the option wins over the preset
     assert summary["params"]["pooling"] == 1

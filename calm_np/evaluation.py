@@ -1,0 +1,344 @@
+"""Measuring learned kernels: named settings, features and a linear probe.
+
+What the command line (``calm-np evaluate``), the examples and the
+benchmarks share:
+
+- :data:`PRESETS`: named settings by data set, estimator parameters plus
+  ``preprocess`` (a :data:`calm_np.preprocessing.PREPROCESSORS` name) and
+  ``fit_limit`` (fit the kernels on the first images only); :func:`preset`
+  reads one;
+- :func:`load_dataset`: a data set by name, split into training and test
+  images;
+- :func:`preprocess`: a named preprocessing fitted on the training images;
+- :func:`extract_features`: ``transform`` in chunks, as a host float64 array;
+- :func:`linear_probe`: the test accuracy of a multinomial logistic
+  regression on standardized features.
+
+scikit-learn is imported only inside the functions that need it
+(``pip install "calm_np[examples]"``); importing this module does not.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import datasets
+from ._xp import to_numpy
+from .preprocessing import make_preprocessor, to_unit_float
+
+__all__ = [
+    "DATASETS",
+    "PRESETS",
+    "array_mover",
+    "extract_features",
+    "linear_probe",
+    "load_dataset",
+    "preprocess",
+    "preset",
+]
+
+DATASETS = ("digits", "fashion-mnist", "mnist", "stl10", "sample-images")
+"""Data sets :func:`load_dataset` reads (``sample-images`` has no labels)."""
+
+# one row per data-set family; the presets below are differences from these
+_DIGITS = dict(
+    n_kernels=32,
+    kernel_size=5,
+    padding=2,
+    max_iter=100,
+    pooling=3,
+    features="log_joint",
+    preprocess="standardize",
+)
+_MNIST = dict(
+    n_kernels=128,
+    kernel_size=7,
+    latent="patch",
+    max_iter=10,
+    tol=6.0,  # nats per image, 0.012 per patch: about 10 iterations
+    batch_size=1000,
+    pooling=3,
+    features="triangle",
+    preprocess="local",
+    fit_limit=10000,
+)
+# not measured (no STL-10 files here): the Fashion-MNIST readout on the
+# paper's kernels
+_STL10 = dict(_MNIST, n_kernels=200, kernel_size=15, max_iter=15, batch_size=200)
+del _STL10["tol"]
+_STL10.update(pooling=2, fit_limit=20000)
+# the CALM paper's reference setup: image-wide pooled log posteriors
+_PAPER = dict(
+    n_kernels=64,
+    padding=2,
+    batch_size=1000,
+    max_iter=15,
+    pooling=1,
+    features="log_posterior",
+    preprocess="none",
+)
+# a quick look at natural-image kernels (edges, gratings, colour blobs) from
+# 32x32 crops of scikit-learn's two photographs; the same in every preset
+_NATURAL = dict(
+    n_kernels=64,
+    kernel_size=8,
+    latent="patch",
+    max_iter=30,
+    tol=5.0,  # nats per image: the objective sums over 625 patches
+    pooling=2,
+    features="triangle",
+    preprocess="local",
+)
+
+PRESETS = {
+    # the best linear-probe setting measured by benchmarks/features.py
+    "best": dict(digits=_DIGITS, mnist=_MNIST, stl10=_STL10),
+    # the best measured setting within 256 features
+    "best256": dict(
+        digits=dict(_DIGITS, n_kernels=16),
+        mnist=dict(_MNIST, n_kernels=64, pooling=2),
+        stl10=dict(_STL10, n_kernels=64),
+    ),
+    "paper": dict(
+        digits=dict(_PAPER, kernel_size=6),
+        mnist=dict(_PAPER, kernel_size=20),
+        stl10=dict(
+            _PAPER,
+            n_kernels=200,
+            kernel_size=15,
+            padding=0,
+            batch_size=200,
+            preprocess="per-image",
+        ),
+    ),
+}
+"""Settings by preset name, then data-set family (``digits``, ``mnist``,
+``stl10``, ``natural``). ``best`` is what ``calm-np evaluate`` uses unless
+told otherwise; ``paper`` is the CALM paper's MNIST experiment."""
+for _table in PRESETS.values():
+    _table["natural"] = _NATURAL
+
+# which preset table a data set reads
+_FAMILY = {
+    "digits": "digits",
+    "fashion-mnist": "mnist",
+    "mnist": "mnist",
+    "stl10": "stl10",
+    "sample-images": "natural",
+}
+
+
+def array_mover(backend="numpy", device=None, dtype="float32"):
+    """A function moving host arrays to ``backend``, and the device's name.
+
+    Parameters
+    ----------
+    backend : {"numpy", "torch", "cupy"}, default="numpy"
+    device : str or None, default=None
+        A torch device (default: ``cuda`` when available, else ``cpu``);
+        NumPy takes ``None`` or ``"cpu"``, CuPy ``None`` (its current GPU).
+    dtype : {"float32", "float64"}, default="float32"
+
+    Returns
+    -------
+    move : callable
+        ``move(X)``: X as a contiguous array of ``dtype`` on the device.
+    device_name : str
+        ``"cpu"``, ``"cuda:0"``, ...
+
+    Raises
+    ------
+    ImportError
+        If torch or CuPy is not installed.
+    ValueError
+        If the device is not usable, or there is no GPU for CuPy.
+    """
+    if backend == "numpy":
+        if device not in (None, "cpu"):
+            raise ValueError(f"numpy runs on the CPU, not on device {device!r}")
+        np_dtype = np.dtype(dtype)
+        return (lambda X: np.ascontiguousarray(X, dtype=np_dtype)), "cpu"
+    if backend == "torch":
+        try:
+            import torch
+        except ImportError:
+            raise ImportError(
+                "the torch backend needs PyTorch; install it (pip install torch) "
+                "or use numpy"
+            ) from None
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            dev = torch.device(device)
+            torch.zeros(1, device=dev)
+        except (RuntimeError, AssertionError) as exc:
+            raise ValueError(f"device {device} is not usable by torch: {exc}") from None
+        t_dtype = getattr(torch, dtype)
+        return (lambda X: torch.asarray(X, dtype=t_dtype, device=dev)), str(dev)
+    if backend != "cupy":
+        raise ValueError(f"backend must be numpy, torch or cupy, got {backend!r}")
+    try:
+        import cupy
+    except ImportError:
+        raise ImportError(
+            "the cupy backend needs CuPy and a CUDA GPU, and CuPy is not "
+            'installed; install it (pip install "calm_np[gpu]") or use numpy'
+        ) from None
+    try:
+        n_gpus = cupy.cuda.runtime.getDeviceCount()
+    except Exception:  # no driver, no device: CuPy raises its own runtime errors
+        n_gpus = 0
+    if n_gpus == 0:
+        raise ValueError(
+            "cupy needs a CUDA GPU, but none was found; use numpy or torch"
+        )
+    if device is not None:
+        raise ValueError("a device can be chosen for torch only")
+    c_dtype = np.dtype(dtype)
+    return (lambda X: cupy.asarray(X, dtype=c_dtype)), "cuda:0"
+
+
+def preset(name, dataset):
+    """A copy of the settings of preset ``name`` for data set ``dataset``.
+
+    Parameters
+    ----------
+    name : {"best", "best256", "paper"}
+    dataset : str
+        One of :data:`DATASETS`.
+
+    Returns
+    -------
+    settings : dict
+        Estimator parameters, ``preprocess`` and (some presets) ``fit_limit``.
+    """
+    if name not in PRESETS:
+        raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {name!r}")
+    if dataset not in _FAMILY:
+        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+    return dict(PRESETS[name][_FAMILY[dataset]])
+
+
+def load_dataset(name, data_dir=None, *, limit=None, test=True, seed=0):
+    """``(X_train, y_train, X_test, y_test)`` of a data set, as host arrays.
+
+    ``digits`` is split 70/30 (stratified, ``random_state=0``); MNIST,
+    Fashion-MNIST and STL-10 use their own test splits; ``sample-images``
+    is ``limit`` (default 1000) random 32x32 crops, unlabelled. ``limit``
+    keeps the first N training and N test images. Without ``test`` (or
+    without labels) the test images and all labels may be ``None``.
+    """
+    if name == "digits":
+        from sklearn.model_selection import train_test_split
+
+        X, y = datasets.load_digits_images()
+        X_tr, X_te, y_tr, y_te = train_test_split(
+            X, y, test_size=0.3, random_state=0, stratify=y
+        )
+        return X_tr[:limit], y_tr[:limit], X_te[:limit], y_te[:limit]
+    if name in ("mnist", "fashion-mnist"):
+        load = datasets.load_mnist if name == "mnist" else datasets.load_fashion_mnist
+        X_tr, y_tr = load(data_dir, "train", limit=limit)
+        X_te, y_te = load(data_dir, "test", limit=limit) if test else (None, None)
+        return X_tr, y_tr, X_te, y_te
+    if name == "stl10":
+        train, y_tr = datasets.load_stl10(data_dir, "train")
+        X_te = y_te = None
+        if test:
+            X_te, y_te = datasets.load_stl10(data_dir, "test")
+            X_te, y_te = X_te[:limit], y_te[:limit]
+        return train[:limit], y_tr[:limit], X_te, y_te
+    if name == "sample-images":
+        n = 1000 if limit is None else limit
+        return datasets.sample_image_crops(n, 32, seed=seed), None, None, None
+    raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
+
+
+def preprocess(name, X_train, X_test=None, *, window=7):
+    """Pixels to [0, 1] (:func:`~calm_np.preprocessing.to_unit_float`), then
+    the preprocessing ``name`` fitted on ``X_train`` only.
+
+    Returns
+    -------
+    X_train, X_test : ndarray of shape (n, c, H, W), float64
+        ``X_test`` is ``None`` when not given.
+    """
+    step = make_preprocessor(name, window=window)
+    out_train = step.fit_transform(to_unit_float(X_train))
+    out_test = None if X_test is None else step.transform(to_unit_float(X_test))
+    return out_train, out_test
+
+
+def extract_features(model, X, batch_size=1000, *, progress=False):
+    """``model.transform`` in chunks (bounded memory), as a float64 host array.
+
+    Parameters
+    ----------
+    model : fitted ConvolutionalMixture
+    X : array of shape (n, c, H, W), or an iterable of such batches
+        An array is cut into chunks of ``batch_size`` images; batches are
+        transformed as they come (e.g. streamed from a memory map).
+    batch_size : int, default=1000
+    progress : bool, default=False
+        Show a tqdm bar over the images of an array of more than one chunk
+        (when tqdm is installed).
+
+    Returns
+    -------
+    features : ndarray of shape (n, n_features), float64
+    """
+    if hasattr(X, "shape"):
+        n = X.shape[0]
+        chunks = (X[i : i + batch_size] for i in range(0, n, batch_size))
+    else:
+        n, chunks = None, iter(X)
+    bar = _bar(n, progress and n is not None and n > batch_size)
+    out = []
+    for chunk in chunks:
+        out.append(np.asarray(to_numpy(model.transform(chunk))))
+        if bar is not None:
+            bar.update(out[-1].shape[0])
+    if bar is not None:
+        bar.close()
+    return np.concatenate(out, axis=0).astype(np.float64)
+
+
+def _bar(total, wanted):
+    if not wanted:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, unit="img", leave=False, desc="features")
+
+
+def linear_probe(F_train, y_train, F_test, y_test, *, C=1.0):
+    """Test accuracy of a multinomial logistic regression on standardized features.
+
+    scikit-learn's ``StandardScaler`` (training statistics) then
+    ``LogisticRegression(C=C, max_iter=1000)`` (lbfgs), fitted on the
+    training features.
+
+    Returns
+    -------
+    accuracy : float
+        Fraction of the test images classified correctly.
+
+    Raises
+    ------
+    ImportError
+        If scikit-learn is missing (``pip install "calm_np[examples]"``).
+    """
+    try:
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+    except ImportError as exc:
+        raise ImportError(
+            "linear_probe needs scikit-learn; install it with "
+            '`pip install "calm_np[examples]"`'
+        ) from exc
+    probe = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=1000))
+    probe.fit(F_train, y_train)
+    return float(probe.score(F_test, y_test))
