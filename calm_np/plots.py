@@ -1,4 +1,7 @@
-"""Figures for the command line: a grid of kernels and the objective per iteration.
+"""Figures of a fitted model: a grid of its kernels and its objective per iteration.
+
+Used by the command line and the examples: :func:`kernel_grid`,
+:func:`objective_curve`, and :func:`model_figures` for both at once.
 
 matplotlib is imported when a figure is drawn, never at ``import calm_np``; the
 figures are drawn on an Agg canvas directly (no ``pyplot``), so nothing here
@@ -13,7 +16,7 @@ import numpy as np
 
 from ._xp import to_numpy
 
-__all__ = ["kernel_grid", "objective_curve"]
+__all__ = ["kernel_grid", "model_figures", "objective_curve"]
 
 
 def _figure(width, height):
@@ -129,3 +132,45 @@ def objective_curve(lower_bounds, path, *, title=None, ylabel=None):
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return path
+
+
+def _objective_label(model):
+    if getattr(model, "latent", "image") == "patch":
+        return "pseudo-log-likelihood per image (nats)"
+    if model.reg_kernels:
+        return "penalised log-likelihood per image (nats)"
+    return "mean log-likelihood per image (nats)"
+
+
+def model_figures(model, kernels_path, curve_path, *, data="", n_fit=None):
+    """Both figures of a fitted ConvolutionalMixture, as PNG files.
+
+    The kernel grid (sorted by weight when the weights are learned) and the
+    objective after each EM iteration, labelled with what the model's
+    objective is (log-likelihood, penalised, or pseudo-log-likelihood).
+
+    Parameters
+    ----------
+    model : fitted ConvolutionalMixture
+    kernels_path, curve_path : str or path-like
+        Where to write the two PNG files.
+    data : str, default=""
+        Name of the data, for the titles.
+    n_fit : int or None, default=None
+        Number of images fitted on, for the curve's title.
+    """
+    k, c, kh, kw = model.kernels_.shape
+    order = np.argsort(-np.asarray(to_numpy(model.weights_)), kind="stable")
+    kernel_grid(
+        model.kernels_,
+        kernels_path,
+        title=f"{k} kernels {kh}x{kw}" + (f", {data}" if data else ""),
+        order=order if model.learn_weights else None,
+    )
+    images = "" if n_fit is None else f" ({n_fit} images)"
+    objective_curve(
+        model.lower_bounds_,
+        curve_path,
+        title=f"EM on {data}{images}" if data else None,
+        ylabel=_objective_label(model),
+    )

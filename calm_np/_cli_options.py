@@ -1,0 +1,337 @@
+"""The ``calm-np`` options: the parser, and from parsed options to settings.
+
+Option values are checked while parsing (one-line usage errors); the
+settings of a run are a preset's (:mod:`calm_np.evaluation`) overridden by
+what the command line says.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from . import __version__, datasets, evaluation
+from ._estimator import ConvolutionalMixture
+from .evaluation import DATASETS, PRESETS
+from .preprocessing import PREPROCESSORS
+
+PROG = "calm-np"
+DEFAULT_OUT = "calm-np-output"
+BACKENDS = ("numpy", "torch", "cupy")
+DTYPES = ("float32", "float64")
+
+
+class UserError(Exception):
+    """A mistake the user can fix; reported as one line, no traceback."""
+
+
+# ---------------------------------------------------------------------------
+# option parsing
+# ---------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (usage is one ``--help`` away)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _int_at_least(low):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected an integer, got {text!r}"
+            ) from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"int>={low}"
+    return parse
+
+
+def _non_negative_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def _positive_float(text):
+    value = _non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return value
+
+
+def _size(low):
+    """``5`` or ``5x3`` (also ``5,3``): an int or an (h, w) pair."""
+
+    def parse(text):
+        parts = text.lower().replace(",", "x").split("x")
+        try:
+            values = [int(p) for p in parts]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected an integer or HxW (e.g. 5 or 5x3), got {text!r}"
+            ) from None
+        if len(values) not in (1, 2):
+            raise argparse.ArgumentTypeError(
+                f"expected an integer or HxW (e.g. 5 or 5x3), got {text!r}"
+            )
+        if min(values) < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {text!r}")
+        return values[0] if len(values) == 1 else tuple(values)
+
+    parse.__name__ = "size"
+    return parse
+
+
+def _batch_size(text):
+    if text.lower() in ("none", "all"):
+        return "all"
+    return _int_at_least(1)(text)
+
+
+def _estimator_param_names():
+    return set(ConvolutionalMixture().get_params())
+
+
+def _choices(name, fallback):
+    """Allowed values of an estimator option, read from calm_np itself."""
+    from . import _checks, _estimator, _init
+
+    table = {
+        "method": getattr(_checks, "METHODS", fallback),
+        "features": getattr(_estimator, "FEATURES", fallback),
+        "init": getattr(_init, "INITS", fallback),
+        "latent": getattr(_checks, "LATENTS", fallback),
+    }
+    return tuple(table.get(name, fallback))
+
+
+def _add_estimator_options(p):
+    g = p.add_argument_group(
+        "model (ConvolutionalMixture parameters; unset ones come from --preset)"
+    )
+    g.add_argument("--n-kernels", type=_int_at_least(1), metavar="K")
+    g.add_argument("--kernel-size", type=_size(1), metavar="S|HxW")
+    g.add_argument("--padding", type=_size(0), metavar="P|PHxPW")
+    g.add_argument("--reg-kernels", type=_non_negative_float, metavar="LAMBDA")
+    g.add_argument(
+        "--learn-weights",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="learn the mixture weights (default: uniform)",
+    )
+    inits = _choices("init", ("kmeans++", "random_patches", "random"))
+    g.add_argument(
+        "--init",
+        metavar="|".join(inits) + "|MODEL.npz",
+        help="initial kernels: a method, or the kernels of a saved model",
+    )
+    g.add_argument("--n-init", type=_int_at_least(1), metavar="N")
+    g.add_argument("--max-iter", type=_int_at_least(0), metavar="N")
+    g.add_argument("--tol", type=_non_negative_float)
+    g.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        metavar="N|all",
+        help="images per minibatch (the statistics are exact either way)",
+    )
+    g.add_argument("--method", choices=_choices("method", ("auto", "im2col", "fft")))
+    g.add_argument(
+        "--warm-start",
+        metavar="MODEL.npz",
+        help="continue EM from a saved model (its kernels, weights and shapes)",
+    )
+    g.add_argument(
+        "--random-state", type=_int_at_least(0), metavar="SEED", help="default: 0"
+    )
+    g.add_argument(
+        "--features",
+        choices=_choices("features", ("log_joint", "log_posterior", "posterior")),
+    )
+    g.add_argument("--pooling", type=_size(1), metavar="G|GHxGW")
+    if "latent" in _estimator_param_names():
+        g.add_argument("--latent", choices=_choices("latent", ("image", "patch")))
+
+
+def _add_data_options(p, labelled):
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--dataset",
+        choices=DATASETS if not labelled else DATASETS[:-1],
+        default="digits",
+        help="default: digits (scikit-learn's bundled 8x8 handwritten digits)",
+    )
+    g.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="folder with the dataset's files (fashion-mnist: default "
+        f"{datasets.FASHION_MNIST_DIR})",
+    )
+    g.add_argument(
+        "--limit",
+        type=_int_at_least(1),
+        metavar="N",
+        help="use only the first N training (and N test) images",
+    )
+    g.add_argument(
+        "--fit-limit",
+        type=_int_at_least(1),
+        metavar="N",
+        help="learn the kernels from the first N training images only (the "
+        "features and the probe still use all of them)",
+    )
+    g.add_argument(
+        "--preprocess",
+        choices=PREPROCESSORS,
+        help="local: local contrast normalization over a window of the kernel "
+        "size; standardize: one mean and scale for all pixels; per-image: each "
+        "image and channel to zero mean, unit variance; zca: dataset-level ZCA "
+        "whitening of whole images; none: pixel values scaled to [0, 1]",
+    )
+    g.add_argument(
+        "--preset",
+        choices=tuple(PRESETS),
+        default="best",
+        help="named settings for the unset options: best (measured, the "
+        "default) or paper (the CALM paper's setup)",
+    )
+
+
+def _add_run_options(p):
+    g = p.add_argument_group("run")
+    g.add_argument("--backend", choices=BACKENDS, default="numpy")
+    g.add_argument(
+        "--device",
+        metavar="DEV",
+        help="torch device (default: cuda when available, else cpu)",
+    )
+    g.add_argument("--dtype", choices=DTYPES, default="float32")
+    g.add_argument(
+        "--out",
+        metavar="DIR",
+        default=DEFAULT_OUT,
+        help=f"output folder (default: {DEFAULT_OUT})",
+    )
+    g.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress lines or bars"
+    )
+
+
+def build_parser():
+    parser = _Parser(
+        prog=PROG,
+        description="Learn convolution kernels by EM (convolutional Gaussian "
+        "mixtures), look at them, and measure their features.",
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    fit = sub.add_parser(
+        "fit",
+        help="learn kernels; write model.npz, figures and summary.json",
+        description="Learn kernels by EM and write model.npz, kernels.png, "
+        "log_likelihood.png and summary.json into --out.",
+    )
+    _add_data_options(fit, labelled=False)
+    _add_estimator_options(fit)
+    _add_run_options(fit)
+
+    ev = sub.add_parser(
+        "evaluate",
+        help="fit (or load) a model and report a linear-probe accuracy",
+        description="Fit a model (or load one with --model), extract pooled "
+        "features of the training and test images, fit a multinomial logistic "
+        "regression on the standardized training features and report the test "
+        "accuracy. Writes what fit writes, with the accuracy in summary.json.",
+    )
+    _add_data_options(ev, labelled=True)
+    _add_estimator_options(ev)
+    _add_run_options(ev)
+    g = ev.add_argument_group("evaluation")
+    g.add_argument(
+        "--model",
+        metavar="MODEL.npz",
+        help="evaluate a saved model instead of fitting one (--features, "
+        "--pooling, --batch-size and --method still apply)",
+    )
+    g.add_argument(
+        "--C",
+        type=_positive_float,
+        default=1.0,
+        dest="C",
+        help="inverse regularization of the logistic regression (default: 1)",
+    )
+
+    show = sub.add_parser(
+        "show",
+        help="draw the kernel grid of a saved model",
+        description="Draw the kernels of a saved model as a grid (PNG).",
+    )
+    show.add_argument("model", metavar="MODEL.npz")
+    show.add_argument(
+        "--out", metavar="PNG", help="default: MODEL_kernels.png next to the model"
+    )
+    return parser
+
+
+# ---------------------------------------------------------------------------
+# settings
+# ---------------------------------------------------------------------------
+
+
+def _resolve_settings(args):
+    """Estimator parameters and preprocessing: preset, then explicit options."""
+    preset = evaluation.preset(args.preset, args.dataset)
+    extras = dict(
+        preprocess=args.preprocess or preset.pop("preprocess"),
+        fit_limit=args.fit_limit or preset.pop("fit_limit", None),
+    )
+    names = _estimator_param_names()
+    params = {"random_state": 0, **{k: v for k, v in preset.items() if k in names}}
+    params.update(_explicit_params(args))
+    return params, extras
+
+
+def _explicit_params(args):
+    """Estimator parameters given on the command line."""
+    params = {}
+    internal = {"callback", "verbose", "warm_start", "init"}  # handled apart
+    for name in _estimator_param_names() - internal:
+        value = getattr(args, name, None)
+        if value is not None:
+            params[name] = None if value == "all" else value
+    return params
+
+
+def _check_files(args):
+    """Model-file options, checked before any data is read."""
+    inits = _choices("init", ("kmeans++", "random_patches", "random"))
+    if args.init is not None and args.init not in inits:
+        if not args.init.endswith(".npz"):
+            raise UserError(
+                f"--init {args.init!r} is neither an init method "
+                f"({', '.join(inits)}) nor a model file (.npz)"
+            )
+        if not Path(args.init).is_file():
+            raise UserError(f"--init model file {args.init} does not exist")
+    for option in ("warm_start", "model"):
+        path = getattr(args, option, None)
+        if path is not None and not Path(path).is_file():
+            flag = "--" + option.replace("_", "-")
+            raise UserError(f"{flag} model file {path} does not exist")
+
+
+def _as_pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
