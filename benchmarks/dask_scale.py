@@ -30,6 +30,7 @@ import logging
 import os
 import platform
 import resource
+import sys
 import time
 from pathlib import Path
 
@@ -39,6 +40,10 @@ import calm_np
 from calm_np import _dask
 from calm_np._conv import choose_method
 from calm_np._xp import get_namespace
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import _perf  # noqa: E402
 
 
 class MemmapImages:
@@ -92,16 +97,8 @@ def make_images(path, n_images, seed=0, n_patterns=10, size=7, block=10_000):
 
 
 def machine():
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return (
-        f"{platform.node()} | {cpu} | {os.cpu_count()} logical CPUs | "
+        f"{platform.node()} | {_perf.cpu_model()} | {os.cpu_count()} logical CPUs | "
         f"load average {os.getloadavg()[0]:.1f} at start | Python "
         f"{platform.python_version()}"
     )

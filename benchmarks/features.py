@@ -47,7 +47,11 @@ from pathlib import Path
 import numpy as np
 
 import calm_np
-from calm_np import _cli, datasets
+from calm_np import datasets, evaluation, preprocessing
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import _perf  # noqa: E402
 
 PATCH = 7  # k-means patch side
 
@@ -56,22 +60,15 @@ PATCH = 7  # k-means patch side
 # settings
 # ---------------------------------------------------------------------------
 
-BEST = dict(_cli.PRESETS["best"]["mnist"])
-BEST256 = dict(_cli.PRESETS["best256"]["mnist"])
-PAPER = dict(_cli.PRESETS["paper"]["mnist"])
+BEST = evaluation.preset("best", "fashion-mnist")
+BEST256 = evaluation.preset("best256", "fashion-mnist")
+PAPER = evaluation.preset("paper", "fashion-mnist")
 # the best setting with the paper's model and readout family: image latent,
-# log-joint pooled over a grid, pixels standardized
+# log-joint pooled over a grid, pixels standardized, the default tol
 JOINT = dict(
-    n_kernels=128,
-    kernel_size=7,
-    latent="image",
-    max_iter=15,
-    batch_size=1000,
-    pooling=3,
-    features="log_joint",
-    preprocess="standardize",
-    fit_limit=10000,
+    BEST, latent="image", max_iter=15, features="log_joint", preprocess="standardize"
 )
+del JOINT["tol"]
 
 
 def calm(base=None, **changes):
@@ -117,7 +114,7 @@ LEVERS = tuple(k for k in ROWS if k not in MAIN_ROWS)
 
 def probe(F_train, y_train, F_test, y_test):
     """Standardize, multinomial logistic regression; test accuracy."""
-    return _cli._probe(F_train, y_train, F_test, y_test, C=1.0)
+    return evaluation.linear_probe(F_train, y_train, F_test, y_test, C=1.0)
 
 
 def raw_features(X_train, X_test):
@@ -159,7 +156,7 @@ def kmeans_triangle(X_train, X_test, n_centroids=64, n_patches=100_000, seed=0):
         ]
     )
     P = _normalize(P)
-    zca = datasets.ZCAWhitening(eps=0.1).fit(P)
+    zca = preprocessing.ZCAWhitening(eps=0.1).fit(P)
     centroids = KMeans(n_centroids, n_init=1, max_iter=100, random_state=seed).fit(
         zca.transform(P)
     )
@@ -199,9 +196,8 @@ def calm_features(setting, X_train, X_test, seed=0):
     names = set(calm_np.ConvolutionalMixture().get_params())
     if "latent" in setting and "latent" not in names:
         raise SystemExit("this calm_np has no latent= option")
-    A, B = _cli._preprocess(preprocess, X_train, X_test)
+    A, B = evaluation.preprocess(preprocess, X_train, X_test, window=7)
     A, B = A.astype(np.float32), B.astype(np.float32)
-    A, B = A[:, None] if A.ndim == 3 else A, B[:, None] if B.ndim == 3 else B
     # "1+2+3": a pyramid, the features of each grid side by side
     grids = [int(g) for g in str(setting.pop("pooling", 1)).split("+")]
     model = calm_np.ConvolutionalMixture(**setting, random_state=seed)
@@ -214,8 +210,8 @@ def calm_features(setting, X_train, X_test, seed=0):
     F_train, F_test = [], []
     for grid in grids:
         model.set_params(pooling=grid)
-        F_train.append(_cli._features(model, A, batch, quiet=True))
-        F_test.append(_cli._features(model, B, batch, quiet=True))
+        F_train.append(evaluation.extract_features(model, A, batch))
+        F_test.append(evaluation.extract_features(model, B, batch))
     return np.hstack(F_train), np.hstack(F_test), fit_seconds, model
 
 
@@ -225,17 +221,9 @@ def calm_features(setting, X_train, X_test, seed=0):
 
 
 def machine():
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return dict(
-        cpu=cpu,
+        cpu=_perf.cpu_model(),
         cores=os.cpu_count(),
         platform=platform.platform(),
         numpy=np.__version__,

@@ -28,12 +28,9 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 import calm_np
-from calm_np import datasets
+from calm_np import datasets, evaluation, plots, preprocessing
 
 
 def parse_args(argv):
@@ -67,37 +64,16 @@ def load(args):
         test = datasets.load_fashion_mnist(args.fashion_dir, "test", limit=args.limit)
     (X_train, y_train), (X_test, y_test) = train, test
     # (n, 28, 28) uint8 -> (n, 1, 28, 28) in [0, 1], as the reference script
-    scale = lambda X: (X[:, None, :, :] / 255.0).astype(np.float32)  # noqa: E731
+    scale = lambda X: preprocessing.to_unit_float(X).astype(np.float32)  # noqa: E731
     return name, scale(X_train), y_train, scale(X_test), y_test
 
 
-def save_figures(model, out, title):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
+def save_figures(model, out, name):
+    """The kernel grid (the paper's figure) and the likelihood per epoch."""
     out.mkdir(parents=True, exist_ok=True)
-    kernels = np.asarray(model.kernels_)[:, 0]  # (k, kh, kw), one channel
-    cols = int(np.ceil(np.sqrt(len(kernels))))
-    rows = int(np.ceil(len(kernels) / cols))
-    fig = Figure(figsize=(cols, rows + 0.5))
-    FigureCanvasAgg(fig)
-    for i, kernel in enumerate(kernels):
-        ax = fig.add_subplot(rows, cols, i + 1)
-        ax.imshow(kernel, cmap="gray")  # each kernel on its own grey scale
-        ax.set_axis_off()
-    fig.suptitle(title)
-    fig.savefig(out / "kernels.png", dpi=80)
-
-    fig = Figure(figsize=(5, 3.5))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    bounds = model.lower_bounds_
-    ax.plot(range(1, len(bounds) + 1), bounds, marker="o")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("mean log-likelihood per image (nats)")
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(out / "log_likelihood.png", dpi=80)
+    plots.model_figures(
+        model, out / "kernels.png", out / "log_likelihood.png", data=name
+    )
 
 
 def main(argv=None):
@@ -129,19 +105,14 @@ def main(argv=None):
     )
 
     start = time.perf_counter()
-    F_train, F_test = model.transform(X_train), model.transform(X_test)
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
-    probe.fit(np.asarray(F_train), y_train)
-    accuracy = probe.score(np.asarray(F_test), y_test)
+    F_train = evaluation.extract_features(model, X_train, args.batch_size)
+    F_test = evaluation.extract_features(model, X_test, args.batch_size)
+    accuracy = evaluation.linear_probe(F_train, y_train, F_test, y_test)
     print(
         f"softmax regression on {F_train.shape[1]} pooled log posteriors: test "
         f"accuracy {accuracy:.4f} ({time.perf_counter() - start:.0f} s)"
     )
-    title = (
-        f"{name}: {args.n_kernels} kernels {args.kernel_size}x{args.kernel_size}, "
-        f"{model.n_iter_} epochs"
-    )
-    save_figures(model, args.out, title)
+    save_figures(model, args.out, name)
     print(f"figures in {args.out}/kernels.png and {args.out}/log_likelihood.png")
     return accuracy
 

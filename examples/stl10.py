@@ -26,12 +26,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 import calm_np
-from calm_np import datasets
+from calm_np import datasets, evaluation, plots, preprocessing
 
 
 def parse_args(argv):
@@ -58,29 +55,6 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def device_mover(backend):
-    """A function taking a host float32 batch to the chosen array library."""
-    if backend == "torch":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        return lambda X: torch.asarray(X, device=device)
-    if backend == "cupy":
-        import cupy
-
-        return cupy.asarray
-    return lambda X: X
-
-
-def to_host(x):
-    """A NumPy copy of a NumPy, PyTorch or CuPy array."""
-    if hasattr(x, "get"):  # CuPy
-        return x.get()
-    if hasattr(x, "cpu"):  # PyTorch
-        return x.cpu().numpy()
-    return np.asarray(x)
-
-
 class Whitened:
     """Re-iterable minibatches of several STL-10 splits, whitened per image.
 
@@ -96,41 +70,22 @@ class Whitened:
 
     def __iter__(self):
         for images, n in self.parts:
-            for batch in images.iter_batches(self.batch_size, stop=n):
-                white = datasets.zca_whiten_per_image(batch)
-                yield self.move(np.asarray(white, dtype=np.float32))
+            white = images.batches(
+                self.batch_size, stop=n, transform=preprocessing.zca_whiten_per_image
+            )
+            for batch in white:
+                yield self.move(np.asarray(batch, dtype=np.float32))
 
 
 def features(model, images, n, batch_size, move):
     """Pooled features of the first ``n`` images, as a host array."""
-    out = [
-        to_host(model.transform(batch))
-        for batch in Whitened([(images, n)], batch_size, move)
-    ]
-    return np.concatenate(out, axis=0)
-
-
-def save_kernels(model, path, title):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    kernels = np.moveaxis(to_host(model.kernels_), 1, -1)  # RGB last
-    cols = int(np.ceil(np.sqrt(len(kernels))))
-    rows = int(np.ceil(len(kernels) / cols))
-    fig = Figure(figsize=(cols * 0.6, rows * 0.6 + 0.5))
-    FigureCanvasAgg(fig)
-    for i, kernel in enumerate(kernels):
-        lo, hi = kernel.min(), kernel.max()  # each kernel on its own scale
-        ax = fig.add_subplot(rows, cols, i + 1)
-        ax.imshow((kernel - lo) / (hi - lo if hi > lo else 1.0))
-        ax.set_axis_off()
-    fig.suptitle(title)
-    fig.savefig(path, dpi=80)
+    batches = Whitened([(images, n)], batch_size, move)
+    return evaluation.extract_features(model, batches)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    move = device_mover(args.backend)
+    move, _ = evaluation.array_mover(args.backend, dtype="float32")
     train, y_train = datasets.load_stl10(args.data_dir, "train")
     test, y_test = datasets.load_stl10(args.data_dir, "test")
     folds = datasets.stl10_folds(args.data_dir)[: args.folds]
@@ -169,19 +124,20 @@ def main(argv=None):
     accuracies = []
     for fold in folds:
         fold = fold[fold < n_train]
-        probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
-        probe.fit(F_train[fold], y_tr[fold])
-        accuracies.append(probe.score(F_test, y_te))
+        accuracies.append(
+            evaluation.linear_probe(F_train[fold], y_tr[fold], F_test, y_te)
+        )
     mean, std = float(np.mean(accuracies)), float(np.std(accuracies))
     print(
         f"{F_train.shape[1]} features, fold protocol: test accuracy {mean:.4f} "
         f"± {std:.4f} over {len(folds)} folds ({time.perf_counter() - start:.0f} s)"
     )
     args.out.mkdir(parents=True, exist_ok=True)
-    save_kernels(
-        model,
+    plots.kernel_grid(
+        model.kernels_,
         args.out / "kernels.png",
-        f"STL-10: {args.n_kernels} kernels {args.kernel_size}x{args.kernel_size}x3",
+        title=f"STL-10: {args.n_kernels} kernels "
+        f"{args.kernel_size}x{args.kernel_size}x3",
     )
     print(f"kernels in {args.out}/kernels.png")
     return mean
