@@ -134,7 +134,7 @@ class Standardize(_Transformer):
     def fit(self, X, y=None):
         """Estimate the mean and scale of all values of X."""
         X, xp, _, _ = _as_float(X, "X")
-        if X.size == 0:
+        if math.prod(X.shape) == 0:
             raise ValueError("X must hold at least one value to fit Standardize")
         self.mean_ = float(xp.mean(X))
         std = float(xp.std(X))
