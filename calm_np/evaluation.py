@@ -67,16 +67,10 @@ _MNIST = dict(
 _STL10 = dict(_MNIST, n_kernels=200, kernel_size=15, max_iter=15, batch_size=200)
 del _STL10["tol"]
 _STL10.update(pooling=2, fit_limit=20000)
-# the CALM paper's reference setup: image-wide pooled log posteriors
-_PAPER = dict(
-    n_kernels=64,
-    padding=2,
-    batch_size=1000,
-    max_iter=15,
-    pooling=1,
-    features="log_posterior",
-    preprocess="none",
-)
+# the CALM paper's reference setup: image-wide pooled log posteriors, pixels
+# in [0, 1] (kernel_size is set per data set below)
+_PAPER = dict(_DIGITS, n_kernels=64, batch_size=1000, max_iter=15, pooling=1)
+_PAPER.update(features="log_posterior", preprocess="none")
 # a quick look at natural-image kernels (edges, gratings, colour blobs) from
 # 32x32 crops of scikit-learn's two photographs; the same in every preset
 _NATURAL = dict(

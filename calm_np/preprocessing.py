@@ -509,16 +509,8 @@ class ZCAWhitening(_Transformer):
     def inverse_transform(self, X):
         """Map whitened vectors (or learned kernels) back to input space.
 
-        Parameters
-        ----------
-        X : array of shape (n_samples, *feature_shape_)
-
-        Returns
-        -------
-        X_orig : array of the same shape as X
-
-        Notes
-        -----
+        X has shape ``(n_samples, *feature_shape_)``; the result has X's shape,
+        namespace, device and floating dtype:
         :math:`x = \\tilde x\\, V \\operatorname{diag}(\\sqrt{\\lambda +
         \\epsilon}) V^T + m`.
         """
