@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from _helpers import planted_images
 
-from calm_np import _conv, _em
-from calm_np._conv import _generic_statistics
+from calm_np import _em, _fused
+from calm_np._engines import generic_statistics
 from calm_np._xp import native_paths
 
 pytestmark = pytest.mark.numpy
@@ -43,7 +43,7 @@ def _fused_and_generic(X, M, log_w, padding, method):
     batch = _em._Batch(X, M, log_w, padding, method)
     fused = batch.engine.statistics(batch.kernels, batch.log_weights, np.float64)
     with native_paths(False):
-        generic = _generic_statistics(
+        generic = generic_statistics(
             batch.engine, batch.kernels, batch.log_weights, np.float64
         )
     return fused, generic
@@ -102,7 +102,7 @@ def test_fused_statistics_many_chunks_on_threads(method, monkeypatch):
     # more images than one chunk and two worker threads: every image is
     # counted once, whatever thread took its chunk
     monkeypatch.setenv("CALM_NP_NUM_THREADS", "2")
-    for cls in (_conv._Im2colPlan, _conv._RowDFT):
+    for cls in (_fused._Im2colPlan, _fused._RowDFT):
 
         def init(self, *args, _original=cls.__init__):
             _original(self, *args)
@@ -165,7 +165,7 @@ def test_blas_threads_restored_after_concurrent_calls():
 def test_fused_statistics_are_bit_reproducible_on_threads(method, monkeypatch):
     # the same data gives the same bits every time, however the threads race
     monkeypatch.setenv("CALM_NP_NUM_THREADS", "2")
-    for cls in (_conv._Im2colPlan, _conv._RowDFT):
+    for cls in (_fused._Im2colPlan, _fused._RowDFT):
 
         def init(self, *args, _original=cls.__init__):
             _original(self, *args)
@@ -192,7 +192,7 @@ def test_fused_statistics_are_bit_reproducible_on_threads(method, monkeypatch):
 def test_fused_statistics_without_threadpoolctl(monkeypatch):
     # no threadpoolctl: chunks run in turn on the calling thread (BLAS keeps
     # its own threads), with the same numbers
-    monkeypatch.setitem(_conv._BLAS, "controller", False)
+    monkeypatch.setitem(_fused._BLAS, "controller", False)
     monkeypatch.setenv("CALM_NP_NUM_THREADS", "2")
     rng = np.random.default_rng(6)
     X = rng.standard_normal((50, 2, 9, 10))
