@@ -200,3 +200,41 @@ def test_fused_statistics_without_threadpoolctl(monkeypatch):
     for method in ("im2col", "fft"):
         fused, generic = _fused_and_generic(X, M, None, 1, method)
         _assert_same(fused, generic, "float64")
+
+
+def test_every_engine_declares_the_interface():
+    # each method name maps to an Engine subclass that implements both
+    # correlations, and NumPy's fused pass has a plan for each of them
+    from calm_np._engines import ENGINES, Engine
+
+    assert set(ENGINES) == {"im2col", "fft"}
+    for name, cls in ENGINES.items():
+        assert issubclass(cls, Engine) and cls.name == name
+        for step in ("correlate", "weighted_sum"):
+            assert getattr(cls, step) is not getattr(Engine, step)
+    assert set(_fused.PLANS) == set(ENGINES)
+    engine = Engine(np.zeros((2, 1, 5, 6)), (2, 3), np)
+    assert (engine.n, engine.c, engine.Ho, engine.Wo) == (2, 1, 4, 4)
+    with pytest.raises(NotImplementedError):
+        engine.correlate(np.zeros((1, 1, 2, 3)))
+
+
+def test_one_switch_decides_native_or_generic(monkeypatch):
+    # _fast_path is the only engine-level switch: with native paths off,
+    # NumPy batches take the generic statistics and the flop model for auto
+    from calm_np import _engines
+
+    assert _engines._fast_path(np) is _fused
+    calls = []
+    monkeypatch.setattr(_fused, "statistics", lambda *args: calls.append(args) or args)
+    batch = _em._Batch(np.ones((2, 1, 6, 6)), np.ones((2, 1, 3, 3)), None, 0, "fft")
+    batch.engine.statistics(batch.kernels, batch.log_weights, np.float64)
+    assert len(calls) == 1
+    with native_paths(False):
+        assert _engines._fast_path(np) is None
+        batch.engine.statistics(batch.kernels, batch.log_weights, np.float64)
+        assert len(calls) == 1
+    monkeypatch.setattr(_fused, "choose_method", lambda *args: "fused")
+    assert _engines.choose_method(np, 1, 4, (9, 9), (3, 3)) == "fused"
+    with native_paths(False):
+        assert _engines.choose_method(np, 1, 4, (9, 9), (3, 3)) != "fused"
