@@ -38,7 +38,7 @@ import numpy as np
 
 import calm_np
 from calm_np import _dask
-from calm_np._conv import choose_method
+from calm_np._engines import choose_method
 from calm_np._xp import get_namespace
 
 sys.path.insert(0, str(Path(__file__).parent))

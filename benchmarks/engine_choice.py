@@ -8,7 +8,7 @@ size), times the fused NumPy statistics of ``im2col`` and of ``fft`` (row
 transforms as DFT GEMMs, sums over kernel rows as GEMMs), and prints per
 shape which is faster, what ``auto`` picks, and whether the pick is within
 10 % of the faster one.  ``--fit`` fits the per-operation speeds of the cost
-model (``calm_np._conv._SPEED``) to these timings by non-negative least
+model (``calm_np._fused._SPEED``) to these timings by non-negative least
 squares on relative errors and prints the values to paste.
 """
 
@@ -62,19 +62,19 @@ def measure(size, c, k, ks, repeats, budget):
 
 
 def features(kind, c, k, size, ks):
-    """Per-image operation counts of the fused paths (see _conv._fused_cost)."""
-    from calm_np import _conv
+    """Per-image operation counts of the fused paths (see _fused._fused_cost)."""
+    from calm_np import _fused
 
-    return _conv._fused_features(kind, (1, c, size, size), (k, c, ks, ks))
+    return _fused._fused_features(kind, (1, c, size, size), (k, c, ks, ks))
 
 
 def fit(rows):
     """Non-negative speeds minimising relative error over all timings."""
     from scipy.optimize import nnls
 
-    from calm_np import _conv
+    from calm_np import _fused
 
-    names = list(_conv._FEATURES)
+    names = list(_fused._FEATURES)
     A, b = [], []
     for (size, c, k, ks), times in rows:
         for kind, engine in (("im2col", "im2col"), ("rowdft", "fft")):
@@ -102,7 +102,7 @@ def main(argv=None):
 
     import array_api_compat.numpy as xp
 
-    from calm_np import _conv
+    from calm_np import _engines, _fused
 
     print(_perf.machine_line(args.threads) + "; dtype float32, padding 0")
     print(
@@ -120,10 +120,10 @@ def main(argv=None):
             times, _ = measure(size, c, k, ks, args.repeats, args.budget)
         rows.append(((size, c, k, ks), times))
         best = min(times, key=times.get)
-        auto = _conv.choose_method(xp, c, k, (size, size), (ks, ks))
+        auto = _engines.choose_method(xp, c, k, (size, size), (ks, ks))
         ratio = times[auto] / times[best]
         image, kernels = (1, c, size, size), (k, c, ks, ks)
-        model = _conv._fused_cost("im2col", image, kernels) / _conv._fused_cost(
+        model = _fused._fused_cost("im2col", image, kernels) / _fused._fused_cost(
             "rowdft", image, kernels
         )
         ok += ratio <= 1.10
@@ -141,7 +141,7 @@ def main(argv=None):
         Path(args.save).write_text(json.dumps(rows))
     if args.fit:
         speeds = fit(rows)
-        print("fitted speeds (paste into calm_np._conv._SPEED):")
+        print("fitted speeds (paste into calm_np._fused._SPEED):")
         print("    " + ", ".join(f'"{k}": {v:.3g}' for k, v in speeds.items()))
     return rows
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import _checks
-from ._conv import ENGINES, choose_method
+from ._engines import ENGINES, choose_method
 from ._xp import LOG_2PI, device_of, get_namespace, logsumexp, wide_float
 
 __all__ = [

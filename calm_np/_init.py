@@ -11,8 +11,8 @@ import numbers
 
 import numpy as np
 
-from ._conv import Im2col
 from ._em import _pad
+from ._engines import Im2col
 from ._xp import device_of
 
 INITS = ("kmeans++", "random_patches", "random")

@@ -1,9 +1,13 @@
 """Array-API plumbing: the only module that imports ``array_api_compat``.
 
 Everything here works on any namespace that follows the 2023.12 standard
-(NumPy, CuPy, PyTorch through ``array_api_compat``, array-api-strict).  Native
-fast paths (SciPy's FFT for NumPy) are optional branches; the tests keep them
-equal to the generic code.
+(NumPy, CuPy, PyTorch through ``array_api_compat``, array-api-strict).  The
+array-level native fast paths live here, as optional branches of one function
+each (SciPy's FFT and strided patch copies for NumPy, ``unfold`` for torch,
+subnormal flushing on NumPy); :func:`use_native` says which applies and
+:func:`native_paths` switches them all off, so the tests keep them equal to
+the generic code.  The one engine-level fast path (NumPy's fused EM pass) is
+chosen in ``_engines``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ from array_api_compat import (
 __all__ = [
     "array_namespace",
     "device_of",
+    "extract_patches",
+    "flush_threshold",
+    "flush_tiny",
     "get_namespace",
     "has_fft",
     "is_array_api_obj",
@@ -166,30 +173,76 @@ def use_native(xp) -> str | None:
     return None
 
 
-def _scipy_fft():
-    try:
-        import scipy.fft as sfft
-    except ImportError:  # pragma: no cover - scipy is a core dependency
-        return None
-    return sfft
+def _fft2(name, x, s, xp):
+    """``xp.fft.<name>`` over the last two axes with size ``s``; SciPy's
+    pocketfft, on all cores, for NumPy arrays (scipy's ``rfft2`` is
+    ``rfftn`` on two axes)."""
+    if use_native(xp) == "numpy":
+        import scipy.fft  # a core dependency
+
+        return getattr(scipy.fft, name)(x, s=s, axes=(-2, -1), workers=-1)
+    return getattr(xp.fft, name)(x, s=s, axes=(-2, -1))
 
 
 def rfft2(x, s, *, xp):
     """Real 2-D FFT over the last two axes, zero-padded to ``s``."""
-    if use_native(xp) == "numpy":
-        sfft = _scipy_fft()
-        if sfft is not None:
-            return sfft.rfft2(x, s=s, axes=(-2, -1), workers=-1)
-    return xp.fft.rfftn(x, s=s, axes=(-2, -1))
+    return _fft2("rfftn", x, s, xp)
 
 
 def irfft2(x, s, *, xp):
     """Inverse of :func:`rfft2` to real arrays of spatial shape ``s``."""
-    if use_native(xp) == "numpy":
-        sfft = _scipy_fft()
-        if sfft is not None:
-            return sfft.irfft2(x, s=s, axes=(-2, -1), workers=-1)
-    return xp.fft.irfftn(x, s=s, axes=(-2, -1))
+    return _fft2("irfftn", x, s, xp)
+
+
+def extract_patches(Xp, kh, kw, xp):
+    """Patch matrix ``(n, c·kh·kw, Ho·Wo)`` of images ``Xp`` (n, c, Hp, Wp).
+
+    Row ``(c, i, j)``, column ``(y, x)`` holds ``Xp[:, c, y + i, x + j]``.
+    NumPy: one copy of a strided view; torch: ``unfold``; elsewhere one
+    slice per kernel offset, stacked.
+    """
+    n, c, Hp, Wp = Xp.shape
+    Ho, Wo = Hp - kh + 1, Wp - kw + 1
+    native = use_native(xp)
+    if native == "numpy":
+        from numpy.lib.stride_tricks import sliding_window_view
+
+        view = sliding_window_view(Xp, (kh, kw), axis=(2, 3))  # (n,c,Ho,Wo,kh,kw)
+        view = view.transpose(0, 1, 4, 5, 2, 3)
+        return xp.reshape(xp.asarray(view, copy=True), (n, c * kh * kw, Ho * Wo))
+    if native == "torch":
+        import torch  # already imported: the input is a torch tensor
+
+        return torch.nn.functional.unfold(Xp, (kh, kw))
+    slices = [Xp[:, :, i : i + Ho, j : j + Wo] for i in range(kh) for j in range(kw)]
+    stacked = xp.stack(slices, axis=2)  # (n, c, kh*kw, Ho, Wo)
+    return xp.reshape(stacked, (n, c * kh * kw, Ho * Wo))
+
+
+def flush_threshold(dtype):
+    """Log of the smallest probability kept: ``tiny / eps`` of a NumPy dtype.
+
+    Smaller ones are set to exactly 0 before an M-step.  Kept ones times
+    any factor above ``eps`` (DFT weights, pixels) stay normal numbers:
+    subnormal GEMM operands cost ~3× the time (up to 100× on peaked
+    posteriors).  The change to ``S_k`` and ``N_k`` is below ``tiny / eps``
+    (1e-31 in float32) per entry.
+    """
+    import numpy as np
+
+    info = np.finfo(dtype)
+    return math.log(float(info.tiny) / float(info.eps))
+
+
+def flush_tiny(resp, xp):
+    """NumPy: probabilities below :func:`flush_threshold` as exact zeros (a
+    copy), which keeps NumPy's GEMM and FFT off subnormals.  Other
+    namespaces: ``resp`` as is."""
+    if use_native(xp) != "numpy":
+        return resp
+    import numpy as np
+
+    return np.where(resp < math.exp(flush_threshold(resp.dtype)), 0, resp)
 
 
 LOG_2PI = math.log(2.0 * math.pi)

@@ -373,7 +373,7 @@ def test_empty_batch_gives_zero_statistics(backend):
 def test_auto_picks_fft_for_large_kernels_and_im2col_for_small():
     import array_api_compat.numpy as xp
 
-    from calm_np._conv import choose_method
+    from calm_np._engines import choose_method
 
     assert choose_method(xp, 3, 200, (96, 96), (15, 15)) == "fft"
     assert choose_method(xp, 1, 16, (28, 28), (3, 3)) == "im2col"

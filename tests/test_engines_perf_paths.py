@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from _helpers import planted_images
 
-from calm_np import _conv, _em
-from calm_np._conv import _generic_statistics
+from calm_np import _em, _fused
+from calm_np._engines import generic_statistics
 from calm_np._xp import native_paths
 
 pytestmark = pytest.mark.numpy
@@ -43,7 +43,7 @@ def _fused_and_generic(X, M, log_w, padding, method):
     batch = _em._Batch(X, M, log_w, padding, method)
     fused = batch.engine.statistics(batch.kernels, batch.log_weights, np.float64)
     with native_paths(False):
-        generic = _generic_statistics(
+        generic = generic_statistics(
             batch.engine, batch.kernels, batch.log_weights, np.float64
         )
     return fused, generic
@@ -102,7 +102,7 @@ def test_fused_statistics_many_chunks_on_threads(method, monkeypatch):
     # more images than one chunk and two worker threads: every image is
     # counted once, whatever thread took its chunk
     monkeypatch.setenv("CALM_NP_NUM_THREADS", "2")
-    for cls in (_conv._Im2colPlan, _conv._RowDFT):
+    for cls in (_fused._Im2colPlan, _fused._RowDFT):
 
         def init(self, *args, _original=cls.__init__):
             _original(self, *args)
@@ -165,7 +165,7 @@ def test_blas_threads_restored_after_concurrent_calls():
 def test_fused_statistics_are_bit_reproducible_on_threads(method, monkeypatch):
     # the same data gives the same bits every time, however the threads race
     monkeypatch.setenv("CALM_NP_NUM_THREADS", "2")
-    for cls in (_conv._Im2colPlan, _conv._RowDFT):
+    for cls in (_fused._Im2colPlan, _fused._RowDFT):
 
         def init(self, *args, _original=cls.__init__):
             _original(self, *args)
@@ -192,7 +192,7 @@ def test_fused_statistics_are_bit_reproducible_on_threads(method, monkeypatch):
 def test_fused_statistics_without_threadpoolctl(monkeypatch):
     # no threadpoolctl: chunks run in turn on the calling thread (BLAS keeps
     # its own threads), with the same numbers
-    monkeypatch.setitem(_conv._BLAS, "controller", False)
+    monkeypatch.setitem(_fused._BLAS, "controller", False)
     monkeypatch.setenv("CALM_NP_NUM_THREADS", "2")
     rng = np.random.default_rng(6)
     X = rng.standard_normal((50, 2, 9, 10))
@@ -200,3 +200,41 @@ def test_fused_statistics_without_threadpoolctl(monkeypatch):
     for method in ("im2col", "fft"):
         fused, generic = _fused_and_generic(X, M, None, 1, method)
         _assert_same(fused, generic, "float64")
+
+
+def test_every_engine_declares_the_interface():
+    # each method name maps to an Engine subclass that implements both
+    # correlations, and NumPy's fused pass has a plan for each of them
+    from calm_np._engines import ENGINES, Engine
+
+    assert set(ENGINES) == {"im2col", "fft"}
+    for name, cls in ENGINES.items():
+        assert issubclass(cls, Engine) and cls.name == name
+        for step in ("correlate", "weighted_sum"):
+            assert getattr(cls, step) is not getattr(Engine, step)
+    assert set(_fused.PLANS) == set(ENGINES)
+    engine = Engine(np.zeros((2, 1, 5, 6)), (2, 3), np)
+    assert (engine.n, engine.c, engine.Ho, engine.Wo) == (2, 1, 4, 4)
+    with pytest.raises(NotImplementedError):
+        engine.correlate(np.zeros((1, 1, 2, 3)))
+
+
+def test_one_switch_decides_native_or_generic(monkeypatch):
+    # _fast_path is the only engine-level switch: with native paths off,
+    # NumPy batches take the generic statistics and the flop model for auto
+    from calm_np import _engines
+
+    assert _engines._fast_path(np) is _fused
+    calls = []
+    monkeypatch.setattr(_fused, "statistics", lambda *args: calls.append(args) or args)
+    batch = _em._Batch(np.ones((2, 1, 6, 6)), np.ones((2, 1, 3, 3)), None, 0, "fft")
+    batch.engine.statistics(batch.kernels, batch.log_weights, np.float64)
+    assert len(calls) == 1
+    with native_paths(False):
+        assert _engines._fast_path(np) is None
+        batch.engine.statistics(batch.kernels, batch.log_weights, np.float64)
+        assert len(calls) == 1
+    monkeypatch.setattr(_fused, "choose_method", lambda *args: "fused")
+    assert _engines.choose_method(np, 1, 4, (9, 9), (3, 3)) == "fused"
+    with native_paths(False):
+        assert _engines.choose_method(np, 1, 4, (9, 9), (3, 3)) != "fused"

@@ -1,24 +1,45 @@
-"""The two engines: the same two correlations, by im2col and by FFT.
+"""NumPy's fast path: one fused, chunked, threaded EM pass per batch.
 
-Layout (the one layout of the package):
+``_engines._fast_path`` (the one switch) hands NumPy batches here; this
+module provides what the switch needs and nothing generic:
 
-    images  Xp       (n, c, Hp, Wp)   already zero-padded
-    kernels M        (k, c, kh, kw)
-    maps    A, resp  (n, k, Ho, Wo)   Ho = Hp - kh + 1, Wo = Wp - kw + 1
+    statistics(engine, kernels, log_weights, wide) -> (N_k, S_k, log_norm)
+        ``Engine.statistics`` for NumPy, by the plan ``PLANS[engine.name]``
+    choose_method(n_channels, n_kernels, padded_shape, kernel_shape)
+        ``method="auto"`` on NumPy, by a timing model of the two plans
 
-An engine is built once per batch of images (it keeps what both EM steps
-share: the patch matrix, or the images' spectra) and offers
+A plan (:class:`_Im2colPlan`, :class:`_RowDFT`) has ``chunk_size``,
+``prepare(M, bias)`` (kernel-side work, once per pass),
+``new_accumulator()``, ``chunk(Xc, prepared, acc)`` (the E- and M-step of a
+few images, returning their log normalisers) and ``finish(accs, wide)``.
 
-    correlate(kernels)  -> (n, k, Ho, Wo)   (Xp ⋆ M)[n, k, u]            E-step
-    weighted_sum(resp)  -> (k, c, kh, kw)   Σ_n Σ_u resp[n,k,u] · x_{n,u}  M-step
-    statistics(kernels, log_weights, wide)
-                        -> (N_k, S_k, log_norm)  one fused E- and M-step
+One EM pass over a batch is E-step GEMM -> softmax -> M-step GEMM.  Done on
+whole-batch arrays (the generic path) it streams the (n, k, Ho, Wo) maps
+through memory about eight times; here each worker thread takes a chunk of
+a few images, keeps its maps in cache from the E-step to the M-step, and
+adds its share of the statistics to a private accumulator.  BLAS runs
+single-threaded inside (threadpoolctl, when installed): the threads already
+use every core, and OpenBLAS's own threads spin badly on a busy machine.
+Two tricks keep passes few:
 
-so the EM code never needs to know which one it holds.  ``statistics`` is
-the whole of an EM pass over the batch for ``latent="image"``: the generic
-version chains the two correlations with a softmax in between; on NumPy it
-runs the fused, chunked, threaded path at the end of this module, which
-never holds more than a few images' maps at once.
+* the per-image normaliser 1/Z_n is applied to the chunk's (small)
+  image-side matrix, never to the (large) maps;
+* the bias −½‖μ_k‖² + log π_k is added to the DC coefficient before the
+  inverse transform (row-DFT plan) instead of to every map entry.
+
+Probabilities below tiny/eps (1e-31 in float32) are flushed to 0 before the
+M-step GEMM: subnormal operands make it ~3× slower (up to 100× on peaked
+posteriors), and the change to S_k and N_k is below 1e-31 each.
+
+``method="fft"`` here is the row-DFT plan, a Fourier method that is not a
+2-D FFT: it transforms along image *rows* only (length F = Wp, as real GEMMs
+with a DFT matrix) and sums over kernel rows directly: per frequency, one
+GEMM of the kernels' row spectra with a Toeplitz matrix of the images' row
+spectra.  For the MNIST setup this is ~3× fewer flops than im2col, for
+STL-10's ~5×, all of them in GEMMs.  (A full 2-D FFT variant, with kernels
+in cache-sized groups, was never faster: pocketfft's 96×96 transforms and
+NumPy's elementwise complex products ran far below GEMM speed; see the
+README.)
 """
 
 from __future__ import annotations
@@ -29,240 +50,7 @@ import math
 import os
 import threading
 
-from ._xp import irfft2, logsumexp, next_fast_len, rfft2, use_native
-
-
-class _Engine:
-    """What both engines share: the fused statistics of one EM pass."""
-
-    def statistics(self, kernels, log_weights, wide):
-        """``(N_k, S_k, log_norm)`` of the batch under ``kernels`` (E + M step).
-
-        ``N_k`` (k,) and ``S_k`` (k, c, kh, kw) are in ``wide``;
-        ``log_norm`` is ``logsumexp_{k,u} A`` per image, shape (n, 1, 1, 1),
-        in the kernels' dtype (the same as ``_em``'s normaliser).
-        """
-        if use_native(self.xp) == "numpy" and self.n > 0:
-            return _numpy_statistics(self, kernels, log_weights, wide)
-        return _generic_statistics(self, kernels, log_weights, wide)
-
-
-def _generic_statistics(engine, kernels, log_weights, wide):
-    xp = engine.xp
-    bias = -0.5 * xp.sum(kernels * kernels, axis=(1, 2, 3)) + log_weights
-    A = engine.correlate(kernels) + bias[None, :, None, None]
-    log_norm = logsumexp(A, axis=(1, 2, 3), keepdims=True)
-    resp = xp.exp(A - log_norm)
-    counts = xp.sum(xp.astype(xp.sum(resp, axis=(2, 3)), wide), axis=0)
-    sums = xp.astype(engine.weighted_sum(resp), wide)
-    return counts, sums, log_norm
-
-
-class Im2col(_Engine):
-    """Patch matrix ``P`` of shape ``(n, c·kh·kw, Ho·Wo)``; both steps are GEMMs.
-
-    Memory is ``n·c·kh·kw·Ho·Wo`` elements: fast for small kernels.  The
-    matrix is built on first use, so the fused NumPy :meth:`statistics`
-    (which builds it a few images at a time) never holds it whole.
-    """
-
-    name = "im2col"
-
-    def __init__(self, Xp, kernel_shape, xp):
-        self.xp = xp
-        self.Xp = Xp
-        n, c, Hp, Wp = Xp.shape
-        kh, kw = kernel_shape
-        self.n, self.c, self.kh, self.kw = n, c, kh, kw
-        self.Ho, self.Wo = Hp - kh + 1, Wp - kw + 1
-        self._patches = None
-
-    @property
-    def patches(self):
-        if self._patches is None:
-            self._patches = _extract_patches(self.Xp, self.kh, self.kw, self.xp)
-        return self._patches
-
-    def correlate(self, kernels):
-        xp = self.xp
-        k = kernels.shape[0]
-        M = xp.reshape(kernels, (k, self.c * self.kh * self.kw))
-        A = xp.matmul(M, self.patches)  # (n, k, L): one GEMM per image
-        return xp.reshape(A, (self.n, k, self.Ho, self.Wo))
-
-    def weighted_sum(self, resp):
-        xp = self.xp
-        k = resp.shape[1]
-        resp = _flush_tiny(resp, xp)
-        R = xp.reshape(resp, (self.n, k, self.Ho * self.Wo))
-        # Σ_n Σ_u R[n,k,u] P[n,d,u]: one GEMM over the (n, u) pairs
-        S = xp.tensordot(R, self.patches, axes=((0, 2), (0, 2)))
-        return xp.reshape(S, (k, self.c, self.kh, self.kw))
-
-
-def _flush_tiny(resp, xp):
-    """NumPy: probabilities below ``tiny / eps`` as exact zeros (a copy).
-
-    Subnormal operands make NumPy's GEMM and FFT crawl (up to 100× on
-    peaked posteriors, where most probabilities underflow); the change to
-    the sums is below ``tiny / eps`` per entry.  Other namespaces: as is.
-    """
-    if use_native(xp) != "numpy":
-        return resp
-    import numpy as np
-
-    return np.where(resp < math.exp(_flush_threshold(np, resp.dtype)), 0, resp)
-
-
-def _extract_patches(Xp, kh, kw, xp):
-    n, c, Hp, Wp = Xp.shape
-    Ho, Wo = Hp - kh + 1, Wp - kw + 1
-    native = use_native(xp)
-    if native == "numpy":
-        from numpy.lib.stride_tricks import sliding_window_view
-
-        view = sliding_window_view(Xp, (kh, kw), axis=(2, 3))  # (n,c,Ho,Wo,kh,kw)
-        view = view.transpose(0, 1, 4, 5, 2, 3)
-        return xp.reshape(xp.asarray(view, copy=True), (n, c * kh * kw, Ho * Wo))
-    if native == "torch":
-        import torch  # already imported: the input is a torch tensor
-
-        return torch.nn.functional.unfold(Xp, (kh, kw))
-    # generic: one strided slice per kernel offset, stacked in (c, i, j) order
-    slices = [Xp[:, :, i : i + Ho, j : j + Wo] for i in range(kh) for j in range(kw)]
-    stacked = xp.stack(slices, axis=2)  # (n, c, kh*kw, Ho, Wo)
-    return xp.reshape(stacked, (n, c * kh * kw, Ho * Wo))
-
-
-def plan_shapes(image_shape, kernel_shape):
-    """FFT size for both steps: the padded image size, rounded up to fast.
-
-    A circular correlation of length ``F >= Hp`` equals the linear one on the
-    ``Ho`` valid positions (E-step) and on the ``kh`` kernel offsets (M-step):
-    ``u + v <= Hp - 1 < F`` never wraps.
-    """
-    (Hp, Wp), _ = image_shape, kernel_shape
-    return next_fast_len(Hp), next_fast_len(Wp)
-
-
-class FFT(_Engine):
-    """Spectra of the padded images, shared by both steps.
-
-    E-step: ``A = irfft2(Σ_c X̂_c · conj(M̂_c))`` cropped to ``Ho × Wo``.
-    M-step: each image's posterior maps are its own filters (a grouped
-    convolution); the sum over images happens in the frequency domain,
-    ``Ŝ[k, c] = Σ_n conj(R̂[n, k]) · X̂[n, c]``, then one inverse transform
-    cropped to ``kh × kw``.  The spectra are computed on first use (the fused
-    NumPy :meth:`statistics` transforms a few images at a time instead).
-    """
-
-    name = "fft"
-
-    def __init__(self, Xp, kernel_shape, xp):
-        self.xp = xp
-        self.Xp = Xp
-        n, c, Hp, Wp = Xp.shape
-        kh, kw = kernel_shape
-        self.n, self.c, self.kh, self.kw = n, c, kh, kw
-        self.Ho, self.Wo = Hp - kh + 1, Wp - kw + 1
-        self.shape = plan_shapes((Hp, Wp), (kh, kw))
-        self._X_f = None
-
-    @property
-    def X_f(self):
-        if self._X_f is None:
-            xp = self.xp
-            X_f = rfft2(self.Xp, self.shape, xp=xp)  # (n, c, F1, F2r)
-            # frequency-major copy: the products below are batched matmuls
-            self._X_f = xp.permute_dims(X_f, (2, 3, 0, 1))  # (F1, F2r, n, c)
-        return self._X_f
-
-    def correlate(self, kernels):
-        xp = self.xp
-        M_f = xp.conj(rfft2(kernels, self.shape, xp=xp))  # (k, c, F1, F2r)
-        M_f = xp.permute_dims(M_f, (2, 3, 1, 0))  # (F1, F2r, c, k)
-        A_f = xp.matmul(self.X_f, M_f)  # Σ_c: (F1, F2r, n, k)
-        A = irfft2(xp.permute_dims(A_f, (2, 3, 0, 1)), self.shape, xp=xp)
-        return A[:, :, : self.Ho, : self.Wo]
-
-    def weighted_sum(self, resp):
-        xp = self.xp
-        resp = _flush_tiny(resp, xp)
-        R_f = xp.conj(rfft2(resp, self.shape, xp=xp))  # (n, k, F1, F2r)
-        R_f = xp.permute_dims(R_f, (2, 3, 1, 0))  # (F1, F2r, k, n)
-        S_f = xp.matmul(R_f, self.X_f)  # Σ_n: (F1, F2r, k, c)
-        S = irfft2(xp.permute_dims(S_f, (2, 3, 0, 1)), self.shape, xp=xp)
-        return S[:, :, : self.kh, : self.kw]
-
-
-ENGINES = {"im2col": Im2col, "fft": FFT}
-
-# Relative cost of one FFT flop to one GEMM flop; fitted by
-# benchmarks/engine_choice.py on a grid of shapes (see the README).
-FFT_FLOP_WEIGHT = 4.0
-
-
-def cost(method, n_channels, n_kernels, padded_shape, kernel_shape):
-    """Modelled cost per image of one E-step plus one M-step, in GEMM flops."""
-    (Hp, Wp), (kh, kw) = padded_shape, kernel_shape
-    c, k = n_channels, n_kernels
-    L = (Hp - kh + 1) * (Wp - kw + 1)
-    if method == "im2col":
-        D = c * kh * kw
-        return 4.0 * k * D * L + 2.0 * D * L  # two GEMMs + building P
-    F1, F2 = plan_shapes((Hp, Wp), (kh, kw))
-    F = F1 * F2
-    Fr = F1 * (F2 // 2 + 1)
-    transforms = (c + 2 * k) * 2.5 * F * math.log2(max(F, 2))
-    products = 2 * 8.0 * k * c * Fr
-    return FFT_FLOP_WEIGHT * (transforms + products)
-
-
-def choose_method(xp, n_channels, n_kernels, padded_shape, kernel_shape):
-    """The cheaper engine (im2col where there is no fft).
-
-    On NumPy, by the calibrated model of the fused paths
-    (:func:`_fused_cost`); elsewhere by the flop model :func:`cost`.
-    """
-    if not hasattr(xp, "fft"):
-        return "im2col"
-    if use_native(xp) == "numpy":
-        image = (1, n_channels) + tuple(padded_shape)
-        kernels = (n_kernels, n_channels) + tuple(kernel_shape)
-        fft = _fused_cost("rowdft", image, kernels)
-        return "fft" if fft < _fused_cost("im2col", image, kernels) else "im2col"
-    args = (n_channels, n_kernels, padded_shape, kernel_shape)
-    return "fft" if cost("fft", *args) < cost("im2col", *args) else "im2col"
-
-
-# ---------------------------------------------------------------------------
-# The fused NumPy path.
-#
-# One EM pass over a batch is E-step GEMM -> softmax -> M-step GEMM.  Done
-# on whole-batch arrays (the generic path) it streams the (n, k, Ho, Wo) maps
-# through memory about eight times; here each worker thread takes a chunk of
-# a few images, keeps its maps in cache from the E-step to the M-step, and
-# adds its share of the statistics to a private accumulator.  BLAS runs
-# single-threaded inside (threadpoolctl, when installed): the threads
-# already use every core, and OpenBLAS's own threads spin badly on a busy
-# machine.  Two tricks keep passes few:
-#   * the per-image normaliser 1/Z_n is applied to the chunk's (small)
-#     image-side matrix, never to the (large) maps;
-#   * the bias −½‖μ_k‖² + log π_k is added to the DC coefficient before the
-#     inverse transform (FFT engine) instead of to every map entry.
-# Probabilities below tiny/eps (1e-31 in float32) are flushed to 0 before
-# the M-step GEMM: subnormal operands make it ~3× slower (up to 100× on
-# peaked posteriors), and the change to S_k and N_k is below 1e-31 each.
-#
-# The FFT engine's fused path transforms along image *rows* only (length
-# F = Wp, as real GEMMs with a DFT matrix) and sums over kernel rows
-# directly: per frequency, one GEMM of the kernels' row spectra with a
-# Toeplitz matrix of the images' row spectra.  For the MNIST setup this is
-# ~3× fewer flops than im2col, for STL-10's ~5×, all of them in GEMMs.
-# (A full 2-D FFT variant, with kernels in cache-sized groups, was never
-# faster: pocketfft's 96×96 transforms and NumPy's elementwise complex
-# products ran far below GEMM speed; see the README.)
-# ---------------------------------------------------------------------------
+from ._xp import flush_threshold
 
 
 def _n_threads():
@@ -354,23 +142,11 @@ def _parallel_chunks(n, chunk, work, make_acc):
         return [f.result() for f in futures]
 
 
-def _flush_threshold(np, dtype):
-    """Log of the smallest probability kept: ``tiny / eps`` of the dtype.
-
-    Smaller ones are set to exactly 0 before the M-step.  Kept ones times
-    any factor above ``eps`` (DFT weights, pixels) stay normal numbers:
-    subnormal GEMM operands cost ~3× the time.  The change to ``S_k`` and
-    ``N_k`` is below ``tiny / eps`` (1e-31 in float32) per entry.
-    """
-    info = np.finfo(dtype)
-    return math.log(float(info.tiny) / float(info.eps))
-
-
 def _softmax_inplace(A3, np):
     """``A3`` (rows, m, cols) of log joints -> exp(A - max_n), in place.
 
     Returns the per-image max (m,), finite.  Probabilities below
-    :func:`_flush_threshold` become exactly 0.
+    :func:`~calm_np._xp.flush_threshold` become exactly 0.
     """
     if A3.shape[1] == 1:
         mx = np.max(A3, keepdims=True).reshape(1)  # contiguous: fastest
@@ -378,20 +154,25 @@ def _softmax_inplace(A3, np):
         mx = A3.max(axis=0).max(axis=-1)
     mx = np.where(np.isfinite(mx), mx, 0).astype(A3.dtype)
     A3 -= mx[:, None]
-    np.copyto(A3, -np.inf, where=A3 < _flush_threshold(np, A3.dtype))
+    np.copyto(A3, -np.inf, where=A3 < flush_threshold(A3.dtype))
     np.exp(A3, out=A3)
     return mx
 
 
-def _numpy_statistics(engine, kernels, log_weights, wide):
+def statistics(engine, kernels, log_weights, wide):
+    """``Engine.statistics`` on NumPy: the fused, chunked, threaded pass.
+
+    The plan for ``engine.name`` (:data:`PLANS`) does the work per chunk of
+    images; the results equal :func:`~calm_np._engines.generic_statistics`
+    up to rounding (``tests/test_engines_perf_paths.py``).
+    """
     import numpy as np
 
     Xp = np.asarray(engine.Xp)
     M = np.asarray(kernels)
     dtype = M.dtype
     bias = -0.5 * np.sum(M * M, axis=(1, 2, 3), dtype=dtype) + np.asarray(log_weights)
-    plan_cls = _RowDFT if engine.name == "fft" else _Im2colPlan
-    plan = plan_cls(Xp.shape, M.shape, dtype)
+    plan = PLANS[engine.name](Xp.shape, M.shape, dtype)
     prepared = plan.prepare(M, bias)
     n = Xp.shape[0]
     log_norm = np.empty(n, dtype=dtype)
@@ -528,7 +309,7 @@ def _dft_matrices(F, n_in, n_out, dtype_name):
 
 
 class _RowDFT:
-    """Fused row-FFT correlation (see the comment block above).
+    """Fused row-DFT correlation, ``method="fft"`` (see the module docstring).
 
     With ``X̂[n,c,r,f]`` the DFT of image row ``r`` and ``M̂[k,c,i,f]`` that of
     kernel row ``i`` (length ``F = Wp``; ``ns`` slots of bins, see
@@ -657,6 +438,9 @@ class _RowDFT:
         return counts.astype(wide), S.reshape(k, c, kh, kw).astype(wide)
 
 
+PLANS = {"im2col": _Im2colPlan, "fft": _RowDFT}
+
+
 # Effective speeds of the operations of the fused NumPy paths (units per
 # second, 2 threads on a busy 2-core AMD EPYC with AVX-512): GEMM flops of
 # the products, flops of the skinny DFT-by-GEMM row transforms (inner
@@ -706,3 +490,12 @@ def _fused_cost(kind, image_shape, kernel_shape):
     """Modelled seconds per image of a fused path."""
     f = _fused_features(kind, image_shape, kernel_shape)
     return sum(v / _SPEED[name] for name, v in f.items())
+
+
+def choose_method(n_channels, n_kernels, padded_shape, kernel_shape):
+    """``"fft"`` (the row-DFT plan) or ``"im2col"``, whichever
+    :func:`_fused_cost` models faster per image."""
+    image = (1, n_channels) + tuple(padded_shape)
+    kernels = (n_kernels, n_channels) + tuple(kernel_shape)
+    fft = _fused_cost("rowdft", image, kernels)
+    return "fft" if fft < _fused_cost("im2col", image, kernels) else "im2col"

@@ -1,0 +1,247 @@
+"""Engines: the two correlations of an EM pass, and the one switch to NumPy's.
+
+Layout (the one layout of the package):
+
+    images  Xp       (n, c, Hp, Wp)   already zero-padded
+    kernels M        (k, c, kh, kw)
+    maps    A, resp  (n, k, Ho, Wo)   Ho = Hp - kh + 1, Wo = Wp - kw + 1
+
+An engine is built once per batch of images by the shared constructor
+``Engine(Xp, kernel_shape, xp)`` and keeps what both EM steps share (the
+patch matrix, or the images' spectra), computed on first use.  A new engine
+subclasses :class:`Engine` and provides
+
+    name                    the ``method`` value that selects it (``ENGINES``)
+    correlate(kernels)  -> (n, k, Ho, Wo)   (Xp ⋆ M)[n, k, u]            E-step
+    weighted_sum(resp)  -> (k, c, kh, kw)   Σ_n Σ_u resp[n,k,u] · x_{n,u}  M-step
+
+and inherits
+
+    statistics(kernels, log_weights, wide)
+                        -> (N_k, S_k, log_norm)  one fused E- and M-step
+
+so the EM code never needs to know which one it holds.  Everything in this
+module is generic array-API code: ``statistics`` chains the two
+correlations with a softmax in between (:func:`generic_statistics`).
+
+The one switch.  :func:`_fast_path` is the only place that decides between
+this generic code and a native one: for NumPy arrays it returns the module
+``_fused`` (a chunked, threaded E+M pass that never holds more than a few
+images' maps, and its calibrated cost model); ``Engine.statistics`` and
+:func:`choose_method` ask it and nothing else does.  Array-level native
+branches (SciPy's FFT, strided patches, torch's ``unfold``) sit in ``_xp``,
+one function each, and ``_xp.native_paths(False)`` turns all of them off.
+
+Methods.  ``"im2col"``: both steps as GEMMs with the patch matrix.
+``"fft"``: the Fourier family, correlations as products of spectra; the
+generic engine multiplies 2-D ``rfft2`` spectra and transforms back with
+``irfft2``, NumPy's fused pass transforms along image rows only (a DFT by
+GEMM, length ``Wp``) and sums along columns directly (see ``_fused``).
+Both compute the same correlations; they differ in rounding only.
+``"auto"``: :func:`choose_method`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+from . import _fused
+from ._xp import (
+    extract_patches,
+    flush_tiny,
+    has_fft,
+    irfft2,
+    logsumexp,
+    next_fast_len,
+    rfft2,
+    use_native,
+)
+
+
+def _fast_path(xp):
+    """The one switch: the native module for ``xp`` (``_fused`` on NumPy,
+    while native paths are on), or None for the generic code here."""
+    if use_native(xp) == "numpy":
+        return _fused
+    return None
+
+
+class Engine:
+    """The engine interface, and the constructor every engine shares.
+
+    Attributes: ``xp``, ``Xp`` (the padded images), ``n, c, kh, kw`` and
+    the map size ``Ho, Wo``.  Subclasses set ``name`` and implement
+    :meth:`correlate` and :meth:`weighted_sum`.
+    """
+
+    name = None
+
+    def __init__(self, Xp, kernel_shape, xp):
+        self.xp = xp
+        self.Xp = Xp
+        n, c, Hp, Wp = Xp.shape
+        kh, kw = kernel_shape
+        self.n, self.c, self.kh, self.kw = n, c, kh, kw
+        self.Ho, self.Wo = Hp - kh + 1, Wp - kw + 1
+
+    def correlate(self, kernels):
+        """``(n, k, Ho, Wo)``: each image correlated with each kernel."""
+        raise NotImplementedError
+
+    def weighted_sum(self, resp):
+        """``(k, c, kh, kw)``: ``Σ_n Σ_u resp[n, k, u] · x_{n,u}``."""
+        raise NotImplementedError
+
+    def statistics(self, kernels, log_weights, wide):
+        """``(N_k, S_k, log_norm)`` of the batch under ``kernels`` (E + M step).
+
+        ``N_k`` (k,) and ``S_k`` (k, c, kh, kw) are in ``wide``;
+        ``log_norm`` is ``logsumexp_{k,u} A`` per image, shape (n, 1, 1, 1),
+        in the kernels' dtype (the same as ``_em``'s normaliser).
+        """
+        fast = _fast_path(self.xp)
+        if fast is not None and self.n > 0:
+            return fast.statistics(self, kernels, log_weights, wide)
+        return generic_statistics(self, kernels, log_weights, wide)
+
+
+def generic_statistics(engine, kernels, log_weights, wide):
+    """:meth:`Engine.statistics` on any namespace: E-step, softmax, M-step."""
+    xp = engine.xp
+    bias = -0.5 * xp.sum(kernels * kernels, axis=(1, 2, 3)) + log_weights
+    A = engine.correlate(kernels) + bias[None, :, None, None]
+    log_norm = logsumexp(A, axis=(1, 2, 3), keepdims=True)
+    resp = xp.exp(A - log_norm)
+    counts = xp.sum(xp.astype(xp.sum(resp, axis=(2, 3)), wide), axis=0)
+    sums = xp.astype(engine.weighted_sum(resp), wide)
+    return counts, sums, log_norm
+
+
+class Im2col(Engine):
+    """Patch matrix ``P`` of shape ``(n, c·kh·kw, Ho·Wo)``; both steps are GEMMs.
+
+    Memory is ``n·c·kh·kw·Ho·Wo`` elements: fast for small kernels.  The
+    matrix is built on first use, so the fused NumPy :meth:`statistics`
+    (which builds it a few images at a time) never holds it whole.
+    """
+
+    name = "im2col"
+
+    @functools.cached_property
+    def patches(self):
+        return extract_patches(self.Xp, self.kh, self.kw, self.xp)
+
+    def correlate(self, kernels):
+        xp = self.xp
+        k = kernels.shape[0]
+        M = xp.reshape(kernels, (k, self.c * self.kh * self.kw))
+        A = xp.matmul(M, self.patches)  # (n, k, L): one GEMM per image
+        return xp.reshape(A, (self.n, k, self.Ho, self.Wo))
+
+    def weighted_sum(self, resp):
+        xp = self.xp
+        k = resp.shape[1]
+        resp = flush_tiny(resp, xp)
+        R = xp.reshape(resp, (self.n, k, self.Ho * self.Wo))
+        # Σ_n Σ_u R[n,k,u] P[n,d,u]: one GEMM over the (n, u) pairs
+        S = xp.tensordot(R, self.patches, axes=((0, 2), (0, 2)))
+        return xp.reshape(S, (k, self.c, self.kh, self.kw))
+
+
+def plan_shapes(image_shape, kernel_shape):
+    """FFT size for both steps: the padded image size, rounded up to fast.
+
+    A circular correlation of length ``F >= Hp`` equals the linear one on the
+    ``Ho`` valid positions (E-step) and on the ``kh`` kernel offsets (M-step):
+    ``u + v <= Hp - 1 < F`` never wraps.
+    """
+    (Hp, Wp), _ = image_shape, kernel_shape
+    return next_fast_len(Hp), next_fast_len(Wp)
+
+
+class FFT(Engine):
+    """Spectra of the padded images, shared by both steps.
+
+    E-step: ``A = irfft2(Σ_c X̂_c · conj(M̂_c))`` cropped to ``Ho × Wo``.
+    M-step: each image's posterior maps are its own filters (a grouped
+    convolution); the sum over images happens in the frequency domain,
+    ``Ŝ[k, c] = Σ_n conj(R̂[n, k]) · X̂[n, c]``, then one inverse transform
+    cropped to ``kh × kw``.  The spectra are computed on first use (the fused
+    NumPy :meth:`statistics` transforms rows of a few images at a time
+    instead).
+    """
+
+    name = "fft"
+
+    def __init__(self, Xp, kernel_shape, xp):
+        super().__init__(Xp, kernel_shape, xp)
+        self.shape = plan_shapes(tuple(Xp.shape[2:]), kernel_shape)
+
+    @functools.cached_property
+    def X_f(self):
+        xp = self.xp
+        X_f = rfft2(self.Xp, self.shape, xp=xp)  # (n, c, F1, F2r)
+        # frequency-major copy: the products below are batched matmuls
+        return xp.permute_dims(X_f, (2, 3, 0, 1))  # (F1, F2r, n, c)
+
+    def correlate(self, kernels):
+        xp = self.xp
+        M_f = xp.conj(rfft2(kernels, self.shape, xp=xp))  # (k, c, F1, F2r)
+        M_f = xp.permute_dims(M_f, (2, 3, 1, 0))  # (F1, F2r, c, k)
+        A_f = xp.matmul(self.X_f, M_f)  # Σ_c: (F1, F2r, n, k)
+        A = irfft2(xp.permute_dims(A_f, (2, 3, 0, 1)), self.shape, xp=xp)
+        return A[:, :, : self.Ho, : self.Wo]
+
+    def weighted_sum(self, resp):
+        xp = self.xp
+        resp = flush_tiny(resp, xp)
+        R_f = xp.conj(rfft2(resp, self.shape, xp=xp))  # (n, k, F1, F2r)
+        R_f = xp.permute_dims(R_f, (2, 3, 1, 0))  # (F1, F2r, k, n)
+        S_f = xp.matmul(R_f, self.X_f)  # Σ_n: (F1, F2r, k, c)
+        S = irfft2(xp.permute_dims(S_f, (2, 3, 0, 1)), self.shape, xp=xp)
+        return S[:, :, : self.kh, : self.kw]
+
+
+ENGINES = {engine.name: engine for engine in (Im2col, FFT)}
+
+# Relative cost of one FFT flop to one GEMM flop; fitted by
+# benchmarks/engine_choice.py on a grid of shapes (see the README).
+FFT_FLOP_WEIGHT = 4.0
+
+
+def cost(method, n_channels, n_kernels, padded_shape, kernel_shape):
+    """Modelled cost per image of one E-step plus one M-step, in GEMM flops
+    (the generic engines)."""
+    (Hp, Wp), (kh, kw) = padded_shape, kernel_shape
+    c, k = n_channels, n_kernels
+    L = (Hp - kh + 1) * (Wp - kw + 1)
+    if method == "im2col":
+        D = c * kh * kw
+        return 4.0 * k * D * L + 2.0 * D * L  # two GEMMs + building P
+    F1, F2 = plan_shapes((Hp, Wp), (kh, kw))
+    F = F1 * F2
+    Fr = F1 * (F2 // 2 + 1)
+    transforms = (c + 2 * k) * 2.5 * F * math.log2(max(F, 2))
+    products = 2 * 8.0 * k * c * Fr
+    return FFT_FLOP_WEIGHT * (transforms + products)
+
+
+def choose_method(xp, n_channels, n_kernels, padded_shape, kernel_shape):
+    """What ``method="auto"`` runs: the engine modelled cheaper for the shapes.
+
+    * a namespace without the ``fft`` extension (e.g. array-api-strict
+      without it): always ``"im2col"``;
+    * NumPy: ``"im2col"`` or ``"fft"`` by the calibrated timing model of
+      the fused paths, fused im2col against the row-DFT
+      (``_fused.choose_method``);
+    * every other namespace (PyTorch, CuPy, array-api-strict): ``"im2col"``
+      or ``"fft"`` by the flop model :func:`cost` of the generic engines.
+    """
+    if not has_fft(xp):
+        return "im2col"
+    fast = _fast_path(xp)
+    if fast is not None:
+        return fast.choose_method(n_channels, n_kernels, padded_shape, kernel_shape)
+    args = (n_channels, n_kernels, padded_shape, kernel_shape)
+    return "fft" if cost("fft", *args) < cost("im2col", *args) else "im2col"
