@@ -328,25 +328,10 @@ def window_statistics(
 def _statistics(batch, kernels_ndim=4, margin=0):
     xp = batch.xp
     wide = wide_float(xp, batch.device)
-    if batch.latent == "image" and not margin:
-        # the engine's fused E+M pass (chunked and threaded on NumPy)
-        counts, sums, log_norm = batch.engine.statistics(
-            batch.kernels, batch.log_weights, wide
-        )
-    else:
-        A = batch.log_joint()
-        log_norm = batch.log_normalizer(A)
-        resp = xp.exp(A - log_norm)
-        counts = xp.sum(xp.astype(xp.sum(resp, axis=(2, 3)), wide), axis=0)
-        engine = batch.engine
-        if margin:
-            # the same positions, seen through windows 2·margin larger
-            ph, pw = batch.padding
-            kh, kw = batch.kernel_shape
-            Xp = _pad(batch.X, (ph + margin, pw + margin), xp)
-            shape = (kh + 2 * margin, kw + 2 * margin)
-            engine = ENGINES[batch.method](Xp, shape, xp)
-        sums = xp.astype(engine.weighted_sum(resp), wide)
+    # the engine's E+M pass (fused, chunked and threaded on NumPy)
+    counts, sums, log_norm = batch.engine.statistics(
+        batch.kernels, batch.log_weights, wide, batch.latent, margin
+    )
     if kernels_ndim == 3:
         sums = sums[:, 0, ...]
     ll = xp.sum(batch.log_likelihood(log_norm, wide))

@@ -17,7 +17,7 @@ subclasses :class:`Engine` and provides
 
 and inherits
 
-    statistics(kernels, log_weights, wide)
+    statistics(kernels, log_weights, wide, latent, margin)
                         -> (N_k, S_k, log_norm)  one fused E- and M-step
 
 so the EM code never needs to know which one it holds.  Everything in this
@@ -54,6 +54,7 @@ from ._xp import (
     irfft2,
     logsumexp,
     next_fast_len,
+    pad_zeros,
     rfft2,
     use_native,
 )
@@ -93,28 +94,43 @@ class Engine:
         """``(k, c, kh, kw)``: ``Σ_n Σ_u resp[n, k, u] · x_{n,u}``."""
         raise NotImplementedError
 
-    def statistics(self, kernels, log_weights, wide):
+    def statistics(self, kernels, log_weights, wide, latent="image", margin=0):
         """``(N_k, S_k, log_norm)`` of the batch under ``kernels`` (E + M step).
 
-        ``N_k`` (k,) and ``S_k`` (k, c, kh, kw) are in ``wide``;
-        ``log_norm`` is ``logsumexp_{k,u} A`` per image, shape (n, 1, 1, 1),
-        in the kernels' dtype (the same as ``_em``'s normaliser).
+        ``N_k`` (k,) and ``S_k`` (k, c, kh + 2·margin, kw + 2·margin) are in
+        ``wide``; ``S_k`` sums windows enlarged by ``margin`` around each
+        position (zeros beyond the padded images).  ``log_norm`` is the
+        logsumexp of ``A`` over the latent: ``(k, u)`` per image, shape
+        (n, 1, 1, 1), for ``latent="image"``; ``k`` per position, shape
+        (n, 1, Ho, Wo), for ``"patch"``; in the kernels' dtype.
         """
         fast = _fast_path(self.xp)
         if fast is not None and self.n > 0:
-            return fast.statistics(self, kernels, log_weights, wide)
-        return generic_statistics(self, kernels, log_weights, wide)
+            return fast.statistics(self, kernels, log_weights, wide, latent, margin)
+        return generic_statistics(self, kernels, log_weights, wide, latent, margin)
+
+    def widened(self, margin):
+        """The same engine on images padded by ``margin`` more, with windows
+        ``2·margin`` larger: the same positions, seen through bigger patches."""
+        if not margin:
+            return self
+        Xp = pad_zeros(self.Xp, (margin, margin), self.xp)
+        return type(self)(Xp, (self.kh + 2 * margin, self.kw + 2 * margin), self.xp)
 
 
-def generic_statistics(engine, kernels, log_weights, wide):
+# axes of the maps a posterior is normalised over, per latent
+LATENT_AXES = {"image": (1, 2, 3), "patch": (1,)}
+
+
+def generic_statistics(engine, kernels, log_weights, wide, latent="image", margin=0):
     """:meth:`Engine.statistics` on any namespace: E-step, softmax, M-step."""
     xp = engine.xp
     bias = -0.5 * xp.sum(kernels * kernels, axis=(1, 2, 3)) + log_weights
     A = engine.correlate(kernels) + bias[None, :, None, None]
-    log_norm = logsumexp(A, axis=(1, 2, 3), keepdims=True)
+    log_norm = logsumexp(A, axis=LATENT_AXES[latent], keepdims=True)
     resp = xp.exp(A - log_norm)
     counts = xp.sum(xp.astype(xp.sum(resp, axis=(2, 3)), wide), axis=0)
-    sums = xp.astype(engine.weighted_sum(resp), wide)
+    sums = xp.astype(engine.widened(margin).weighted_sum(resp), wide)
     return counts, sums, log_norm
 
 

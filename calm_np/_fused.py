@@ -3,15 +3,21 @@
 ``_engines._fast_path`` (the one switch) hands NumPy batches here; this
 module provides what the switch needs and nothing generic:
 
-    statistics(engine, kernels, log_weights, wide) -> (N_k, S_k, log_norm)
+    statistics(engine, kernels, log_weights, wide, latent, margin)
+                                        -> (N_k, S_k, log_norm)
         ``Engine.statistics`` for NumPy, by the plan ``PLANS[engine.name]``
     choose_method(n_channels, n_kernels, padded_shape, kernel_shape)
         ``method="auto"`` on NumPy, by a timing model of the two plans
 
-A plan (:class:`_Im2colPlan`, :class:`_RowDFT`) has ``chunk_size``,
+A plan (:class:`_Im2colPlan`, :class:`_RowDFT`) is built for a batch's
+shapes, a ``latent`` and a ``margin``; it has ``chunk_size``,
 ``prepare(M, bias)`` (kernel-side work, once per pass),
 ``new_accumulator()``, ``chunk(Xc, prepared, acc)`` (the E- and M-step of a
-few images, returning their log normalisers) and ``finish(accs, wide)``.
+few images, returning their log normalisers: one per image, or one per
+position for ``latent="patch"``) and ``finish(accs, wide)``.  The latent
+only changes the softmax between the steps (over ``(k, u)`` per image, or
+over ``k`` per position); a margin only widens the M-step's windows (a
+second patch matrix, or row spectra of images padded by the margin).
 
 One EM pass over a batch is E-step GEMM -> softmax -> M-step GEMM.  Done on
 whole-batch arrays (the generic path) it streams the (n, k, Ho, Wo) maps
@@ -159,7 +165,24 @@ def _softmax_inplace(A3, np):
     return mx
 
 
-def statistics(engine, kernels, log_weights, wide):
+def _softmax_over_kernels(maps, axis, np):
+    """``maps`` (…, k, …) of log joints -> posteriors over ``axis``, in place.
+
+    The ``latent="patch"`` softmax, per position.  Returns the log
+    normalisers (``maps`` without ``axis``).  Probabilities below
+    :func:`~calm_np._xp.flush_threshold` of a position's largest become 0.
+    """
+    mx = maps.max(axis=axis, keepdims=True)
+    mx = np.where(np.isfinite(mx), mx, 0).astype(maps.dtype)
+    maps -= mx
+    np.copyto(maps, -np.inf, where=maps < flush_threshold(maps.dtype))
+    np.exp(maps, out=maps)
+    Z = maps.sum(axis=axis, keepdims=True)  # >= 1: the largest is exp(0)
+    maps *= (1.0 / Z).astype(maps.dtype)
+    return np.squeeze(mx + np.log(Z), axis=axis)
+
+
+def statistics(engine, kernels, log_weights, wide, latent="image", margin=0):
     """``Engine.statistics`` on NumPy: the fused, chunked, threaded pass.
 
     The plan for ``engine.name`` (:data:`PLANS`) does the work per chunk of
@@ -172,17 +195,20 @@ def statistics(engine, kernels, log_weights, wide):
     M = np.asarray(kernels)
     dtype = M.dtype
     bias = -0.5 * np.sum(M * M, axis=(1, 2, 3), dtype=dtype) + np.asarray(log_weights)
-    plan = PLANS[engine.name](Xp.shape, M.shape, dtype)
+    plan = PLANS[engine.name](Xp.shape, M.shape, dtype, latent, margin)
     prepared = plan.prepare(M, bias)
     n = Xp.shape[0]
-    log_norm = np.empty(n, dtype=dtype)
+    per_image = (plan.Ho, plan.Wo) if latent == "patch" else (1, 1)
+    log_norm = np.empty((n, 1, *per_image), dtype=dtype)
 
     def work(start, stop, acc):
-        log_norm[start:stop] = plan.chunk(Xp[start:stop], prepared, acc)
+        log_norm[start:stop] = plan.chunk(Xp[start:stop], prepared, acc).reshape(
+            stop - start, 1, *per_image
+        )
 
     accs = _parallel_chunks(n, plan.chunk_size, work, plan.new_accumulator)
     counts, sums = plan.finish(accs, wide)
-    return counts, sums, log_norm.reshape(n, 1, 1, 1)
+    return counts, sums, log_norm
 
 
 class _Buffers:
@@ -216,17 +242,24 @@ def _normalise(sk, dtype, np):
 
 
 class _Im2colPlan:
-    """Fused im2col: per chunk, patches (D, m·L); two GEMMs around a softmax."""
+    """Fused im2col: per chunk, patches (D, m·L); two GEMMs around a softmax.
 
-    def __init__(self, image_shape, kernel_shape, dtype):
+    With a margin the M-step multiplies a second patch matrix, of the
+    images padded by ``margin`` and windows ``2·margin`` larger.
+    """
+
+    def __init__(self, image_shape, kernel_shape, dtype, latent="image", margin=0):
         _, c, Hp, Wp = image_shape
         k, _, kh, kw = kernel_shape
         self.c, self.k, self.kh, self.kw = c, k, kh, kw
+        self.latent, self.margin = latent, margin
         self.Ho, self.Wo = Hp - kh + 1, Wp - kw + 1
         self.D, self.L = c * kh * kw, self.Ho * self.Wo
+        self.window = (kh + 2 * margin, kw + 2 * margin)
+        self.Dm = c * math.prod(self.window)  # the M-step's patch length
         self.dtype = dtype
         # ~4 MB of patches and maps per chunk keeps a chunk's work in cache
-        per_image = self.L * (self.D + k) * 4
+        per_image = self.L * (self.D + k + (self.Dm if margin else 0)) * 4
         self.chunk_size = max(1, min(256, (4 << 20) // max(per_image, 1)))
 
     def prepare(self, M, bias):
@@ -240,39 +273,53 @@ class _Im2colPlan:
 
         return {
             "counts": np.zeros(self.k),
-            "sums": np.zeros((self.k, self.D)),
-            "part": np.empty((self.k, self.D), dtype=self.dtype),
+            "sums": np.zeros((self.k, self.Dm)),
+            "part": np.empty((self.k, self.Dm), dtype=self.dtype),
             "buffers": _Buffers(self.dtype),
         }
 
+    def patches(self, Xc, window, buffers, name):
+        """``(c·wh·ww, m·L)`` patch matrix of a chunk, in a reused buffer."""
+        from numpy.lib.stride_tricks import sliding_window_view
+
+        view = sliding_window_view(Xc, window, axis=(2, 3))  # (m,c,Ho,Wo,wh,ww)
+        m = Xc.shape[0]
+        P = buffers.get(name, (self.c, *window, m, self.Ho, self.Wo))
+        P[...] = view.transpose(1, 4, 5, 0, 2, 3)
+        return P.reshape(-1, m * self.L)
+
     def chunk(self, Xc, prepared, acc):
         import numpy as np
-        from numpy.lib.stride_tricks import sliding_window_view
 
         Mf, bias = prepared
         buffers = acc["buffers"]
         m = Xc.shape[0]
-        kh, kw, L, D, k = self.kh, self.kw, self.L, self.D, self.k
-        view = sliding_window_view(Xc, (kh, kw), axis=(2, 3))  # (m,c,Ho,Wo,kh,kw)
-        P = buffers.get("P", (self.c, kh, kw, m, self.Ho, self.Wo))
-        P[...] = view.transpose(1, 4, 5, 0, 2, 3)
-        P = P.reshape(D, m * L)
+        L, k, q = self.L, self.k, self.margin
+        P = self.patches(Xc, (self.kh, self.kw), buffers, "P")
         A = np.matmul(Mf, P, out=buffers.get("A", (k, m * L)))
         A += bias[:, None]
         A3 = A.reshape(k, m, L)
-        mx = _softmax_inplace(A3, np)
-        sk = A3.sum(axis=-1)  # (k, m)
-        Z, inv = _normalise(sk, self.dtype, np)
-        acc["counts"] += np.sum(sk * inv, axis=1, dtype=np.float64)
-        A3 *= inv[:, None]
-        acc["sums"] += np.matmul(A, P.T, out=acc["part"])  # (k, D)
-        with np.errstate(divide="ignore"):
-            return mx + np.log(Z)
+        if self.latent == "patch":
+            log_norm = _softmax_over_kernels(A3, 0, np)  # (m, L)
+            acc["counts"] += A.sum(axis=1)
+        else:
+            mx = _softmax_inplace(A3, np)
+            sk = A3.sum(axis=-1)  # (k, m)
+            Z, inv = _normalise(sk, self.dtype, np)
+            acc["counts"] += np.sum(sk * inv, axis=1, dtype=np.float64)
+            A3 *= inv[:, None]
+            with np.errstate(divide="ignore"):
+                log_norm = mx + np.log(Z)
+        if q:
+            Xq = np.pad(Xc, ((0, 0), (0, 0), (q, q), (q, q)))
+            P = self.patches(Xq, self.window, buffers, "P_wide")
+        acc["sums"] += np.matmul(A, P.T, out=acc["part"])  # (k, Dm)
+        return log_norm
 
     def finish(self, accs, wide):
         counts = sum(a["counts"] for a in accs)
         sums = sum(a["sums"] for a in accs)
-        sums = sums.reshape(self.k, self.c, self.kh, self.kw)
+        sums = sums.reshape(self.k, self.c, *self.window)
         return counts.astype(wide), sums.astype(wide)
 
 
@@ -321,16 +368,25 @@ class _RowDFT:
     per bin ``f`` two real GEMMs (re/im stacked) against the Toeplitz matrix
     ``T_f[(ri,c,i), (n,y)]``; rows come back to space by GEMMs with the
     (cropped) inverse DFT matrix.  No wrap-around: ``x + j <= Wp - 1 < F``.
+
+    With a margin ``q`` the images are padded by ``q`` more (rows of length
+    ``F = Wp + 2q``) and the M-step sums ``kh + 2q`` rows of ``kw + 2q``
+    samples; the E-step sees the kernel shifted by ``q`` rows and columns
+    (zero rows around it, ``q`` zeros before each row), so both steps share
+    one Toeplitz matrix.
     """
 
-    def __init__(self, image_shape, kernel_shape, dtype):
+    def __init__(self, image_shape, kernel_shape, dtype, latent="image", margin=0):
         _, c, Hp, Wp = image_shape
         k, _, kh, kw = kernel_shape
+        q = margin
         self.c, self.k, self.kh, self.kw = c, k, kh, kw
-        self.Hp, self.Wp = Hp, Wp
+        self.latent, self.margin = latent, margin
+        self.Hp, self.Wp = Hp + 2 * q, Wp + 2 * q  # the images as transformed
         self.Ho, self.Wo = Hp - kh + 1, Wp - kw + 1
-        self.F = Wp
-        self.ns = (Wp + 1) // 2
+        self.rows, self.cols = kh + 2 * q, kw + 2 * q  # the M-step's window
+        self.F = self.Wp
+        self.ns = (self.F + 1) // 2
         self.dtype = dtype
         # the maps and their row spectra: ~(Wo + 2ns)·k·Ho floats per image
         per_image = (self.Wo + 2 * self.ns) * k * self.Ho * 4
@@ -339,9 +395,13 @@ class _RowDFT:
     def prepare(self, M, bias):
         import numpy as np
 
-        ns, F, k, c, kh = self.ns, self.F, self.k, self.c, self.kh
+        ns, F, k, c, kh, q = self.ns, self.F, self.k, self.c, self.rows, self.margin
         name = np.dtype(self.dtype).name
-        fwd_k, _ = _dft_matrices(F, self.kw, 0, name)
+        if q:  # the kernel at offset (q, q) of its (kh + 2q) × (kw + q) window
+            Mq = np.zeros((k, c, kh, self.kw + q), dtype=M.dtype)
+            Mq[:, :, q : kh - q, q:] = M
+            M = Mq
+        fwd_k, _ = _dft_matrices(F, M.shape[3], 0, name)
         fwd_x, _ = _dft_matrices(F, self.Wp, 0, name)
         fwd_g, inv = _dft_matrices(F, self.Wo, self.Wo, name)
         M_f = np.tensordot(M, fwd_k, axes=(3, 0))  # (k, c, kh, ns, 2)
@@ -369,7 +429,7 @@ class _RowDFT:
     def new_accumulator(self):
         import numpy as np
 
-        ns, k, ckh = self.ns, self.k, self.c * self.kh
+        ns, k, ckh = self.ns, self.k, self.c * self.rows
         return {
             "counts": np.zeros(k),
             "sums": np.zeros((ns, 2 * k, 2 * ckh)),
@@ -383,9 +443,11 @@ class _RowDFT:
 
         Mblk, dc, dead, inv2, fwd2, fwdx = prepared
         buffers = acc["buffers"]
-        m = Xc.shape[0]
-        ns, k, c, kh, Ho, Wo = self.ns, self.k, self.c, self.kh, self.Ho, self.Wo
+        m, q = Xc.shape[0], self.margin
+        ns, k, c, kh, Ho, Wo = self.ns, self.k, self.c, self.rows, self.Ho, self.Wo
         n_col = m * Ho
+        if q:
+            Xc = np.pad(Xc, ((0, 0), (0, 0), (q, q), (q, q)))
         # row spectra (2ns, m, c, Hp) -> Toeplitz (ns, 2·c·kh, m·Ho); the
         # copy reads rows contiguously
         rows = Xc.reshape(-1, self.Wp)
@@ -405,25 +467,33 @@ class _RowDFT:
         )
         if dead is not None:
             A.reshape(Wo, k, n_col)[:, dead] = -np.inf
-        mx = _softmax_inplace(A.reshape(Wo * k, m, Ho), np)
-        sk = A.sum(axis=0).reshape(k, m, Ho).sum(axis=-1)  # (k, m)
-        Z, inv = _normalise(sk, self.dtype, np)
-        acc["counts"] += np.sum(sk * inv, axis=1, dtype=np.float64)
-        # row spectra of γ (reusing E's memory), image side scaled by 1/Z_n
+        if self.latent == "patch":
+            A3 = A.reshape(Wo, k, n_col)
+            log_norm = _softmax_over_kernels(A3, 1, np)  # (Wo, m·Ho)
+            log_norm = log_norm.reshape(Wo, m, Ho).transpose(1, 2, 0)
+            acc["counts"] += A3.sum(axis=(0, 2))
+        else:
+            mx = _softmax_inplace(A.reshape(Wo * k, m, Ho), np)
+            sk = A.sum(axis=0).reshape(k, m, Ho).sum(axis=-1)  # (k, m)
+            Z, inv = _normalise(sk, self.dtype, np)
+            acc["counts"] += np.sum(sk * inv, axis=1, dtype=np.float64)
+            # the image side scaled by 1/Z_n, not the maps
+            T.reshape(ns, 2 * c * kh, m, Ho)[...] *= inv[:, None]
+            with np.errstate(divide="ignore"):
+                log_norm = mx + np.log(Z)
+        # row spectra of γ (reusing E's memory)
         G = np.matmul(fwd2, A, out=E.reshape(2 * ns, k * n_col))
         G = G.reshape(ns, 2 * k, n_col)
-        T.reshape(ns, 2 * c * kh, m, Ho)[...] *= inv[:, None]
         sums, part = acc["sums"], acc["part"]  # (ns, 2k, 2ckh)
         for f in range(ns):
             np.matmul(G[f], T[f].T, out=part)
             sums[f] += part
-        with np.errstate(divide="ignore"):
-            return mx + np.log(Z)
+        return log_norm
 
     def finish(self, accs, wide):
         import numpy as np
 
-        ns, k, c, kh, kw, F = self.ns, self.k, self.c, self.kh, self.kw, self.F
+        ns, k, c, kh, kw, F = self.ns, self.k, self.c, self.rows, self.cols, self.F
         P = sum(a["sums"] for a in accs).reshape(ns, 2, k, 2, c * kh)
         # conj(Γ̂)·X̂ = (Gr·Tr + Gi·Ti) + i(Gr·Ti − Gi·Tr), per bin
         S_f = np.zeros((F // 2 + 1, k, c * kh), dtype=np.complex128)

@@ -36,6 +36,7 @@ __all__ = [
     "is_torch_namespace",
     "logsumexp",
     "next_fast_len",
+    "pad_zeros",
     "rfft2",
     "irfft2",
     "to_numpy",
@@ -217,6 +218,22 @@ def extract_patches(Xp, kh, kw, xp):
     slices = [Xp[:, :, i : i + Ho, j : j + Wo] for i in range(kh) for j in range(kw)]
     stacked = xp.stack(slices, axis=2)  # (n, c, kh*kw, Ho, Wo)
     return xp.reshape(stacked, (n, c * kh * kw, Ho * Wo))
+
+
+def pad_zeros(X, padding, xp):
+    """``X`` (n, c, H, W) with ``padding = (ph, pw)`` zeros on each side."""
+    ph, pw = padding
+    if ph == 0 and pw == 0:
+        return X
+    n, c, H, W = X.shape
+    kw = {"dtype": X.dtype, "device": device_of(X)}
+    if pw:
+        side = xp.zeros((n, c, H, pw), **kw)
+        X = xp.concat([side, X, side], axis=3)
+    if ph:
+        top = xp.zeros((n, c, ph, W + 2 * pw), **kw)
+        X = xp.concat([top, X, top], axis=2)
+    return X
 
 
 def flush_threshold(dtype):

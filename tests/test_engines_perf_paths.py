@@ -3,8 +3,9 @@
 
 The fused ``statistics`` of each engine (chunked, threaded, normaliser folded
 into the image side, row-DFT GEMMs for the ``fft`` engine) must give the
-``N_k``, ``S_k`` and per-image normaliser of the plain chain
-``correlate -> logsumexp -> exp -> weighted_sum``.
+``N_k``, ``S_k`` and normaliser of the plain chain
+``correlate -> logsumexp -> exp -> weighted_sum``, for both latents (softmax
+per image or per position) and with margins (M-step windows enlarged).
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import time
 
 import numpy as np
 import pytest
-from _helpers import planted_images
+from _helpers import make_data, planted_images, problems
+from hypothesis import given
+from hypothesis import strategies as st
 
 from calm_np import _em, _fused
 from calm_np._engines import generic_statistics
@@ -39,13 +42,12 @@ SHAPES = [
 ]
 
 
-def _fused_and_generic(X, M, log_w, padding, method):
-    batch = _em._Batch(X, M, log_w, padding, method)
-    fused = batch.engine.statistics(batch.kernels, batch.log_weights, np.float64)
+def _fused_and_generic(X, M, log_w, padding, method, latent="image", margin=0):
+    batch = _em._Batch(X, M, log_w, padding, method, latent)
+    args = (batch.kernels, batch.log_weights, np.float64, latent, margin)
+    fused = batch.engine.statistics(*args)
     with native_paths(False):
-        generic = generic_statistics(
-            batch.engine, batch.kernels, batch.log_weights, np.float64
-        )
+        generic = generic_statistics(batch.engine, *args)
     return fused, generic
 
 
@@ -60,24 +62,48 @@ def _assert_same(fused, generic, dtype):
         np.testing.assert_allclose(a[finite], b[finite], rtol=0, atol=tol * scale)
 
 
+@pytest.mark.parametrize("margin", [0, 2])
+@pytest.mark.parametrize("latent", ["image", "patch"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("method", ["im2col", "fft"])
-def test_fused_statistics_match_generic(method, shape, dtype):
+def test_fused_statistics_match_generic(method, shape, dtype, latent, margin):
     n, c, H, W, k, kernel, padding = shape
     rng = np.random.default_rng(n + k)
     X = rng.standard_normal((n, c, H, W)).astype(dtype)
     M = rng.standard_normal((k, c, *kernel)).astype(dtype)
     log_w = np.log(rng.dirichlet(np.ones(k))).astype(dtype)
-    fused, generic = _fused_and_generic(X, M, log_w, padding, method)
+    fused, generic = _fused_and_generic(X, M, log_w, padding, method, latent, margin)
     assert fused[0].dtype == np.float64 and fused[1].dtype == np.float64
     assert fused[2].dtype == np.dtype(dtype)
-    assert fused[2].shape == (n, 1, 1, 1)
+    Ho, Wo = generic[2].shape[2:]
+    assert fused[2].shape == ((n, 1, Ho, Wo) if latent == "patch" else (n, 1, 1, 1))
+    window = (kernel[0] + 2 * margin, kernel[1] + 2 * margin)
+    assert fused[1].shape == (k, c, *window)
     _assert_same(fused, generic, dtype)
 
 
+@given(
+    p=problems(max_n=5, max_k=4, max_hw=9, max_kernel=5),
+    method=st.sampled_from(["im2col", "fft"]),
+    latent=st.sampled_from(["image", "patch"]),
+    margin=st.integers(0, 3),
+)
+def test_fused_statistics_match_generic_any_shape(p, method, latent, margin):
+    # every shape, latent and margin: float64 agrees to 1e-10 of the scale
+    X, M, log_w = make_data(p)
+    fused, generic = _fused_and_generic(
+        X, M, log_w, p["padding"], method, latent, margin
+    )
+    for a, b in zip(fused, generic, strict=True):
+        assert a.shape == b.shape
+        scale = max(np.max(np.abs(b)), 1e-300)
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-10 * scale)
+
+
+@pytest.mark.parametrize("latent", ["image", "patch"])
 @pytest.mark.parametrize("method", ["im2col", "fft"])
-def test_fused_statistics_minus_inf_weight_and_peaked_posterior(method):
+def test_fused_statistics_minus_inf_weight_and_peaked_posterior(method, latent):
     # a dead kernel (log π = −inf) gets N_k = 0 exactly; large kernels make
     # the posterior peaked, so most probabilities underflow (flushed to 0)
     rng = np.random.default_rng(1)
@@ -91,14 +117,17 @@ def test_fused_statistics_minus_inf_weight_and_peaked_posterior(method):
             log_w.astype(dtype),
             1,
             method,
+            latent,
+            margin=1,
         )
         assert fused[0][2] == 0.0
         assert np.all(fused[1][2] == 0.0)
         _assert_same(fused, generic, dtype)
 
 
+@pytest.mark.parametrize("latent", ["image", "patch"])
 @pytest.mark.parametrize("method", ["im2col", "fft"])
-def test_fused_statistics_many_chunks_on_threads(method, monkeypatch):
+def test_fused_statistics_many_chunks_on_threads(method, latent, monkeypatch):
     # more images than one chunk and two worker threads: every image is
     # counted once, whatever thread took its chunk
     monkeypatch.setenv("CALM_NP_NUM_THREADS", "2")
@@ -112,9 +141,10 @@ def test_fused_statistics_many_chunks_on_threads(method, monkeypatch):
     rng = np.random.default_rng(2)
     X = rng.standard_normal((300, 1, 10, 10))
     M = rng.standard_normal((4, 1, 3, 3))
-    fused, generic = _fused_and_generic(X, M, None, 0, method)
+    fused, generic = _fused_and_generic(X, M, None, 0, method, latent, margin=1)
     _assert_same(fused, generic, "float64")
-    np.testing.assert_allclose(np.sum(fused[0]), 300.0, rtol=1e-12)
+    per_image = 1 if latent == "image" else 8 * 8  # one posterior per position
+    np.testing.assert_allclose(np.sum(fused[0]), 300.0 * per_image, rtol=1e-12)
 
 
 def test_fused_statistics_through_sufficient_statistics_shape():
