@@ -7,12 +7,16 @@ reads data (one reduction, one host sync).
 
 from __future__ import annotations
 
+import math
+import numbers
 import operator
 
 from ._xp import default_float, is_array_api_obj, logsumexp
 
 METHODS = ("auto", "im2col", "fft")
 LATENTS = ("image", "patch")
+INITS = ("kmeans++", "random_patches", "random")
+FEATURES = ("log_joint", "log_posterior", "posterior", "triangle")
 
 
 def as_array(a, name):
@@ -189,3 +193,88 @@ def check_sizes(image_shape, kernel_shape, padding):
             f"({Hp}, {Wp}); use smaller kernels or more padding"
         )
     return Hp, Wp
+
+
+# -- the estimator's parameter table ------------------------------------------
+def _integer(name, value, low):
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    return int(value)
+
+
+def _pair(name, value):
+    """An int or a pair of ints, each >= 1 (``kernel_size``, ``pooling``)."""
+    try:
+        pair = check_padding(value)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"{name} must be an int or a pair of ints, got {value!r}"
+        ) from exc
+    if min(pair) < 1:
+        raise ValueError(f"{name} must be >= 1, got {value!r}")
+    return pair
+
+
+def _non_negative(name, value):
+    if (
+        not isinstance(value, numbers.Real)
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return value
+
+
+def _choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def _init(name, value):
+    if isinstance(value, str):
+        if value not in INITS:
+            raise ValueError(
+                f"init must be one of {INITS} or an array of kernels, got {value!r}"
+            )
+    elif not hasattr(value, "shape"):
+        raise TypeError(
+            f"init must be one of {INITS} or an array of kernels, got "
+            f"{type(value).__name__}"
+        )
+    return value
+
+
+def _callback(name, value):
+    if value is not None and not callable(value):
+        raise TypeError("callback must be callable or None")
+    return value
+
+
+# ConvolutionalMixture's parameters, checked in this order (the first bad one
+# raises); each check returns the normalised value.
+PARAMS = {
+    "n_kernels": lambda n, v: _integer(n, v, 1),
+    "n_init": lambda n, v: _integer(n, v, 1),
+    "max_iter": lambda n, v: _integer(n, v, 0),
+    "verbose": lambda n, v: _integer(n, v, 0),
+    "kernel_size": _pair,
+    "padding": lambda n, v: check_padding(v),
+    "reg_kernels": _non_negative,
+    "tol": _non_negative,
+    "batch_size": lambda n, v: v if v is None else _integer(n, v, 1),
+    "method": lambda n, v: check_method(v),
+    "latent": lambda n, v: check_latent(v),
+    "init": _init,
+    "callback": _callback,
+    "features": lambda n, v: _choice(n, v, FEATURES),
+    "pooling": _pair,
+}
+
+
+def check_params(params):
+    """Check the estimator's ``params`` (a dict); the normalised values."""
+    return {name: check(name, params[name]) for name, check in PARAMS.items()}

@@ -3,7 +3,10 @@
 ``ImageSource`` hides whether ``X`` is an in-memory array (any namespace), a
 NumPy memmap (read batch by batch, never whole), a re-iterable of batches, or
 a Dask array (statistics computed on the workers).  The estimator only asks a
-source for its batches, a few sampled images, and the statistics of a pass.
+source for a few sampled images (``take``), the statistics of a pass
+(``statistics``) and a per-batch function's results (``map``: a loop over
+batches, or a lazy ``dask.array`` for Dask input); this class is the one
+place that dispatches on the kind of input.
 """
 
 from __future__ import annotations
@@ -202,6 +205,20 @@ class ImageSource:
             if progress is not None:
                 progress(int(batch.shape[0]))
         return total
+
+    def map(self, func, *, kind="map", n_features=None):
+        """``func(batch)`` of every batch, concatenated along the images.
+
+        ``func`` returns ``(n_b,)`` or ``(n_b, n_features)``.  For Dask input
+        the result is a lazy Dask array (``func`` must then be picklable, as
+        :func:`calm_np._readouts.bind` makes it); ``kind`` labels its tasks.
+        """
+        if self.kind == "dask":
+            from . import _dask
+
+            return _dask.map_images(func, self.X, kind=kind, n_features=n_features)
+        outs = [func(batch) for batch in self.batches()]
+        return self.xp.concat(outs, axis=0) if len(outs) > 1 else outs[0]
 
 
 def _release_pages(X, start, stop):
