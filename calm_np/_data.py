@@ -93,6 +93,12 @@ class ImageSource:
         raise ValueError("X contains no images; pass at least one image")
 
     @property
+    def work_dtype(self):
+        """The floating dtype a fit computes in (integer images become float)."""
+        zeros = self.xp.zeros((0,), dtype=self.dtype_source)
+        return _checks.float_dtype(self.xp, [(zeros, "X")], self.device)
+
+    @property
     def n_samples(self):
         if self._n is None:
             if self.kind in ("array", "dask", "lazy"):

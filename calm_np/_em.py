@@ -66,7 +66,9 @@ def _pad(X, padding, xp):
 class _Batch:
     """A validated batch of images with kernels, weights and an engine."""
 
-    def __init__(self, X, kernels, log_weights, padding, method, latent="image"):
+    def __init__(
+        self, X, kernels, log_weights=None, padding=0, method="auto", latent="image"
+    ):
         _checks.check_latent(latent)
         self.latent = latent
         X = _checks.as_array(X, "X")

@@ -18,7 +18,6 @@ in ``_em``; the moves in ``_moves``; ``transform``'s features in
 from __future__ import annotations
 
 import contextlib
-import inspect
 import math
 import time
 import warnings
@@ -26,6 +25,7 @@ import warnings
 import numpy as np
 
 from . import _checks, _persist, _readouts
+from ._base import ParamsMixin
 from ._checks import FEATURES  # noqa: F401  (the CLI reads _estimator.FEATURES)
 from ._data import ImageSource
 from ._em import (
@@ -36,12 +36,7 @@ from ._em import (
     online_step,
     running_statistics,
 )
-from ._init import (
-    check_init_array,
-    check_random_state,
-    initial_kernels,
-    sample_images,
-)
+from ._init import check_random_state, kernels_for
 from ._moves import (
     DUPLICATE_SIMILARITY,  # noqa: F401  (kept importable from here)
     MAX_MOVES,  # noqa: F401
@@ -86,7 +81,8 @@ _FITTED = (
     "_online",
 )
 
-class ConvolutionalMixture:
+
+class ConvolutionalMixture(ParamsMixin):
     r"""Convolutional Gaussian mixture learned by EM (CALM).
 
     Each image is modelled as standard-normal noise plus one kernel-shaped
@@ -217,51 +213,6 @@ default="log_joint"
         self.pooling = pooling
         self.latent = latent
 
-    # -- scikit-learn protocol -----------------------------------------------
-    @classmethod
-    def _get_param_names(cls):
-        sig = inspect.signature(cls.__init__)
-        return sorted(p for p in sig.parameters if p != "self")
-
-    def get_params(self, deep=True):
-        """Parameters of this estimator (scikit-learn protocol)."""
-        return {name: getattr(self, name) for name in self._get_param_names()}
-
-    def set_params(self, **params):
-        """Set parameters (scikit-learn protocol); returns ``self``."""
-        valid = self._get_param_names()
-        for key, value in params.items():
-            if key not in valid:
-                raise ValueError(
-                    f"invalid parameter {key!r} for ConvolutionalMixture; valid "
-                    f"parameters are {valid}"
-                )
-            setattr(self, key, value)
-        return self
-
-    def __repr__(self):
-        defaults = {
-            name: p.default
-            for name, p in inspect.signature(type(self).__init__).parameters.items()
-        }
-        changed = []
-        for name in self._get_param_names():
-            value = getattr(self, name)
-            default = defaults.get(name)
-            if isinstance(value, np.ndarray) or not _same(value, default):
-                shown = "array(...)" if hasattr(value, "shape") else repr(value)
-                changed.append(f"{name}={shown}")
-        return f"ConvolutionalMixture({', '.join(changed)})"
-
-    def __sklearn_tags__(self):
-        from sklearn.utils import Tags, TargetTags, TransformerTags
-
-        return Tags(
-            estimator_type=None,
-            target_tags=TargetTags(required=False),
-            transformer_tags=TransformerTags(),
-        )
-
     # -- validation ----------------------------------------------------------
     def _check_params(self):
         """Check every parameter (``_checks.PARAMS``); ``(kernel_size, padding)``."""
@@ -376,7 +327,7 @@ default="log_joint"
 
     def _start(self, source, kernel_size, padding, rng, warm):
         """Initial ``(kernels, log_weights)``: the fitted ones, or new ones."""
-        xp, dtype, device = source.xp, self._work_dtype(source), source.device
+        xp, dtype, device = source.xp, source.work_dtype, source.device
         if warm:
             kernels = xp.asarray(self.kernels_, dtype=dtype, device=device)
             log_w = xp.log(xp.asarray(self.weights_, dtype=dtype, device=device))
@@ -386,29 +337,8 @@ default="log_joint"
         return kernels, xp.full((k,), -math.log(k), dtype=dtype, device=device)
 
     def _initial_kernels(self, source, kernel_size, padding, rng, dtype):
-        xp = source.xp
-        if not isinstance(self.init, str):
-            return check_init_array(
-                self.init,
-                self.n_kernels,
-                source.n_channels,
-                kernel_size,
-                xp,
-                dtype,
-                source.device,
-            )
-        images = sample_images(source, max(1000, 4 * self.n_kernels), rng)
-        # the sample is checked like every batch: same message, no warnings
-        _checks.check_finite(xp.astype(images, dtype), "X", xp)
-        return initial_kernels(
-            self.init, images, self.n_kernels, padding, kernel_size, rng, xp, dtype
-        )
-
-    def _work_dtype(self, source):
-        return _checks.float_dtype(
-            source.xp,
-            [(source.xp.zeros((0,), dtype=source.dtype_source), "X")],
-            source.device,
+        return kernels_for(
+            source, self.init, self.n_kernels, kernel_size, padding, rng, dtype
         )
 
     @contextlib.contextmanager
@@ -514,7 +444,7 @@ default="log_joint"
         return self
 
     def _partial_fit(self, source, kernel_size, padding):
-        xp, dtype, device = source.xp, self._work_dtype(source), source.device
+        xp, dtype, device = source.xp, source.work_dtype, source.device
         if not hasattr(self, "kernels_"):
             rng = check_random_state(self.random_state)
             kernels = self._initial_kernels(source, kernel_size, padding, rng, dtype)
@@ -613,10 +543,3 @@ default="log_joint"
         say where to put them.
         """
         return _persist.load(cls, path, xp=xp, device=device)
-
-
-def _same(a, b):
-    try:
-        return bool(a == b)
-    except (TypeError, ValueError):
-        return a is b

@@ -161,3 +161,18 @@ def check_init_array(init, n_kernels, n_channels, kernel_size, xp, dtype, device
             "pass distinct kernels or a string init"
         )
     return init
+
+
+def kernels_for(source, init, n_kernels, kernel_size, padding, rng, dtype):
+    """The estimator's initial kernels: ``init`` checked, or sampled from ``source``."""
+    xp = source.xp
+    if not isinstance(init, str):
+        return check_init_array(
+            init, n_kernels, source.n_channels, kernel_size, xp, dtype, source.device
+        )
+    images = sample_images(source, max(1000, 4 * n_kernels), rng)
+    # the sample is checked like every batch: same message, no warnings
+    _checks.check_finite(xp.astype(images, dtype), "X", xp)
+    return initial_kernels(
+        init, images, n_kernels, padding, kernel_size, rng, xp, dtype
+    )
