@@ -5,10 +5,13 @@ keyword arguments ``get_params``/``set_params`` (so ``sklearn.clone``,
 pipelines and grid searches work), a ``repr`` that shows the changed
 parameters, and the tags scikit-learn asks for (sklearn is imported only
 when it asks).  Validation is not here: it runs in ``fit`` (``_checks``).
+``restore_on_error`` makes a fit all-or-nothing: a failed fit leaves the
+fitted attributes as they were.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 
 import numpy as np
@@ -67,3 +70,16 @@ def _same(a, b):
         return bool(a == b)
     except (TypeError, ValueError):
         return a is b
+
+
+@contextlib.contextmanager
+def restore_on_error(obj, names):
+    """Restore the attributes ``names`` of ``obj`` if the block raises."""
+    snapshot = {k: obj.__dict__[k] for k in names if k in obj.__dict__}
+    try:
+        yield
+    except BaseException:
+        for k in names:
+            obj.__dict__.pop(k, None)
+        obj.__dict__.update(snapshot)
+        raise

@@ -2,7 +2,10 @@
 
 Every error names the argument and says what to change.  Checks run once per
 call on the caller's namespace; the finiteness check is the only one that
-reads data (one reduction, one host sync).
+reads data (one reduction, one host sync).  The vocabularies (``METHODS``,
+``LATENTS``, ``INITS``, ``FEATURES``) live here, and so does the estimator's
+parameter table ``PARAMS`` (one check per ``ConvolutionalMixture`` argument,
+run by ``check_params`` at the start of ``fit``).
 """
 
 from __future__ import annotations
@@ -119,30 +122,39 @@ def check_latent(latent):
     return latent
 
 
+def _four_d(a, name, message):
+    """``a`` as 4-D, a channel axis of 1 added to 3-D; ``message(a)`` otherwise."""
+    a = as_array(a, name)
+    if a.ndim == 3:
+        return a[:, None, ...]
+    if a.ndim != 4:
+        raise ValueError(message(a))
+    return a
+
+
 def check_images(X, name="X"):
     """Return ``X`` as 4-D ``(n, c, H, W)`` (3-D input means ``c = 1``)."""
-    X = as_array(X, name)
-    if X.ndim == 3:
-        X = X[:, None, ...]
-    elif X.ndim != 4:
-        raise ValueError(
+    return _four_d(
+        X,
+        name,
+        lambda X: (
             f"{name} must have shape (n_samples, n_channels, height, width) or "
             f"(n_samples, height, width), got an array with {X.ndim} dimension(s) "
             f"of shape {tuple(X.shape)}; add a leading axis for a single image"
-        )
-    return X
+        ),
+    )
 
 
 def check_kernels(kernels, n_channels, name="kernels"):
     """Return kernels as 4-D ``(k, c, kh, kw)``; 3-D means one channel."""
-    kernels = as_array(kernels, name)
-    if kernels.ndim == 3:
-        kernels = kernels[:, None, ...]
-    elif kernels.ndim != 4:
-        raise ValueError(
+    kernels = _four_d(
+        kernels,
+        name,
+        lambda k: (
             f"{name} must have shape (n_kernels, n_channels, kh, kw) or "
-            f"(n_kernels, kh, kw), got shape {tuple(kernels.shape)}"
-        )
+            f"(n_kernels, kh, kw), got shape {tuple(k.shape)}"
+        ),
+    )
     if kernels.shape[0] < 1 or kernels.shape[2] < 1 or kernels.shape[3] < 1:
         raise ValueError(
             f"{name} must hold at least one kernel of size at least 1x1, got "

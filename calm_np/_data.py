@@ -11,6 +11,7 @@ place that dispatches on the kind of input.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator
 
 from . import _checks
@@ -79,6 +80,15 @@ class ImageSource:
         self.n_channels = first.shape[1]
         self.image_shape = tuple(first.shape[2:])
         self.dtype_source = first.dtype
+
+    def check(self, kernel_size, padding, n_channels=None):
+        """Refuse images too small for the kernels, or with the wrong channels."""
+        _checks.check_sizes(self.image_shape, kernel_size, padding)
+        if n_channels is not None and self.n_channels != n_channels:
+            raise ValueError(
+                f"X has {self.n_channels} channel(s) but the model was fitted on "
+                f"{n_channels}; pass images with {n_channels} channel(s)"
+            )
 
     # -- shape ---------------------------------------------------------------
     def _first_batch(self):
@@ -225,6 +235,21 @@ class ImageSource:
             return _dask.map_images(func, self.X, kind=kind, n_features=n_features)
         outs = [func(batch) for batch in self.batches()]
         return self.xp.concat(outs, axis=0) if len(outs) > 1 else outs[0]
+
+
+def progress_bar(verbose):
+    """A tqdm bar over the images of a pass (``verbose >= 2``), or a no-op.
+
+    Used as a context manager; the no-op yields ``None``.
+    """
+    if verbose >= 2:
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            pass
+        else:
+            return tqdm(total=None, unit="img", leave=False)
+    return contextlib.nullcontext()
 
 
 def _release_pages(X, start, stop):

@@ -17,7 +17,7 @@ in ``_em``; the moves in ``_moves``; ``transform``'s features in
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import math
 import time
 import warnings
@@ -25,25 +25,12 @@ import warnings
 import numpy as np
 
 from . import _checks, _persist, _readouts
-from ._base import ParamsMixin
+from ._base import ParamsMixin, restore_on_error
 from ._checks import FEATURES  # noqa: F401  (the CLI reads _estimator.FEATURES)
-from ._data import ImageSource
-from ._em import (
-    ONLINE_KAPPA,  # noqa: F401  (kept importable from here)
-    log_likelihood,
-    m_step,
-    objective,
-    online_step,
-    running_statistics,
-)
+from ._data import ImageSource, progress_bar
+from ._em import log_likelihood, m_step, objective, online_step, running_statistics
 from ._init import check_random_state, kernels_for
-from ._moves import (
-    DUPLICATE_SIMILARITY,  # noqa: F401  (kept importable from here)
-    MAX_MOVES,  # noqa: F401
-    STARVED_SHARE,
-    Moves,
-    starved,
-)
+from ._moves import STARVED_SHARE, Moves, starved
 from ._persist import FORMAT_VERSION  # noqa: F401  (kept importable from here)
 from ._xp import to_numpy
 
@@ -226,15 +213,6 @@ default="log_joint"
                 "or partial_fit before using it"
             )
 
-    def _check_source(self, source, kernel_size, padding):
-        _checks.check_sizes(source.image_shape, kernel_size, padding)
-        if hasattr(self, "kernels_") and source.n_channels != self.n_channels_in_:
-            raise ValueError(
-                f"X has {source.n_channels} channel(s) but the model was fitted on "
-                f"{self.n_channels_in_}; pass images with {self.n_channels_in_} "
-                "channel(s)"
-            )
-
     # -- fitting ---------------------------------------------------------------
     def fit(self, X, y=None):
         """Learn the kernels by exact batch EM.
@@ -253,8 +231,8 @@ default="log_joint"
         """
         kernel_size, padding = self._check_params()
         source = ImageSource(X, self.batch_size)
-        self._check_source(source, kernel_size, padding)
-        with self._all_or_nothing():
+        source.check(kernel_size, padding, getattr(self, "n_channels_in_", None))
+        with restore_on_error(self, _FITTED):
             self._fit(source, kernel_size, padding)
         return self
 
@@ -275,11 +253,10 @@ default="log_joint"
                 source, kernel_size, padding, rng, self.reg_kernels, self.learn_weights
             )
             bounds, converged, change = [], False, math.inf
-            with self._progress_bar() as bar:
-
-                def e_step(kernels, log_w, margin=0):
-                    return self._e_step(source, kernels, log_w, padding, bar, margin)
-
+            with progress_bar(self.verbose) as bar:
+                e_step = functools.partial(
+                    self._e_step, source, padding=padding, bar=bar
+                )
                 stats = e_step(kernels, log_w)
                 lower_bound = objective(stats, kernels, self.reg_kernels)
                 for n_iter in range(1, self.max_iter + 1):
@@ -310,16 +287,12 @@ default="log_joint"
 
     def _e_step(self, source, kernels, log_w, padding, bar, margin=0):
         """Statistics of one pass over ``source`` (window ones if ``margin``)."""
+        progress = None
         if bar is not None:
             bar.reset(total=source.n_samples)
+            progress = bar.update
         return source.statistics(
-            kernels,
-            log_w,
-            padding,
-            self.method,
-            None if bar is None else bar.update,
-            margin=margin,
-            latent=self.latent,
+            kernels, log_w, padding, self.method, progress, margin, self.latent
         )
 
     def _m_step(self, stats, kernels, log_w):
@@ -332,37 +305,9 @@ default="log_joint"
             kernels = xp.asarray(self.kernels_, dtype=dtype, device=device)
             log_w = xp.log(xp.asarray(self.weights_, dtype=dtype, device=device))
             return kernels, log_w
-        kernels = self._initial_kernels(source, kernel_size, padding, rng, dtype)
         k = self.n_kernels
+        kernels = kernels_for(source, self.init, k, kernel_size, padding, rng, dtype)
         return kernels, xp.full((k,), -math.log(k), dtype=dtype, device=device)
-
-    def _initial_kernels(self, source, kernel_size, padding, rng, dtype):
-        return kernels_for(
-            source, self.init, self.n_kernels, kernel_size, padding, rng, dtype
-        )
-
-    @contextlib.contextmanager
-    def _all_or_nothing(self):
-        """Restore the fitted attributes if the block raises (no lost model)."""
-        snapshot = {k: self.__dict__[k] for k in _FITTED if k in self.__dict__}
-        try:
-            yield
-        except BaseException:
-            for k in _FITTED:
-                self.__dict__.pop(k, None)
-            self.__dict__.update(snapshot)
-            raise
-
-    def _progress_bar(self):
-        """A tqdm bar over the images of a pass (``verbose >= 2``), or None."""
-        if self.verbose >= 2:
-            try:
-                from tqdm.auto import tqdm
-            except ImportError:
-                pass
-            else:
-                return tqdm(total=None, unit="img", leave=False)
-        return contextlib.nullcontext()
 
     def _report(self, it, run, objective, change, t0):
         if self.verbose >= 1:
@@ -412,9 +357,11 @@ default="log_joint"
         lower_bound, kernels, log_w, bounds, stats, converged, _ = best
         self._set_state(kernels, log_w, bounds, len(bounds), source)
         self.lower_bound_ = lower_bound  # also right when max_iter=0
-        self.converged_ = converged
-        self.kernel_size_ = kernel_size
-        self.padding_ = padding
+        self.kernel_size_, self.padding_, self.converged_ = (
+            kernel_size,
+            padding,
+            converged,
+        )
         # running per-image statistics for partial_fit after fit
         self._online = running_statistics(stats, t=len(bounds))
 
@@ -438,8 +385,8 @@ default="log_joint"
         source = ImageSource(X, None)
         if hasattr(self, "kernels_"):
             kernel_size, padding = self.kernel_size_, self.padding_
-        self._check_source(source, kernel_size, padding)
-        with self._all_or_nothing():
+        source.check(kernel_size, padding, getattr(self, "n_channels_in_", None))
+        with restore_on_error(self, _FITTED):
             self._partial_fit(source, kernel_size, padding)
         return self
 
@@ -447,8 +394,10 @@ default="log_joint"
         xp, dtype, device = source.xp, source.work_dtype, source.device
         if not hasattr(self, "kernels_"):
             rng = check_random_state(self.random_state)
-            kernels = self._initial_kernels(source, kernel_size, padding, rng, dtype)
             k = self.n_kernels
+            kernels = kernels_for(
+                source, self.init, k, kernel_size, padding, rng, dtype
+            )
             weights = xp.full((k,), 1.0 / k, dtype=dtype, device=device)
             running = None
         else:
@@ -458,21 +407,16 @@ default="log_joint"
         stats = self._e_step(source, kernels, xp.log(weights), padding, None)
         self._online, blended = online_step(running, stats)
         kernels, log_w = self._m_step(blended, kernels, xp.log(weights))
-        self.kernels_ = kernels
-        self.weights_ = xp.exp(log_w)
-        self.n_channels_in_ = source.n_channels
-        self.kernel_size_ = kernel_size
-        self.padding_ = padding
-        self.lower_bound_ = objective(stats, kernels, self.reg_kernels)
-        self.lower_bounds_ = [*getattr(self, "lower_bounds_", []), self.lower_bound_]
-        self.n_iter_ = getattr(self, "n_iter_", 0) + 1
-        self.converged_ = False
+        bounds = getattr(self, "lower_bounds_", [])
+        bounds = [*bounds, objective(stats, kernels, self.reg_kernels)]
+        self._set_state(kernels, log_w, bounds, getattr(self, "n_iter_", 0) + 1, source)
+        self.kernel_size_, self.padding_, self.converged_ = kernel_size, padding, False
 
     # -- using the model -----------------------------------------------------------
     def _source(self, X):
         self._check_fitted()
         source = ImageSource(X, self.batch_size)
-        self._check_source(source, self.kernel_size_, self.padding_)
+        source.check(self.kernel_size_, self.padding_, self.n_channels_in_)
         return source
 
     def score_samples(self, X):
