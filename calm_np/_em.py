@@ -21,6 +21,11 @@ log-likelihood is its logsumexp plus ``c(X)``.
 and the objective is the pseudo-log-likelihood
 ``Σ_u (logsumexp_k A[k, u] − ½‖x_u‖² − (D/2) log 2π)``.  The engines and the
 M-step are shared; only the normalisation differs.
+
+What the EM loop does with the statistics lives here too: :func:`objective`
+(the mean per-image objective ``tol`` is applied to), :func:`m_step` (the
+MAP update of kernels and weights) and :func:`online_step` (the stepwise
+blend of ``partial_fit``).  The estimator only sequences them.
 """
 
 from __future__ import annotations

@@ -283,7 +283,7 @@ default="log_joint"
             if best is None or lower_bound > best[0]:
                 best = (lower_bound, kernels, log_w, bounds, stats, converged, change)
         self._set_fitted(best, source, kernel_size, padding)
-        self._warn(*best[4:])
+        self._warn(best)
 
     def _e_step(self, source, kernels, log_w, padding, bar, margin=0):
         """Statistics of one pass over ``source`` (window ones if ``margin``)."""
@@ -325,7 +325,8 @@ default="log_joint"
         self._set_state(kernels, log_w, bounds, len(bounds), source)
         return self.callback(self) is True
 
-    def _warn(self, stats, converged, last_change):
+    def _warn(self, best):
+        *_, stats, converged, last_change = best
         if self.max_iter > 0 and not converged:
             warnings.warn(
                 f"ConvolutionalMixture did not converge in max_iter={self.max_iter} "
