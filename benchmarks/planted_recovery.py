@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from _helpers import planted_images  # noqa: E402
 
 import calm_np  # noqa: E402
-from calm_np import _estimator  # noqa: E402
+from calm_np import _moves  # noqa: E402
 
 
 def run(seed, init, n_kernels=3, size=5, n=300, side=12):
@@ -49,9 +49,9 @@ def main():
         f"{platform.processor() or platform.machine()}, numpy {np.__version__}, "
         "float64; 3 patterns 5x5 in 12x12 images, 300 images, 10 seeds"
     )
-    default_moves = _estimator.MAX_MOVES
+    default_moves = _moves.MAX_MOVES
     for moves in (0, default_moves):
-        _estimator.MAX_MOVES = moves
+        _moves.MAX_MOVES = moves
         for init in ("kmeans++", "random_patches", "random"):
             res = [run(seed, init) for seed in range(10)]
             ok = sum(r[0] for r in res)
@@ -60,7 +60,7 @@ def main():
                 f"moves={moves}  init={init:15s} recovered {ok}/10  gap to truth "
                 f"min {min(gaps):+.2f} max {max(gaps):+.2f} nats/image"
             )
-    _estimator.MAX_MOVES = default_moves
+    _moves.MAX_MOVES = default_moves
 
 
 if __name__ == "__main__":

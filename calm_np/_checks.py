@@ -2,17 +2,24 @@
 
 Every error names the argument and says what to change.  Checks run once per
 call on the caller's namespace; the finiteness check is the only one that
-reads data (one reduction, one host sync).
+reads data (one reduction, one host sync).  The vocabularies (``METHODS``,
+``LATENTS``, ``INITS``, ``FEATURES``) live here, and so does the estimator's
+parameter table ``PARAMS`` (one check per ``ConvolutionalMixture`` argument,
+run by ``check_params`` at the start of ``fit``).
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import operator
 
 from ._xp import default_float, is_array_api_obj, logsumexp
 
 METHODS = ("auto", "im2col", "fft")
 LATENTS = ("image", "patch")
+INITS = ("kmeans++", "random_patches", "random")
+FEATURES = ("log_joint", "log_posterior", "posterior", "triangle")
 
 
 def as_array(a, name):
@@ -115,30 +122,39 @@ def check_latent(latent):
     return latent
 
 
+def _four_d(a, name, message):
+    """``a`` as 4-D, a channel axis of 1 added to 3-D; ``message(a)`` otherwise."""
+    a = as_array(a, name)
+    if a.ndim == 3:
+        return a[:, None, ...]
+    if a.ndim != 4:
+        raise ValueError(message(a))
+    return a
+
+
 def check_images(X, name="X"):
     """Return ``X`` as 4-D ``(n, c, H, W)`` (3-D input means ``c = 1``)."""
-    X = as_array(X, name)
-    if X.ndim == 3:
-        X = X[:, None, ...]
-    elif X.ndim != 4:
-        raise ValueError(
+    return _four_d(
+        X,
+        name,
+        lambda X: (
             f"{name} must have shape (n_samples, n_channels, height, width) or "
             f"(n_samples, height, width), got an array with {X.ndim} dimension(s) "
             f"of shape {tuple(X.shape)}; add a leading axis for a single image"
-        )
-    return X
+        ),
+    )
 
 
 def check_kernels(kernels, n_channels, name="kernels"):
     """Return kernels as 4-D ``(k, c, kh, kw)``; 3-D means one channel."""
-    kernels = as_array(kernels, name)
-    if kernels.ndim == 3:
-        kernels = kernels[:, None, ...]
-    elif kernels.ndim != 4:
-        raise ValueError(
+    kernels = _four_d(
+        kernels,
+        name,
+        lambda k: (
             f"{name} must have shape (n_kernels, n_channels, kh, kw) or "
-            f"(n_kernels, kh, kw), got shape {tuple(kernels.shape)}"
-        )
+            f"(n_kernels, kh, kw), got shape {tuple(k.shape)}"
+        ),
+    )
     if kernels.shape[0] < 1 or kernels.shape[2] < 1 or kernels.shape[3] < 1:
         raise ValueError(
             f"{name} must hold at least one kernel of size at least 1x1, got "
@@ -189,3 +205,88 @@ def check_sizes(image_shape, kernel_shape, padding):
             f"({Hp}, {Wp}); use smaller kernels or more padding"
         )
     return Hp, Wp
+
+
+# -- the estimator's parameter table ------------------------------------------
+def _integer(name, value, low):
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    return int(value)
+
+
+def _pair(name, value):
+    """An int or a pair of ints, each >= 1 (``kernel_size``, ``pooling``)."""
+    try:
+        pair = check_padding(value)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"{name} must be an int or a pair of ints, got {value!r}"
+        ) from exc
+    if min(pair) < 1:
+        raise ValueError(f"{name} must be >= 1, got {value!r}")
+    return pair
+
+
+def _non_negative(name, value):
+    if (
+        not isinstance(value, numbers.Real)
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return value
+
+
+def _choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def _init(name, value):
+    if isinstance(value, str):
+        if value not in INITS:
+            raise ValueError(
+                f"init must be one of {INITS} or an array of kernels, got {value!r}"
+            )
+    elif not hasattr(value, "shape"):
+        raise TypeError(
+            f"init must be one of {INITS} or an array of kernels, got "
+            f"{type(value).__name__}"
+        )
+    return value
+
+
+def _callback(name, value):
+    if value is not None and not callable(value):
+        raise TypeError("callback must be callable or None")
+    return value
+
+
+# ConvolutionalMixture's parameters, checked in this order (the first bad one
+# raises); each check returns the normalised value.
+PARAMS = {
+    "n_kernels": lambda n, v: _integer(n, v, 1),
+    "n_init": lambda n, v: _integer(n, v, 1),
+    "max_iter": lambda n, v: _integer(n, v, 0),
+    "verbose": lambda n, v: _integer(n, v, 0),
+    "kernel_size": _pair,
+    "padding": lambda n, v: check_padding(v),
+    "reg_kernels": _non_negative,
+    "tol": _non_negative,
+    "batch_size": lambda n, v: v if v is None else _integer(n, v, 1),
+    "method": lambda n, v: check_method(v),
+    "latent": lambda n, v: check_latent(v),
+    "init": _init,
+    "callback": _callback,
+    "features": lambda n, v: _choice(n, v, FEATURES),
+    "pooling": _pair,
+}
+
+
+def check_params(params):
+    """Check the estimator's ``params`` (a dict); the normalised values."""
+    return {name: check(name, params[name]) for name, check in PARAMS.items()}

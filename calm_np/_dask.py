@@ -237,6 +237,12 @@ def statistics(
         name=f"calm_np-statistics-{token}",
     )
     parts = list(per_chunk.to_delayed(optimize_graph=True).ravel())
+    (total,) = dask.compute(_tree_sum(parts, split_every, token, dask))
+    return total
+
+
+def _tree_sum(parts, split_every, token, dask):
+    """The sum of delayed ``parts`` as a tree of fan-in ``split_every``."""
     level = 0
     while len(parts) > 1:
         parts = [
@@ -247,8 +253,7 @@ def statistics(
             for j in range(0, len(parts), split_every)
         ]
         level += 1
-    (total,) = dask.compute(parts[0])
-    return total
+    return parts[0]
 
 
 def map_images(func, X, *args, n_features=None, dtype=None, kind="map", **kwargs):
@@ -271,14 +276,11 @@ def map_images(func, X, *args, n_features=None, dtype=None, kind="map", **kwargs
         Passed to ``func``.  Arrays (kernels, weights) become one graph key
         each, in the chunks' namespace.
     n_features : int, default=None
-        Width of a 2-D output (``transform``); ``None`` gives ``(n_samples,)``
-        (``score_samples``).
+        Width of a 2-D output; ``None`` gives ``(n_samples,)``.
     dtype : dtype, default=None
-        Output dtype; ``None`` keeps ``X``'s floating dtype (float64 for
-        integer images).
+        Output dtype; ``None`` keeps ``X``'s floating dtype (float64 for ints).
     kind : str, default="map"
-        Label of the tasks (``calm_np-<kind>-<token>``), e.g. ``"score"`` or
-        ``"transform"``, as shown on the Dask dashboard.
+        Task label on the dashboard (``calm_np-<kind>-<token>``).
 
     Returns
     -------

@@ -3,11 +3,15 @@
 ``ImageSource`` hides whether ``X`` is an in-memory array (any namespace), a
 NumPy memmap (read batch by batch, never whole), a re-iterable of batches, or
 a Dask array (statistics computed on the workers).  The estimator only asks a
-source for its batches, a few sampled images, and the statistics of a pass.
+source for a few sampled images (``take``), the statistics of a pass
+(``statistics``) and a per-batch function's results (``map``: a loop over
+batches, or a lazy ``dask.array`` for Dask input); this class is the one
+place that dispatches on the kind of input.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator
 
 from . import _checks
@@ -77,6 +81,15 @@ class ImageSource:
         self.image_shape = tuple(first.shape[2:])
         self.dtype_source = first.dtype
 
+    def check(self, kernel_size, padding, n_channels=None):
+        """Refuse images too small for the kernels, or with the wrong channels."""
+        _checks.check_sizes(self.image_shape, kernel_size, padding)
+        if n_channels is not None and self.n_channels != n_channels:
+            raise ValueError(
+                f"X has {self.n_channels} channel(s) but the model was fitted on "
+                f"{n_channels}; pass images with {n_channels} channel(s)"
+            )
+
     # -- shape ---------------------------------------------------------------
     def _first_batch(self):
         if self.kind in ("array", "dask", "lazy"):
@@ -88,6 +101,12 @@ class ImageSource:
             batch = _checks.check_images(batch, "each batch of X")
             return batch
         raise ValueError("X contains no images; pass at least one image")
+
+    @property
+    def work_dtype(self):
+        """The floating dtype a fit computes in (integer images become float)."""
+        zeros = self.xp.zeros((0,), dtype=self.dtype_source)
+        return _checks.float_dtype(self.xp, [(zeros, "X")], self.device)
 
     @property
     def n_samples(self):
@@ -202,6 +221,35 @@ class ImageSource:
             if progress is not None:
                 progress(int(batch.shape[0]))
         return total
+
+    def map(self, func, *, kind="map", n_features=None):
+        """``func(batch)`` of every batch, concatenated along the images.
+
+        ``func`` returns ``(n_b,)`` or ``(n_b, n_features)``.  For Dask input
+        the result is a lazy Dask array (``func`` must then be picklable, as
+        :func:`calm_np._readouts.bind` makes it); ``kind`` labels its tasks.
+        """
+        if self.kind == "dask":
+            from . import _dask
+
+            return _dask.map_images(func, self.X, kind=kind, n_features=n_features)
+        outs = [func(batch) for batch in self.batches()]
+        return self.xp.concat(outs, axis=0) if len(outs) > 1 else outs[0]
+
+
+def progress_bar(verbose):
+    """A tqdm bar over the images of a pass (``verbose >= 2``), or a no-op.
+
+    Used as a context manager; the no-op yields ``None``.
+    """
+    if verbose >= 2:
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            pass
+        else:
+            return tqdm(total=None, unit="img", leave=False)
+    return contextlib.nullcontext()
 
 
 def _release_pages(X, start, stop):

@@ -21,6 +21,11 @@ log-likelihood is its logsumexp plus ``c(X)``.
 and the objective is the pseudo-log-likelihood
 ``Σ_u (logsumexp_k A[k, u] − ½‖x_u‖² − (D/2) log 2π)``.  The engines and the
 M-step are shared; only the normalisation differs.
+
+What the EM loop does with the statistics lives here too: :func:`objective`
+(the mean per-image objective ``tol`` is applied to), :func:`m_step` (the
+MAP update of kernels and weights) and :func:`online_step` (the stepwise
+blend of ``partial_fit``).  The estimator only sequences them.
 """
 
 from __future__ import annotations
@@ -40,6 +45,9 @@ __all__ = [
     "posterior",
     "sufficient_statistics",
 ]
+
+# Online EM step size (t + 2) ** -ONLINE_KAPPA, t = 0, 1, ... (0.5 < κ <= 1).
+ONLINE_KAPPA = 0.6
 
 # axes a posterior is normalised over: (k, Ho, Wo) per image, or k per patch
 _LATENT_AXES = {"image": (1, 2, 3), "patch": (1,)}
@@ -63,7 +71,9 @@ def _pad(X, padding, xp):
 class _Batch:
     """A validated batch of images with kernels, weights and an engine."""
 
-    def __init__(self, X, kernels, log_weights, padding, method, latent="image"):
+    def __init__(
+        self, X, kernels, log_weights=None, padding=0, method="auto", latent="image"
+    ):
         _checks.check_latent(latent)
         self.latent = latent
         X = _checks.as_array(X, "X")
@@ -303,26 +313,17 @@ def sufficient_statistics(
     return _statistics(batch, kernels_ndim=_checks.as_array(kernels, "k").ndim)
 
 
-def window_statistics(
-    X,
-    kernels,
-    *,
-    log_weights=None,
-    padding=0,
-    method="auto",
-    latent="image",
-    margin=0,
-):
+def window_statistics(X, kernels, *, margin=0, **options):
     """:func:`sufficient_statistics` with ``S_k`` over windows enlarged by ``margin``.
 
-    ``sums`` has shape ``(k, c, kh + 2·margin, kw + 2·margin)``: the posterior-
-    weighted mean of the neighbourhood of each kernel's positions (zeros
-    beyond the padded image).  Its ``kh × kw`` sub-windows are the M-step
-    results for the kernel moved by up to ``margin`` pixels; the estimator
-    uses them to re-centre kernels that settled on a shifted pattern.
+    ``options`` are those of :func:`sufficient_statistics`.  ``sums`` has
+    shape ``(k, c, kh + 2·margin, kw + 2·margin)``: the posterior-weighted
+    mean of the neighbourhood of each kernel's positions (zeros beyond the
+    padded image).  Its ``kh × kw`` sub-windows are the M-step results for
+    the kernel moved by up to ``margin`` pixels; ``_moves`` uses them to
+    re-centre kernels that settled on a shifted pattern.
     """
-    batch = _Batch(X, kernels, log_weights, padding, method, latent)
-    return _statistics(batch, margin=margin)
+    return _statistics(_Batch(X, kernels, **options), margin=margin)
 
 
 def _statistics(batch, kernels_ndim=4, margin=0):
@@ -336,3 +337,67 @@ def _statistics(batch, kernels_ndim=4, margin=0):
         sums = sums[:, 0, ...]
     ll = xp.sum(batch.log_likelihood(log_norm, wide))
     return SufficientStatistics(counts, sums, ll, batch.X.shape[0])
+
+
+# -- what the EM loop does with the statistics ---------------------------------
+def objective(stats, kernels, reg_kernels=0.0):
+    """Mean per-image log-likelihood minus the prior penalty, a Python float.
+
+    ``(Σ_n log p(X_n) − ½ λ Σ_k ‖μ_k‖²) / n``: the quantity EM never
+    decreases (SPEC §2) and ``tol`` is applied to.
+    """
+    xp = get_namespace(kernels)[0]
+    penalty = 0.0
+    if reg_kernels:
+        penalty = 0.5 * reg_kernels * float(xp.sum(kernels * kernels))
+    return (float(stats.log_likelihood) - penalty) / stats.n_samples
+
+
+def m_step(stats, kernels, log_weights, reg_kernels=0.0, learn_weights=False):
+    """MAP update ``(kernels, log_weights)``; kernels without mass keep their value.
+
+    ``μ_k = S_k / (N_k + λ)`` and, with ``learn_weights``, ``π_k = N_k / n``;
+    otherwise the weights stay as they are.
+    """
+    xp = get_namespace(kernels)[0]
+    dtype = kernels.dtype
+    new, ok = stats.m_step(reg_kernels)
+    mask = xp.reshape(ok, (-1, 1, 1, 1))
+    new = xp.where(mask, xp.astype(new, dtype), kernels)
+    if learn_weights:
+        total = xp.sum(stats.counts)
+        log_weights = xp.astype(xp.log(stats.counts / total), dtype)
+    return new, log_weights
+
+
+def running_statistics(stats, t=0):
+    """Per-image statistics ``N_k / n``, ``S_k / n`` as online EM carries them."""
+    n = stats.n_samples
+    return dict(counts=stats.counts / n, sums=stats.sums / n, n_seen=n, t=t)
+
+
+def online_step(running, stats):
+    r"""Stepwise (online) EM: blend the running statistics with a batch's.
+
+    :math:`\bar s \leftarrow (1-\eta_t)\,\bar s + \eta_t\, s/n`,
+    :math:`\eta_t = (t+2)^{-\kappa}` (Cappé & Moulines 2009).  ``running`` is
+    ``None`` at the first step or a dict from :func:`running_statistics`;
+    returns the new one and the blended totals (``n_seen`` images) for
+    :func:`m_step`.
+    """
+    if running is None:
+        new = running_statistics(stats)
+    else:
+        n = stats.n_samples
+        eta = (running["t"] + 2) ** -ONLINE_KAPPA
+        new = dict(
+            counts=(1 - eta) * running["counts"] + eta * (stats.counts / n),
+            sums=(1 - eta) * running["sums"] + eta * (stats.sums / n),
+            n_seen=running["n_seen"] + n,
+            t=running["t"] + 1,
+        )
+    n_seen = new["n_seen"]
+    blended = SufficientStatistics(
+        new["counts"] * n_seen, new["sums"] * n_seen, 0.0, n_seen
+    )
+    return new, blended

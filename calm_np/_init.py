@@ -11,11 +11,11 @@ import numbers
 
 import numpy as np
 
+from . import _checks
+from ._checks import INITS  # noqa: F401  (the CLI reads _init.INITS)
 from ._em import _pad
 from ._engines import Im2col
-from ._xp import device_of
-
-INITS = ("kmeans++", "random_patches", "random")
+from ._xp import device_of, to_numpy
 
 
 def check_random_state(seed):
@@ -140,3 +140,39 @@ def similarity(kernels, max_shift, xp):
     sim = corr / xp.where(denom > tiny, denom, xp.ones_like(denom))
     eye = xp.eye(k, dtype=xp.bool, device=device_of(kernels))
     return xp.where(eye, xp.zeros_like(sim), sim)
+
+
+def check_init_array(init, n_kernels, n_channels, kernel_size, xp, dtype, device):
+    """An ``init`` array as ``(n_kernels, n_channels, kh, kw)`` in ``dtype``."""
+    init = _checks.as_array(init, "init")
+    if init.ndim == 3:
+        init = init[:, None, ...]
+    expected = (n_kernels, n_channels, *kernel_size)
+    if tuple(init.shape) != expected:
+        raise ValueError(
+            f"init has shape {tuple(init.shape)} but must be (n_kernels, "
+            f"n_channels, kh, kw) = {expected}"
+        )
+    init = xp.asarray(to_numpy(init), dtype=dtype, device=device)
+    _checks.check_finite(init, "init", xp)
+    if n_kernels > 1 and bool(xp.all(init == init[:1, ...])):
+        raise ValueError(
+            "init kernels are all identical, so EM would keep them identical; "
+            "pass distinct kernels or a string init"
+        )
+    return init
+
+
+def kernels_for(source, init, n_kernels, kernel_size, padding, rng, dtype):
+    """The estimator's initial kernels: ``init`` checked, or sampled from ``source``."""
+    xp = source.xp
+    if not isinstance(init, str):
+        return check_init_array(
+            init, n_kernels, source.n_channels, kernel_size, xp, dtype, source.device
+        )
+    images = sample_images(source, max(1000, 4 * n_kernels), rng)
+    # the sample is checked like every batch: same message, no warnings
+    _checks.check_finite(xp.astype(images, dtype), "X", xp)
+    return initial_kernels(
+        init, images, n_kernels, padding, kernel_size, rng, xp, dtype
+    )

@@ -20,16 +20,6 @@ import calm_np
 from calm_np import ConvergenceWarning, ConvolutionalMixture, NotFittedError
 from calm_np._xp import array_namespace, to_numpy
 
-FITTED = (
-    "kernels_",
-    "weights_",
-    "lower_bound_",
-    "lower_bounds_",
-    "n_iter_",
-    "converged_",
-    "n_channels_in_",
-)
-
 
 def quiet(**params):
     params.setdefault("random_state", 0)

@@ -114,3 +114,31 @@ def test_triangle_features_after_a_fit():
     np.testing.assert_allclose(
         F, triangle_oracle(X, model.kernels_, 0, (2, 2)), rtol=1e-8, atol=1e-8
     )
+
+
+@pytest.mark.parametrize(
+    "features", ["log_joint", "log_posterior", "posterior", "triangle"]
+)
+@pytest.mark.parametrize("latent", ["image", "patch"])
+def test_readouts_pooled_features_without_an_estimator_equal_transform(
+    features, latent
+):
+    from calm_np._readouts import pooled_features
+
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((6, 2, 9, 8))
+    kernels = rng.standard_normal((3, 2, 3, 3))
+    weights = np.array([0.5, 0.3, 0.2])
+    model = fitted(kernels, 1, weights, latent=latent, pooling=(2, 3))
+    model.set_params(features=features)
+    direct = pooled_features(
+        X,
+        kernels,
+        log_weights=np.log(weights),
+        padding=1,
+        latent=latent,
+        features=features,
+        pooling=(2, 3),
+    )
+    assert direct.shape == (6, 3 * 2 * 3)
+    assert_close(direct, model.transform(X), rtol=1e-12, atol=1e-12)

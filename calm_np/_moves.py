@@ -1,0 +1,152 @@
+"""Moves: what a fit tries when EM stalls, and the thresholds that trigger them.
+
+EM converges to the nearest fixed point, which can be a kernel settled on a
+shifted copy of a pattern, a kernel with no posterior mass (starved), or two
+kernels on the same pattern (duplicates).  When the objective stops moving,
+:class:`Moves` re-centres every kernel on the best sub-window of its
+neighbourhood mean (``_em.window_statistics``) and re-seeds starved and
+duplicate kernels by D² sampling (``_init.d2_sample``).  A move is kept only
+if the objective goes up by more than ``tol``, so a fit's objective history
+stays monotone.  The estimator drives it; nothing here knows the estimator.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._em import objective
+from ._init import d2_sample, sample_images, sample_patches, similarity
+from ._xp import device_of, to_numpy
+
+# Fraction of its fair share (n / k) of posterior mass below which a kernel
+# is starved: it is re-seeded between iterations (objective re-checked) and
+# named in a DeadKernelWarning if it stays starved.
+STARVED_SHARE = 1e-3
+# Similarity (normalised correlation over small shifts) above which two
+# kernels are duplicates; the one with less mass is re-seeded.
+DUPLICATE_SIMILARITY = 0.95
+# Moves (re-centring, re-seeding) tried per run when EM stalls.
+MAX_MOVES = 5
+
+
+def starved(stats):
+    """Indices of the kernels with less than ``STARVED_SHARE`` of a fair share."""
+    counts = to_numpy(stats.counts)
+    share = stats.n_samples / counts.shape[0]
+    return [int(i) for i in np.flatnonzero(counts < STARVED_SHARE * share)]
+
+
+class Moves:
+    """The moves one EM run may still try (at most ``MAX_MOVES``).
+
+    Parameters
+    ----------
+    source : ImageSource
+        The fit's images; a pool of patches is sampled from it at the first
+        move (so a run that never stalls draws nothing from ``rng``).
+    kernel_size, padding : (int, int)
+    rng : numpy.random.RandomState
+    reg_kernels : float
+    learn_weights : bool
+        A re-seeded kernel then gets an equal share of weight back.
+    """
+
+    def __init__(self, source, kernel_size, padding, rng, reg_kernels, learn_weights):
+        self.source, self.kernel_size, self.padding = source, kernel_size, padding
+        self.rng, self.reg, self.learn_weights = rng, reg_kernels, learn_weights
+        self.left = MAX_MOVES
+        self.pool = None
+
+    def _patch_pool(self, n_kernels, dtype):
+        images = sample_images(self.source, max(500, 2 * n_kernels), self.rng)
+        n = min(max(20 * n_kernels, 1000), 10000)
+        return sample_patches(
+            images, self.padding, self.kernel_size, n, self.rng, self.source.xp, dtype
+        )
+
+    def try_move(self, e_step, stats, kernels, log_w, current, tol):
+        """Re-centre and re-seed; ``(kernels, log_w, stats, objective)`` or None.
+
+        ``e_step(kernels, log_w, margin=0)`` gives the statistics of a pass;
+        ``current`` is the objective of ``(stats, kernels)``.
+        """
+        if self.left <= 0:
+            return None
+        self.left -= 1
+        xp = self.source.xp
+        k, _, kh, kw = kernels.shape
+        if self.pool is None:
+            self.pool = self._patch_pool(k, kernels.dtype)
+        margin = max(1, min(kh, kw) // 4)
+        ext = e_step(kernels, log_w, margin=margin)
+        new = recentre(ext, kernels, margin, self.reg, xp)
+        bad = self._bad(stats, new, margin)
+        if bad:
+            new, log_w = self._reseed(new, log_w, bad, kernels.dtype)
+        if bool(xp.all(new == kernels)):
+            return None
+        stats_new = e_step(new, log_w)
+        value = objective(stats_new, new, self.reg)
+        if not value > current + tol:
+            return None
+        return new, log_w, stats_new, value
+
+    def _bad(self, stats, kernels, margin):
+        """Starved kernels and the lighter of each duplicate pair, sorted."""
+        k = kernels.shape[0]
+        counts = to_numpy(stats.counts)
+        bad = set(np.flatnonzero(counts < STARVED_SHARE * stats.n_samples / k).tolist())
+        if k > 1:
+            sim = to_numpy(similarity(kernels, margin, self.source.xp))
+            pairs = np.nonzero(np.triu(sim > DUPLICATE_SIMILARITY, 1))
+            for i, j in zip(*pairs, strict=True):
+                bad.add(int(i) if counts[i] < counts[j] else int(j))
+        return sorted(bad)
+
+    def _reseed(self, kernels, log_w, bad, dtype):
+        xp, k = self.source.xp, kernels.shape[0]
+        keep = [i for i in range(k) if i not in bad]
+        centers = xp.stack([kernels[i, ...] for i in keep], axis=0) if keep else None
+        fresh = d2_sample(self.pool, len(bad), self.rng, xp, centers=centers)
+        rows = {i: kernels[i, ...] for i in keep}
+        rows.update({i: fresh[j, ...] for j, i in enumerate(bad)})
+        kernels = xp.stack([rows[i] for i in range(k)], axis=0)
+        if self.learn_weights:
+            # a re-seeded kernel gets an equal share back; renormalise
+            w = to_numpy(xp.exp(log_w)).astype(np.float64)
+            w[bad] = 1.0 / k
+            log_w = xp.asarray(
+                np.log(w / w.sum()), dtype=dtype, device=device_of(kernels)
+            )
+        return kernels, log_w
+
+
+def recentre(ext, kernels, margin, reg, xp):
+    """Move each kernel to the sub-window of its neighbourhood mean with most energy.
+
+    ``ext.sums[k]`` is the posterior-weighted sum of the ``(kh + 2m) ×
+    (kw + 2m)`` neighbourhoods of kernel ``k``'s positions.  For a fixed
+    posterior, the kernel shifted by ``d`` has M-step value
+    ``S_d / (N_k + λ)`` and gains ``½‖S_d‖² / (N_k + λ)`` in the EM lower
+    bound, so the best shift maximises ``‖S_d‖²``.  Kernels with no mass
+    stay as they are.
+    """
+    k, c, kh, kw = kernels.shape
+    H, W = kh + 2 * margin, kw + 2 * margin
+    sums = xp.astype(ext.sums, kernels.dtype)
+    windows = [
+        sums[:, :, dy : dy + kh, dx : dx + kw]
+        for dy in range(H - kh + 1)
+        for dx in range(W - kw + 1)
+    ]
+    stack = xp.stack(windows, axis=1)  # (k, shifts, c, kh, kw)
+    energy = xp.sum(stack * stack, axis=(2, 3, 4))  # (k, shifts)
+    best = to_numpy(xp.argmax(energy, axis=1))
+    denom = to_numpy(ext.counts).astype(np.float64) + reg
+    rows = []
+    for i in range(k):
+        if denom[i] > 0:
+            rows.append(stack[i, int(best[i]), ...] / float(denom[i]))
+        else:
+            rows.append(kernels[i, ...])
+    return xp.stack(rows, axis=0)
