@@ -1,20 +1,25 @@
-"""Is ``method="auto"`` within 10 % of the faster engine?  (goal 3)
+"""Is ``method="auto"`` within 10 % of the faster engine, for both latents?
+Is ``latent="patch"`` within 1.25x of ``latent="image"``?
 
-    python benchmarks/engine_choice.py            # sweep, check, ~3 minutes
+    python benchmarks/engine_choice.py            # sweep, check, ~8 minutes
     python benchmarks/engine_choice.py --fit      # also refit the cost model
 
 Sweeps a grid of shapes (image size, channels, number of kernels, kernel
-size), times the fused NumPy statistics of ``im2col`` and of ``fft`` (row
-transforms as DFT GEMMs, sums over kernel rows as GEMMs), and prints per
-shape which is faster, what ``auto`` picks, and whether the pick is within
-10 % of the faster one.  ``--fit`` fits the per-operation speeds of the cost
-model (``calm_np._fused._SPEED``) to these timings by non-negative least
-squares on relative errors and prints the values to paste.
+size), times the EM statistics (``_em._statistics``: the fused NumPy pass
+and the log-likelihood) of ``im2col`` and of ``fft`` (row transforms as DFT
+GEMMs, sums over kernel rows as GEMMs) for ``latent="image"`` and
+``"patch"``, interleaved, and prints per shape which engine is faster, what
+``auto`` picks, whether the pick is within 10 % of the faster one, and the
+patch/image ratio of the faster engines.  ``--fit`` fits the per-operation
+speeds of the cost model (``calm_np._fused._SPEED``) to these timings by
+non-negative least squares on relative errors and prints the values to
+paste.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import os
@@ -52,20 +57,26 @@ def measure(size, c, k, ks, repeats, budget):
     X = rng.standard_normal((n, c, size, size)).astype(np.float32)
     M = (0.3 * rng.standard_normal((k, c, ks, ks))).astype(np.float32)
 
-    def run(method):
-        batch = _em._Batch(X, M, None, 0, method)
-        return batch.engine.statistics(batch.kernels, batch.log_weights, np.float64)
+    def run(method, latent):
+        return _em._statistics(_em._Batch(X, M, None, 0, method, latent))
 
-    fns = {"im2col": lambda: run("im2col"), "fft": lambda: run("fft")}
+    fns = {
+        f"{method}/{latent}": functools.partial(run, method, latent)
+        for latent in LATENTS
+        for method in ("im2col", "fft")
+    }
     med, _ = _perf.interleaved(fns, repeats)  # round-robin: fair ratios
     return {key: value / n for key, value in med.items()}, n
 
 
-def features(kind, c, k, size, ks):
+LATENTS = ("image", "patch")
+
+
+def features(kind, c, k, size, ks, latent):
     """Per-image operation counts of the fused paths (see _fused._fused_cost)."""
     from calm_np import _fused
 
-    return _fused._fused_features(kind, (1, c, size, size), (k, c, ks, ks))
+    return _fused._fused_features(kind, (1, c, size, size), (k, c, ks, ks), latent)
 
 
 def fit(rows):
@@ -78,10 +89,11 @@ def fit(rows):
     A, b = [], []
     for (size, c, k, ks), times in rows:
         for kind, engine in (("im2col", "im2col"), ("rowdft", "fft")):
-            f = features(kind, c, k, size, ks)
-            t = times[engine]
-            A.append([f.get(name, 0.0) / t for name in names])
-            b.append(1.0)
+            for latent in LATENTS:
+                f = features(kind, c, k, size, ks, latent)
+                t = times[f"{engine}/{latent}"]
+                A.append([f.get(name, 0.0) / t for name in names])
+                b.append(1.0)
     seconds, _ = nnls(np.asarray(A), np.asarray(b))
     return {
         name: (1.0 / s if s > 0 else float("inf"))
@@ -102,14 +114,15 @@ def main(argv=None):
 
     import array_api_compat.numpy as xp
 
-    from calm_np import _engines, _fused
+    from calm_np import _engines
 
     print(_perf.machine_line(args.threads) + "; dtype float32, padding 0")
     print(
-        f"{'H=W':>4} {'c':>2} {'K':>4} {'ks':>3} {'im2col':>9} {'fft':>9} "
-        f"{'model i/f':>10} {'faster':>7} {'auto':>7} {'auto/best':>9}"
+        f"{'H=W':>4} {'c':>2} {'K':>4} {'ks':>3} {'i2c/img':>8} {'fft/img':>8} "
+        f"{'i2c/pat':>8} {'fft/pat':>8} {'auto img':>8} {'auto pat':>8} "
+        f"{'pat/img':>7}"
     )
-    rows, ok = [], 0
+    rows, ok, ok_patch = [], 0, 0
     loaded = None
     if args.load:
         loaded = {tuple(r[0]): r[1] for r in json.loads(Path(args.load).read_text())}
@@ -119,23 +132,34 @@ def main(argv=None):
         else:
             times, _ = measure(size, c, k, ks, args.repeats, args.budget)
         rows.append(((size, c, k, ks), times))
-        best = min(times, key=times.get)
-        auto = _engines.choose_method(xp, c, k, (size, size), (ks, ks))
-        ratio = times[auto] / times[best]
-        image, kernels = (1, c, size, size), (k, c, ks, ks)
-        model = _fused._fused_cost("im2col", image, kernels) / _fused._fused_cost(
-            "rowdft", image, kernels
+        line, best = "", {}
+        for latent in LATENTS:
+            t = {m: times[f"{m}/{latent}"] for m in ("im2col", "fft")}
+            best[latent] = min(t.values())
+            auto = _engines.choose_method(xp, c, k, (size, size), (ks, ks), latent)
+            ratio = t[auto] / best[latent]
+            ok += ratio <= 1.10
+            line += f" {auto[:3]}{ratio:5.2f}" + ("*" if ratio > 1.10 else " ")
+        patch = best["patch"] / best["image"]
+        ok_patch += patch <= 1.25
+        cells = " ".join(
+            f"{1e3 * times[f'{m}/{lat}']:8.3f}"
+            for lat in LATENTS
+            for m in ("im2col", "fft")
         )
-        ok += ratio <= 1.10
         print(
-            f"{size:4d} {c:2d} {k:4d} {ks:3d} {1e3 * times['im2col']:9.3f} "
-            f"{1e3 * times['fft']:9.3f} {model:10.2f} {best:>7} {auto:>7} "
-            f"{ratio:9.2f}" + ("" if ratio <= 1.10 else "  <-- more than 10 % slower")
+            f"{size:4d} {c:2d} {k:4d} {ks:3d} {cells}{line} {patch:7.2f}"
+            + ("" if patch <= 1.25 else "  <-- patch above 1.25x")
         )
+    n = len(rows)
     print(
-        "(ms per image, 2 threads; 'model i/f' = modelled im2col/fft time)\n"
-        f"goal 3: auto within 10 % of the faster engine on {ok}/{len(rows)} shapes"
-        f" -> {'met' if ok == len(rows) else 'NOT met'}"
+        f"(ms per image, {args.threads} threads; 'auto' = the pick and its time "
+        "over the faster engine's, * above 1.10; 'pat/img' = faster patch over "
+        "faster image)\n"
+        f"auto within 10 % of the faster engine: {ok}/{2 * n} (shape, latent) "
+        f"-> {'met' if ok == 2 * n else 'NOT met'}\n"
+        f"patch <= 1.25x image: {ok_patch}/{n} shapes "
+        f"-> {'met' if ok_patch == n else 'NOT met'}"
     )
     if args.save:
         Path(args.save).write_text(json.dumps(rows))

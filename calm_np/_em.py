@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import _checks
-from ._engines import ENGINES, choose_method
-from ._xp import LOG_2PI, device_of, get_namespace, logsumexp, wide_float
+from ._engines import ENGINES, LATENT_AXES, choose_method
+from ._xp import LOG_2PI, get_namespace, interval_sums, logsumexp, pad_zeros, wide_float
 
 __all__ = [
     "SufficientStatistics",
@@ -48,24 +48,6 @@ __all__ = [
 
 # Online EM step size (t + 2) ** -ONLINE_KAPPA, t = 0, 1, ... (0.5 < κ <= 1).
 ONLINE_KAPPA = 0.6
-
-# axes a posterior is normalised over: (k, Ho, Wo) per image, or k per patch
-_LATENT_AXES = {"image": (1, 2, 3), "patch": (1,)}
-
-
-def _pad(X, padding, xp):
-    ph, pw = padding
-    if ph == 0 and pw == 0:
-        return X
-    n, c, H, W = X.shape
-    kw = {"dtype": X.dtype, "device": device_of(X)}
-    if pw:
-        side = xp.zeros((n, c, H, pw), **kw)
-        X = xp.concat([side, X, side], axis=3)
-    if ph:
-        top = xp.zeros((n, c, ph, W + 2 * pw), **kw)
-        X = xp.concat([top, X, top], axis=2)
-    return X
 
 
 class _Batch:
@@ -101,25 +83,29 @@ class _Batch:
         if X.shape[0] == 0:
             method = "im2col"  # nothing to transform (torch's FFT refuses n=0)
         elif method == "auto":
-            method = choose_method(xp, X.shape[1], k, (Hp, Wp), kernel_shape)
+            shapes = (X.shape[1], k, (Hp, Wp), kernel_shape)
+            method = choose_method(xp, *shapes, latent=latent)
         self.method = method
         self._engine = None
 
     @property
     def engine(self):
         if self._engine is None:
-            Xp = _pad(self.X, self.padding, self.xp)
+            Xp = pad_zeros(self.X, self.padding, self.xp)
             self._engine = ENGINES[self.method](Xp, self.kernel_shape, self.xp)
         return self._engine
 
     def log_joint(self):
-        xp, M = self.xp, self.kernels
-        bias = -0.5 * xp.sum(M * M, axis=(1, 2, 3)) + self.log_weights
-        return self.engine.correlate(M) + bias[None, :, None, None]
+        return self.engine.log_joint(self.kernels, self.log_weights)
+
+    def readout(self, func):
+        """``func(A, start, stop)`` over the log joint, a few images at a
+        time where the engine can (``Engine.readout``)."""
+        return self.engine.readout(self.kernels, self.log_weights, func)
 
     def log_normalizer(self, A):
         """``logsumexp`` of ``A`` over the latent axes (keepdims)."""
-        return logsumexp(A, axis=_LATENT_AXES[self.latent], keepdims=True)
+        return logsumexp(A, axis=LATENT_AXES[self.latent], keepdims=True)
 
     def log_likelihood(self, log_norm, wide=None):
         """Per-image objective from the normaliser: ``log p(X_n)``, or the
@@ -147,24 +133,16 @@ class _Batch:
         return -0.5 * xp.sum(self.X * self.X, axis=(1, 2, 3)) + const
 
     def patch_sq_norms(self):
-        """``‖x_u‖²`` of every patch, ``(n, Ho, Wo)``, by an integral image.
-
-        Summed in the wide float type: the differences of cumulative sums
-        would lose digits in float32.
-        """
+        """``‖x_u‖²`` of every patch, ``(n, Ho, Wo)``: window sums of the
+        squared pixels (zeros in the padding), as two GEMMs with 0/1 band
+        matrices (sums of positive terms: no cancellation)."""
         xp = self.xp
-        wide = wide_float(xp, self.device)
-        sq = xp.sum(xp.astype(self.X, wide) ** 2, axis=1)  # (n, H, W)
-        Xp = _pad(sq[:, None, ...], self.padding, xp)[:, 0, ...]
-        n, Hp, Wp = Xp.shape
-        kh, kw = self.kernel_shape
-        zeros_row = xp.zeros((n, 1, Wp), dtype=wide, device=self.device)
-        cum = xp.cumulative_sum(xp.concat([zeros_row, Xp], axis=1), axis=1)
-        zeros_col = xp.zeros((n, Hp + 1, 1), dtype=wide, device=self.device)
-        cum = xp.cumulative_sum(xp.concat([zeros_col, cum], axis=2), axis=2)
-        Ho, Wo = Hp - kh + 1, Wp - kw + 1
-        box = cum[:, kh:, kw:] - cum[:, :Ho, kw:] - cum[:, kh:, :Wo] + cum[:, :Ho, :Wo]
-        return xp.astype(xp.maximum(box, xp.zeros_like(box)), self.dtype)
+        sq = xp.sum(self.X * self.X, axis=1)  # (n, H, W)
+        (ph, pw), (kh, kw) = self.padding, self.kernel_shape
+        Hp, Wp = self.padded_shape
+        rows = [(y - ph, y - ph + kh) for y in range(Hp - kh + 1)]
+        cols = [(x - pw, x - pw + kw) for x in range(Wp - kw + 1)]
+        return interval_sums(sq, rows, cols, xp)
 
 
 def log_joint(
@@ -238,7 +216,8 @@ def log_likelihood(
     log_likelihood : array of shape (n_samples,)
     """
     batch = _Batch(X, kernels, log_weights, padding, method, latent)
-    return batch.log_likelihood(batch.log_normalizer(batch.log_joint()))
+    log_norm = batch.readout(lambda A, start, stop: batch.log_normalizer(A))
+    return batch.log_likelihood(log_norm)
 
 
 @dataclass(frozen=True)

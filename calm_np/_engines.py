@@ -17,20 +17,26 @@ subclasses :class:`Engine` and provides
 
 and inherits
 
+    log_joint(kernels, log_weights)
+                        -> (n, k, Ho, Wo)   A = correlate + bias
     statistics(kernels, log_weights, wide, latent, margin)
                         -> (N_k, S_k, log_norm)  one fused E- and M-step
+    readout(kernels, log_weights, func)
+                        -> func(A, start, stop) per group of images, joined
 
 so the EM code never needs to know which one it holds.  Everything in this
 module is generic array-API code: ``statistics`` chains the two
-correlations with a softmax in between (:func:`generic_statistics`).
+correlations with a softmax in between (:func:`generic_statistics`);
+``readout`` hands the whole batch's log joint to ``func``.
 
 The one switch.  :func:`_fast_path` is the only place that decides between
 this generic code and a native one: for NumPy arrays it returns the module
 ``_fused`` (a chunked, threaded E+M pass that never holds more than a few
-images' maps, and its calibrated cost model); ``Engine.statistics`` and
-:func:`choose_method` ask it and nothing else does.  Array-level native
-branches (SciPy's FFT, strided patches, torch's ``unfold``) sit in ``_xp``,
-one function each, and ``_xp.native_paths(False)`` turns all of them off.
+images' maps, and its calibrated cost model); ``Engine.statistics``,
+``Engine.readout`` and :func:`choose_method` ask it and nothing else does.
+Array-level native branches (SciPy's FFT, strided patches, torch's
+``unfold``) sit in ``_xp``, one function each, and
+``_xp.native_paths(False)`` turns all of them off.
 
 Methods.  ``"im2col"``: both steps as GEMMs with the patch matrix.
 ``"fft"``: the Fourier family, correlations as products of spectra; the
@@ -94,6 +100,26 @@ class Engine:
         """``(k, c, kh, kw)``: ``Σ_n Σ_u resp[n, k, u] · x_{n,u}``."""
         raise NotImplementedError
 
+    def log_joint(self, kernels, log_weights):
+        """``A = Xp ⋆ μ_k − ½‖μ_k‖² + log π_k``, ``(n, k, Ho, Wo)``."""
+        xp = self.xp
+        bias = -0.5 * xp.sum(kernels * kernels, axis=(1, 2, 3)) + log_weights
+        return self.correlate(kernels) + bias[None, :, None, None]
+
+    def readout(self, kernels, log_weights, func):
+        """``func(A, start, stop)`` of the log joint ``A`` of images
+        ``[start, stop)``, concatenated along the images.
+
+        ``func`` reduces maps to per-image values (features, normalisers)
+        with namespace code; it may be called on groups of images (NumPy's
+        fast path: a few images' maps at a time, on threads) or once on the
+        whole batch, and must not keep ``A``.
+        """
+        fast = _fast_path(self.xp)
+        if fast is not None and self.n > 0:
+            return fast.readout(self, kernels, log_weights, func)
+        return func(self.log_joint(kernels, log_weights), 0, self.n)
+
     def statistics(self, kernels, log_weights, wide, latent="image", margin=0):
         """``(N_k, S_k, log_norm)`` of the batch under ``kernels`` (E + M step).
 
@@ -125,8 +151,7 @@ LATENT_AXES = {"image": (1, 2, 3), "patch": (1,)}
 def generic_statistics(engine, kernels, log_weights, wide, latent="image", margin=0):
     """:meth:`Engine.statistics` on any namespace: E-step, softmax, M-step."""
     xp = engine.xp
-    bias = -0.5 * xp.sum(kernels * kernels, axis=(1, 2, 3)) + log_weights
-    A = engine.correlate(kernels) + bias[None, :, None, None]
+    A = engine.log_joint(kernels, log_weights)
     log_norm = logsumexp(A, axis=LATENT_AXES[latent], keepdims=True)
     resp = xp.exp(A - log_norm)
     counts = xp.sum(xp.astype(xp.sum(resp, axis=(2, 3)), wide), axis=0)
@@ -243,7 +268,9 @@ def cost(method, n_channels, n_kernels, padded_shape, kernel_shape):
     return FFT_FLOP_WEIGHT * (transforms + products)
 
 
-def choose_method(xp, n_channels, n_kernels, padded_shape, kernel_shape):
+def choose_method(
+    xp, n_channels, n_kernels, padded_shape, kernel_shape, latent="image"
+):
     """What ``method="auto"`` runs: the engine modelled cheaper for the shapes.
 
     * a namespace without the ``fft`` extension (e.g. array-api-strict
@@ -258,6 +285,7 @@ def choose_method(xp, n_channels, n_kernels, padded_shape, kernel_shape):
         return "im2col"
     fast = _fast_path(xp)
     if fast is not None:
-        return fast.choose_method(n_channels, n_kernels, padded_shape, kernel_shape)
+        args = (n_channels, n_kernels, padded_shape, kernel_shape, latent)
+        return fast.choose_method(*args)
     args = (n_channels, n_kernels, padded_shape, kernel_shape)
     return "fft" if cost("fft", *args) < cost("im2col", *args) else "im2col"

@@ -6,7 +6,9 @@ module provides what the switch needs and nothing generic:
     statistics(engine, kernels, log_weights, wide, latent, margin)
                                         -> (N_k, S_k, log_norm)
         ``Engine.statistics`` for NumPy, by the plan ``PLANS[engine.name]``
-    choose_method(n_channels, n_kernels, padded_shape, kernel_shape)
+    readout(engine, kernels, log_weights, func)
+        ``Engine.readout`` for NumPy: ``func`` of each chunk's log joint
+    choose_method(n_channels, n_kernels, padded_shape, kernel_shape, latent)
         ``method="auto"`` on NumPy, by a timing model of the two plans
 
 A plan (:class:`_Im2colPlan`, :class:`_RowDFT`) is built for a batch's
@@ -14,10 +16,13 @@ shapes, a ``latent`` and a ``margin``; it has ``chunk_size``,
 ``prepare(M, bias)`` (kernel-side work, once per pass),
 ``new_accumulator()``, ``chunk(Xc, prepared, acc)`` (the E- and M-step of a
 few images, returning their log normalisers: one per image, or one per
-position for ``latent="patch"``) and ``finish(accs, wide)``.  The latent
-only changes the softmax between the steps (over ``(k, u)`` per image, or
-over ``k`` per position); a margin only widens the M-step's windows (a
-second patch matrix, or row spectra of images padded by the margin).
+position for ``latent="patch"``) and ``finish(accs, wide)``; for readouts,
+``e_step(Xc, prepared, buffers)`` (the log joint in the plan's layout, and
+what the M-step reuses) and ``maps(A, m, buffers)`` (that log joint as
+(m, k, Ho, Wo)).  The latent only changes the softmax between the steps
+(over ``(k, u)`` per image, or over ``k`` per position); a margin only
+widens the M-step's windows (a second patch matrix, or row spectra of
+images padded by the margin).
 
 One EM pass over a batch is E-step GEMM -> softmax -> M-step GEMM.  Done on
 whole-batch arrays (the generic path) it streams the (n, k, Ho, Wo) maps
@@ -182,6 +187,18 @@ def _softmax_over_kernels(maps, axis, np):
     return np.squeeze(mx + np.log(Z), axis=axis)
 
 
+def _plan(engine, kernels, log_weights, latent="image", margin=0):
+    """``(Xp, plan, prepared)``: NumPy images and a prepared plan for them."""
+    import numpy as np
+
+    Xp = np.asarray(engine.Xp)
+    M = np.asarray(kernels)
+    dtype = M.dtype
+    bias = -0.5 * np.sum(M * M, axis=(1, 2, 3), dtype=dtype) + np.asarray(log_weights)
+    plan = PLANS[engine.name](Xp.shape, M.shape, dtype, latent, margin)
+    return Xp, plan, plan.prepare(M, bias)
+
+
 def statistics(engine, kernels, log_weights, wide, latent="image", margin=0):
     """``Engine.statistics`` on NumPy: the fused, chunked, threaded pass.
 
@@ -191,12 +208,8 @@ def statistics(engine, kernels, log_weights, wide, latent="image", margin=0):
     """
     import numpy as np
 
-    Xp = np.asarray(engine.Xp)
-    M = np.asarray(kernels)
-    dtype = M.dtype
-    bias = -0.5 * np.sum(M * M, axis=(1, 2, 3), dtype=dtype) + np.asarray(log_weights)
-    plan = PLANS[engine.name](Xp.shape, M.shape, dtype, latent, margin)
-    prepared = plan.prepare(M, bias)
+    Xp, plan, prepared = _plan(engine, kernels, log_weights, latent, margin)
+    dtype = plan.dtype
     n = Xp.shape[0]
     per_image = (plan.Ho, plan.Wo) if latent == "patch" else (1, 1)
     log_norm = np.empty((n, 1, *per_image), dtype=dtype)
@@ -209,6 +222,29 @@ def statistics(engine, kernels, log_weights, wide, latent="image", margin=0):
     accs = _parallel_chunks(n, plan.chunk_size, work, plan.new_accumulator)
     counts, sums = plan.finish(accs, wide)
     return counts, sums, log_norm
+
+
+def readout(engine, kernels, log_weights, func):
+    """``Engine.readout`` on NumPy: ``func(A, start, stop)`` per chunk, threaded.
+
+    ``A`` is the chunk's log joint (m, k, Ho, Wo), a scratch array that the
+    next chunk overwrites; the results are concatenated in image order.
+    Only a few images' maps exist at a time.
+    """
+    import numpy as np
+
+    Xp, plan, prepared = _plan(engine, kernels, log_weights)
+    results = {}
+
+    def work(start, stop, buffers):
+        A, _ = plan.e_step(Xp[start:stop], prepared, buffers)
+        maps = plan.maps(A, stop - start, buffers)
+        results[start] = func(maps, start, stop)
+
+    _parallel_chunks(
+        Xp.shape[0], plan.chunk_size, work, lambda: _Buffers(plan.dtype)
+    )
+    return np.concatenate([results[s] for s in sorted(results)], axis=0)
 
 
 class _Buffers:
@@ -288,16 +324,28 @@ class _Im2colPlan:
         P[...] = view.transpose(1, 4, 5, 0, 2, 3)
         return P.reshape(-1, m * self.L)
 
-    def chunk(self, Xc, prepared, acc):
+    def e_step(self, Xc, prepared, buffers):
+        """Log joint ``(k, m·L)`` of a chunk, and its patch matrix."""
         import numpy as np
 
         Mf, bias = prepared
+        P = self.patches(Xc, (self.kh, self.kw), buffers, "P")
+        A = np.matmul(Mf, P, out=buffers.get("A", (self.k, Xc.shape[0] * self.L)))
+        A += bias[:, None]
+        return A, P
+
+    def maps(self, A, m, buffers):
+        out = buffers.get("maps", (m, self.k, self.Ho, self.Wo))
+        out[...] = A.reshape(self.k, m, self.Ho, self.Wo).transpose(1, 0, 2, 3)
+        return out
+
+    def chunk(self, Xc, prepared, acc):
+        import numpy as np
+
         buffers = acc["buffers"]
         m = Xc.shape[0]
         L, k, q = self.L, self.k, self.margin
-        P = self.patches(Xc, (self.kh, self.kw), buffers, "P")
-        A = np.matmul(Mf, P, out=buffers.get("A", (k, m * L)))
-        A += bias[:, None]
+        A, P = self.e_step(Xc, prepared, buffers)
         A3 = A.reshape(k, m, L)
         if self.latent == "patch":
             log_norm = _softmax_over_kernels(A3, 0, np)  # (m, L)
@@ -437,12 +485,13 @@ class _RowDFT:
             "buffers": _Buffers(self.dtype),
         }
 
-    def chunk(self, Xc, prepared, acc):
+    def e_step(self, Xc, prepared, buffers):
+        """Log joint ``(Wo, k·m·Ho)`` of a chunk, with the Toeplitz matrix and
+        the products' buffer (the M-step reuses both)."""
         import numpy as np
         from numpy.lib.stride_tricks import sliding_window_view
 
-        Mblk, dc, dead, inv2, fwd2, fwdx = prepared
-        buffers = acc["buffers"]
+        Mblk, dc, dead, inv2, _, fwdx = prepared
         m, q = Xc.shape[0], self.margin
         ns, k, c, kh, Ho, Wo = self.ns, self.k, self.c, self.rows, self.Ho, self.Wo
         n_col = m * Ho
@@ -467,6 +516,23 @@ class _RowDFT:
         )
         if dead is not None:
             A.reshape(Wo, k, n_col)[:, dead] = -np.inf
+        return A, (T, E)
+
+    def maps(self, A, m, buffers):
+        Ho, Wo = self.Ho, self.Wo
+        out = buffers.get("maps", (m, self.k, Ho, Wo))
+        out[...] = A.reshape(Wo, self.k, m, Ho).transpose(2, 1, 3, 0)
+        return out
+
+    def chunk(self, Xc, prepared, acc):
+        import numpy as np
+
+        fwd2 = prepared[4]
+        buffers = acc["buffers"]
+        m = Xc.shape[0]
+        ns, k, c, kh, Ho, Wo = self.ns, self.k, self.c, self.rows, self.Ho, self.Wo
+        n_col = m * Ho
+        A, (T, E) = self.e_step(Xc, prepared, buffers)
         if self.latent == "patch":
             A3 = A.reshape(Wo, k, n_col)
             log_norm = _softmax_over_kernels(A3, 1, np)  # (Wo, m·Ho)
@@ -519,53 +585,63 @@ PLANS = {"im2col": _Im2colPlan, "fft": _RowDFT}
 # ratios matter.  Fitted to ``benchmarks/engine_choice.py --save`` timings of
 # 104 shapes (least squares, then a search maximising the shapes where the
 # pick is within 10 % of the faster engine); ``--fit`` refits them.
-_FEATURES = ("gemm", "dft", "map", "copy", "image")
+_FEATURES = ("gemm", "dft", "map", "copy", "image", "pmap", "pixel")
 _SPEED = {
     "gemm": 4.1e10,
     "dft": 1.8e10,
     "map": 4.5e8,
     "copy": 5.3e8,
     "image": 8e4,
+    "pmap": 4.5e8,
+    "pixel": 1e8,
 }
 
 
-def _fused_features(kind, image_shape, kernel_shape):
+def _fused_features(kind, image_shape, kernel_shape, latent="image"):
     """Per-image operation counts of a fused path (``kind``: 'im2col' or
-    'rowdft') for images ``(n, c, Hp, Wp)`` and kernels ``(k, c, kh, kw)``."""
+    'rowdft') for images ``(n, c, Hp, Wp)`` and kernels ``(k, c, kh, kw)``.
+
+    ``latent="patch"`` adds the per-position softmax's passes over the maps
+    (``"pmap"``) and the patch norms' integral image (``"pixel"``)."""
     _, c, Hp, Wp = image_shape
     k, _, kh, kw = kernel_shape
     Ho, Wo = Hp - kh + 1, Wp - kw + 1
     maps = k * Ho * Wo
     if kind == "im2col":
         D = c * kh * kw
-        return {
+        f = {
             "gemm": 4.0 * k * D * Ho * Wo,
             "map": maps,
             "copy": D * Ho * Wo,
             "image": 1.0,
         }
-    if kind == "rowdft":
+    elif kind == "rowdft":
         ns = (Wp + 1) // 2
-        return {
+        f = {
             "gemm": 16.0 * ns * k * c * kh * Ho,  # E and M products, re/im
             "dft": 8.0 * ns * Wo * k * Ho,  # the maps' row transforms
             "map": maps,
             "copy": 2.0 * ns * c * kh * Ho,  # Toeplitz matrix
             "image": 1.0,
         }
-    raise ValueError(kind)
+    else:
+        raise ValueError(kind)
+    if latent == "patch":
+        f["pmap"] = maps
+        f["pixel"] = c * Hp * Wp
+    return f
 
 
-def _fused_cost(kind, image_shape, kernel_shape):
+def _fused_cost(kind, image_shape, kernel_shape, latent="image"):
     """Modelled seconds per image of a fused path."""
-    f = _fused_features(kind, image_shape, kernel_shape)
+    f = _fused_features(kind, image_shape, kernel_shape, latent)
     return sum(v / _SPEED[name] for name, v in f.items())
 
 
-def choose_method(n_channels, n_kernels, padded_shape, kernel_shape):
+def choose_method(n_channels, n_kernels, padded_shape, kernel_shape, latent="image"):
     """``"fft"`` (the row-DFT plan) or ``"im2col"``, whichever
-    :func:`_fused_cost` models faster per image."""
+    :func:`_fused_cost` models faster per image for the latent."""
     image = (1, n_channels) + tuple(padded_shape)
     kernels = (n_kernels, n_channels) + tuple(kernel_shape)
-    fft = _fused_cost("rowdft", image, kernels)
-    return "fft" if fft < _fused_cost("im2col", image, kernels) else "im2col"
+    fft = _fused_cost("rowdft", image, kernels, latent)
+    return "fft" if fft < _fused_cost("im2col", image, kernels, latent) else "im2col"

@@ -13,9 +13,8 @@ import numpy as np
 
 from . import _checks
 from ._checks import INITS  # noqa: F401  (the CLI reads _init.INITS)
-from ._em import _pad
 from ._engines import Im2col
-from ._xp import device_of, to_numpy
+from ._xp import device_of, pad_zeros, to_numpy
 
 
 def check_random_state(seed):
@@ -50,7 +49,7 @@ def sample_images(source, n_images, rng):
 def sample_patches(images, padding, kernel_shape, n_patches, rng, xp, dtype):
     """``n_patches`` random patches ``(p, c, kh, kw)`` of the padded images."""
     images = xp.astype(images, dtype)
-    Xp = _pad(images, padding, xp)
+    Xp = pad_zeros(images, padding, xp)
     m, c, Hp, Wp = Xp.shape
     kh, kw = kernel_shape
     which = rng.randint(m, size=n_patches)
@@ -132,7 +131,7 @@ def similarity(kernels, max_shift, xp):
     k = kernels.shape[0]
     kh, kw = kernels.shape[2:]
     sh, sw = min(max_shift, kh - 1), min(max_shift, kw - 1)
-    engine = Im2col(_pad(kernels, (sh, sw), xp), (kh, kw), xp)
+    engine = Im2col(pad_zeros(kernels, (sh, sw), xp), (kh, kw), xp)
     corr = xp.max(xp.reshape(engine.correlate(kernels), (k, k, -1)), axis=2)
     norms = xp.sqrt(xp.sum(kernels * kernels, axis=(1, 2, 3)))
     denom = norms[:, None] * norms[None, :]

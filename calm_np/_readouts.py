@@ -8,7 +8,9 @@ A fitted model is read out per batch of images from the log joint
     features="posterior"      that mass
     features="triangle"       Coates et al.'s triangle activation, summed
 
-:func:`pooled_features` does this for any ``X, kernels, log_weights``;
+:func:`pooled_features` does this for any ``X, kernels, log_weights``, a
+few images' maps at a time where the engine can (``Engine.readout``: NumPy's
+fused E-step, chunked and threaded), so memory stays bounded by the batch;
 :func:`bind` fixes fitted kernels and weights into a picklable per-batch
 function, which is what ``ConvolutionalMixture.transform`` and
 ``score_samples`` hand to their ``ImageSource`` (a loop over batches, or a
@@ -21,8 +23,8 @@ import functools
 
 from . import _checks
 from ._checks import FEATURES
-from ._em import _Batch, log_joint
-from ._xp import get_namespace, logsumexp
+from ._em import _Batch
+from ._xp import get_namespace, interval_sums, logsumexp, relu
 
 __all__ = ["FEATURES", "bind", "pooled_features"]
 
@@ -44,18 +46,26 @@ def pooled_features(
     (one of ``FEATURES``) and ``pooling`` (an int or a pair: the grid of
     cells).  ``latent`` sets what the posterior is normalised over.
     """
-    xp = get_namespace(X)[0]
-    A = log_joint(X, kernels, log_weights=log_weights, padding=padding, method=method)
+    batch = _Batch(X, kernels, log_weights, padding, method, latent)
+    xp, log_w = batch.xp, batch.log_weights
     grid = _checks.check_padding(pooling)
-    if features == "log_joint":
-        return pool(A, grid, xp)
-    if features == "triangle":
-        act = triangle(X, A, kernels, log_weights, padding, method, xp)
-        return pool(act, grid, xp, reduce=xp.sum)
-    # log of the posterior mass in each (kernel, cell) under the latent
-    axes = (1, 2, 3) if latent == "image" else (1,)
-    log_post = pool(A - logsumexp(A, axis=axes, keepdims=True), grid, xp)
-    return log_post if features == "log_posterior" else xp.exp(log_post)
+    sq_norms = batch.patch_sq_norms() if features == "triangle" else None
+
+    def read(A, start, stop):
+        if features == "log_joint":
+            return pool(A, grid, xp)
+        if features == "triangle":
+            act = triangle(A, sq_norms[start:stop, ...], log_w, xp)
+            return pool(act, grid, xp, reduce="sum")
+        # log of the posterior mass in each (kernel, cell) under the latent
+        if latent == "image":  # the normaliser is the logsumexp of the cells'
+            log_post = pool(A, grid, xp)
+            log_post = log_post - logsumexp(log_post, axis=1, keepdims=True)
+        else:
+            log_post = pool(A - batch.log_normalizer(A), grid, xp)
+        return log_post if features == "log_posterior" else xp.exp(log_post)
+
+    return batch.readout(read)
 
 
 def bind(func, kernels, weights, **options):
@@ -77,47 +87,65 @@ def _apply_bound(func, kernels, weights, options, batch):
     return func(batch, kernels, log_weights=log_w, **options)
 
 
-def triangle(X, A, kernels, log_w, padding, method, xp):
+def triangle(A, sq_norms, log_w, xp):
     """Triangle activation ``max(0, mean_j z[j,u] − z[k,u])``, ``(n, k, Ho, Wo)``.
 
     ``z[k, u] = ‖x_u − μ_k‖`` comes from the log joint,
     ``‖x_u − μ_k‖² = ‖x_u‖² − 2 (A[k, u] − log π_k)``, with the patch norms
-    ``‖x_u‖²`` from an integral image of ``X²`` (as for ``latent="patch"``).
+    ``sq_norms = ‖x_u‖²`` (n, Ho, Wo) from an integral image of ``X²``
+    (``_Batch.patch_sq_norms``, as for ``latent="patch"``).
     Coates, Lee & Ng (2011) use it on k-means centroids: a
     kernel is active where the patch is closer to it than to the average
     kernel, which makes the code sparse and competitive across kernels.
     """
-    sq_norms = _Batch(X, kernels, log_w, padding, method).patch_sq_norms()
-    sq_norms = sq_norms[:, None, ...]
-    dist2 = sq_norms - 2.0 * (A - xp.reshape(log_w, (1, -1, 1, 1)))
-    dist = xp.sqrt(xp.maximum(dist2, xp.zeros_like(dist2)))
-    act = xp.mean(dist, axis=1, keepdims=True) - dist
-    return xp.maximum(act, xp.zeros_like(act))
+    A *= -2.0  # A is scratch: overwritten with dist², dist, activations
+    A += xp.reshape(2.0 * log_w, (1, -1, 1, 1))
+    A += sq_norms[:, None, ...]
+    dist = xp.sqrt(relu(A, xp))
+    dist -= xp.mean(dist, axis=1, keepdims=True)
+    dist *= -1.0
+    return relu(dist, xp)
 
 
-def pool(A, grid, xp, reduce=None):
-    """logsumexp of ``A (n, k, Ho, Wo)`` over a grid of cells → (n, k·gh·gw).
+def _edges(L, g):
+    """Cell ``i`` of ``g`` along an axis of ``L`` positions: ``[start, stop)``."""
+    starts = [min(i * L // g, L - 1) for i in range(g)]
+    return [(a, max((i + 1) * L // g, a + 1)) for i, a in enumerate(starts)]
 
-    ``reduce(a, axis=(2, 3))`` replaces the logsumexp when given (the sum
-    for ``features="triangle"``).
+
+def pool(A, grid, xp, reduce="logsumexp"):
+    """logsumexp (or, ``reduce="sum"``, the sum) of ``A (n, k, Ho, Wo)`` over
+    a grid of cells → (n, k·gh·gw); ``A`` is overwritten.
 
     Cell ``i`` of ``g`` along an axis of ``L`` positions spans
     ``[i·L // g, max((i+1)·L // g, i·L // g + 1))``: every cell holds at least
     one position, so the feature count never depends on the image size.
+    The logsumexp shifts each cell by its own maximum, then sums the
+    exponentials with ``interval_sums`` (cells overlap only when there are
+    more of them than positions: then one sum per cell).
     """
     n, k, Ho, Wo = A.shape
     gh, gw = grid
-    reduce = logsumexp if reduce is None else reduce
-    if (gh, gw) == (1, 1):
-        return reduce(A, axis=(2, 3))
-
-    def edges(L, g):
-        starts = [min(i * L // g, L - 1) for i in range(g)]
-        return [(a, max((i + 1) * L // g, a + 1)) for i, a in enumerate(starts)]
-
-    cells = [
-        reduce(A[:, :, y0:y1, x0:x1], axis=(2, 3))
-        for y0, y1 in edges(Ho, gh)
-        for x0, x1 in edges(Wo, gw)
-    ]
-    return xp.reshape(xp.stack(cells, axis=2), (n, k * gh * gw))
+    if reduce == "sum":
+        sums = interval_sums(A, _edges(Ho, gh), _edges(Wo, gw), xp)
+        return xp.reshape(sums, (n, k * gh * gw))
+    cells = [(y0, y1, x0, x1) for y0, y1 in _edges(Ho, gh) for x0, x1 in _edges(Wo, gw)]
+    cmax = [xp.max(A[:, :, y0:y1, x0:x1], axis=(2, 3)) for y0, y1, x0, x1 in cells]
+    cmax = xp.stack(cmax, axis=2)  # (n, k, gh·gw)
+    cmax = xp.where(xp.isfinite(cmax), cmax, xp.zeros_like(cmax))
+    if gh > Ho or gw > Wo:
+        S = [
+            xp.sum(
+                xp.exp(A[:, :, y0:y1, x0:x1] - cmax[:, :, i, None, None]), axis=(2, 3)
+            )
+            for i, (y0, y1, x0, x1) in enumerate(cells)
+        ]
+        S = xp.stack(S, axis=2)
+    else:
+        for i, (y0, y1, x0, x1) in enumerate(cells):
+            A[:, :, y0:y1, x0:x1] = A[:, :, y0:y1, x0:x1] - cmax[:, :, i, None, None]
+        S = interval_sums(xp.exp(A), _edges(Ho, gh), _edges(Wo, gw), xp)
+        S = xp.reshape(S, (n, k, gh * gw))
+    # log 0 = -inf for cells of a dead kernel, without a warning
+    log_S = xp.where(S > 0, xp.log(xp.where(S > 0, S, xp.ones_like(S))), -xp.inf)
+    return xp.reshape(log_S + cmax, (n, k * gh * gw))

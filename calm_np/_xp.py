@@ -37,6 +37,8 @@ __all__ = [
     "logsumexp",
     "next_fast_len",
     "pad_zeros",
+    "interval_sums",
+    "relu",
     "rfft2",
     "irfft2",
     "to_numpy",
@@ -234,6 +236,41 @@ def pad_zeros(X, padding, xp):
         top = xp.zeros((n, c, ph, W + 2 * pw), **kw)
         X = xp.concat([top, X, top], axis=2)
     return X
+
+
+def _intervals(L, bounds, like, xp):
+    """``(L, g)`` 0/1 matrix: position ``u`` lies in ``[start_i, stop_i)``."""
+    device = device_of(like)
+    u = xp.reshape(xp.arange(L, device=device), (L, 1))
+    lo, hi = (xp.asarray(v, device=device) for v in zip(*bounds, strict=True))
+    return xp.astype((u >= lo) & (u < hi), like.dtype)
+
+
+def interval_sums(Y, rows, cols, xp):
+    """Sums of ``Y (…, H, W)`` over boxes ``rows[i] × cols[j]`` -> (…, gh, gw).
+
+    ``rows``/``cols`` are lists of ``(start, stop)`` along H/W (they may
+    overlap or reach outside ``[0, H)``: out-of-range positions count as
+    zeros).  Two 2-D GEMMs with 0/1 matrices, one read of ``Y``, on any
+    namespace: pooling cells, and the window sums of patch norms.
+    """
+    *lead, H, W = Y.shape
+    B = math.prod(lead)
+    gh, gw = len(rows), len(cols)
+    S = xp.reshape(Y, (B * H, W)) @ _intervals(W, cols, Y, xp)
+    S = xp.permute_dims(xp.reshape(S, (B, H, gw)), (0, 2, 1))
+    S = xp.reshape(S, (B * gw, H)) @ _intervals(H, rows, Y, xp)
+    return xp.permute_dims(xp.reshape(S, (*lead, gw, gh)), (*range(len(lead)), -1, -2))
+
+
+def relu(x, xp):
+    """``max(x, 0)``: in place on NumPy (``x`` is scratch), a new array
+    elsewhere."""
+    if use_native(xp) == "numpy":
+        import numpy as np
+
+        return np.maximum(x, 0, out=x)
+    return xp.where(x > 0, x, xp.zeros_like(x))
 
 
 def flush_threshold(dtype):

@@ -268,3 +268,98 @@ def test_one_switch_decides_native_or_generic(monkeypatch):
     assert _engines.choose_method(np, 1, 4, (9, 9), (3, 3)) == "fused"
     with native_paths(False):
         assert _engines.choose_method(np, 1, 4, (9, 9), (3, 3)) != "fused"
+
+
+@given(
+    p=problems(max_n=5, max_k=4, max_hw=9, max_kernel=5),
+    method=st.sampled_from(["im2col", "fft"]),
+    latent=st.sampled_from(["image", "patch"]),
+    features=st.sampled_from(["log_joint", "log_posterior", "posterior", "triangle"]),
+    pooling=st.tuples(st.integers(1, 4), st.integers(1, 4)),
+)
+def test_fused_readouts_match_generic(p, method, latent, features, pooling):
+    # the chunked E-step readout (features, pooling, log-likelihood) equals
+    # the whole-batch generic one to 1e-10 in float64
+    from calm_np import _readouts
+
+    X, M, log_w = make_data(p)
+    log_w = np.log(np.full(p["k"], 1.0 / p["k"])) if log_w is None else log_w
+    kw = dict(log_weights=log_w, padding=p["padding"], method=method, latent=latent)
+    fused = _readouts.pooled_features(X, M, features=features, pooling=pooling, **kw)
+    score = _em.log_likelihood(X, M, **kw)
+    with native_paths(False):
+        generic = _readouts.pooled_features(
+            X, M, features=features, pooling=pooling, **kw
+        )
+        generic_score = _em.log_likelihood(X, M, **kw)
+    for a, b in ((fused, generic), (score, generic_score)):
+        assert a.shape == b.shape
+        finite = np.isfinite(b)
+        np.testing.assert_array_equal(np.isfinite(a), finite)
+        scale = max(np.max(np.abs(b[finite]), initial=0.0), 1e-300)
+        np.testing.assert_allclose(a[finite], b[finite], rtol=0, atol=1e-10 * scale)
+
+
+@pytest.mark.parametrize("features", ["log_joint", "posterior", "triangle"])
+def test_fused_readout_holds_a_few_images_maps(features, monkeypatch):
+    # many chunks on two threads: results in image order, and no call of the
+    # readout sees more than one chunk's maps
+    from calm_np import _readouts
+
+    monkeypatch.setenv("CALM_NP_NUM_THREADS", "2")
+
+    def init(self, *args, _original=_fused._Im2colPlan.__init__):
+        _original(self, *args)
+        self.chunk_size = 5
+
+    monkeypatch.setattr(_fused._Im2colPlan, "__init__", init)
+    seen = []
+    original_pool = _readouts.pool
+
+    def pool(A, *args, **kwargs):
+        seen.append(A.shape[0])
+        return original_pool(A, *args, **kwargs)
+
+    monkeypatch.setattr(_readouts, "pool", pool)
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((53, 1, 10, 10))
+    M = rng.standard_normal((4, 1, 3, 3))
+    opts = dict(method="im2col", features=features, pooling=2)
+    fused = _readouts.pooled_features(X, M, **opts)
+    assert max(seen) == 5 and sum(seen) == 53
+    with native_paths(False):
+        generic = _readouts.pooled_features(X, M, **opts)
+    np.testing.assert_allclose(fused, generic, rtol=1e-12, atol=1e-12)
+
+
+@given(
+    shape=st.tuples(
+        st.integers(1, 3), st.integers(1, 3), st.integers(1, 8), st.integers(1, 8)
+    ),
+    grid=st.tuples(st.integers(1, 5), st.integers(1, 5)),
+    spread=st.sampled_from([1.0, 300.0]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_pool_equals_a_logsumexp_and_a_sum_per_cell(shape, grid, spread, seed):
+    # shifted per cell, summed by GEMMs: the same as each cell's own
+    # logsumexp (spread 300: cells far below the map's maximum stay finite)
+    from scipy.special import logsumexp as lse
+
+    from calm_np import _readouts
+
+    rng = np.random.default_rng(seed)
+    A = spread * rng.standard_normal(shape)
+    A[:, 0] = -np.inf if shape[1] > 1 else A[:, 0]  # a dead kernel
+    n, k, Ho, Wo = shape
+    cells = [
+        (y0, y1, x0, x1)
+        for y0, y1 in _readouts._edges(Ho, grid[0])
+        for x0, x1 in _readouts._edges(Wo, grid[1])
+    ]
+    finite = np.where(np.isfinite(A), A, 0)  # sums of activations are finite
+    for reduce, oracle, maps in (("logsumexp", lse, A), ("sum", np.sum, finite)):
+        want = np.stack(
+            [oracle(maps[:, :, a:b, c:d], axis=(2, 3)) for a, b, c, d in cells], axis=2
+        ).reshape(n, -1)
+        got = _readouts.pool(maps.copy(), grid, np, reduce=reduce)
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * spread)
