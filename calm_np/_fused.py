@@ -55,13 +55,13 @@ README.)
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import os
 import threading
 
-from ._xp import flush_threshold
+from ._xp import _BLAS, flush_threshold  # noqa: F401  (tests reach _BLAS here)
+from ._xp import single_threaded_blas as _single_threaded_blas
 
 
 def _n_threads():
@@ -73,41 +73,6 @@ def _n_threads():
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - macOS, Windows
         return max(1, os.cpu_count() or 1)
-
-
-_BLAS = {"lock": threading.Lock(), "depth": 0, "limit": None, "controller": None}
-
-
-@contextlib.contextmanager
-def _single_threaded_blas():
-    """Limit BLAS to one thread while any fused pass runs; yields success.
-
-    Reference-counted, so concurrent calls (Dask threads) restore the
-    original setting only when the last one leaves.
-    """
-    state = _BLAS
-    with state["lock"]:
-        if state["controller"] is None:
-            try:
-                from threadpoolctl import ThreadpoolController
-            except ImportError:
-                state["controller"] = False
-            else:
-                state["controller"] = ThreadpoolController()
-        ok = state["controller"] is not False
-        if ok:
-            if state["depth"] == 0:
-                state["limit"] = state["controller"].limit(limits=1, user_api="blas")
-            state["depth"] += 1
-    try:
-        yield ok
-    finally:
-        if ok:
-            with state["lock"]:
-                state["depth"] -= 1
-                if state["depth"] == 0:
-                    state["limit"].restore_original_limits()
-                    state["limit"] = None
 
 
 _POOL = {"lock": threading.Lock(), "executor": None, "size": 0}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 
 import array_api_compat
 from array_api_compat import (
@@ -39,6 +40,7 @@ __all__ = [
     "pad_zeros",
     "interval_sums",
     "relu",
+    "single_threaded_blas",
     "rfft2",
     "irfft2",
     "to_numpy",
@@ -238,6 +240,46 @@ def pad_zeros(X, padding, xp):
     return X
 
 
+_BLAS = {"lock": threading.Lock(), "depth": 0, "limit": None, "controller": None}
+
+
+@contextlib.contextmanager
+def single_threaded_blas():
+    """NumPy: limit BLAS to one thread while any caller is inside; yields
+    success (threadpoolctl installed).
+
+    The fused pass runs one BLAS call per worker thread; small or skinny
+    GEMMs (cell and window sums) run far faster on one thread than on
+    OpenBLAS's spinning pool on a busy machine.
+
+    Reference-counted, so concurrent calls (Dask threads) restore the
+    original setting only when the last one leaves.
+    """
+    state = _BLAS
+    with state["lock"]:
+        if state["controller"] is None:
+            try:
+                from threadpoolctl import ThreadpoolController
+            except ImportError:
+                state["controller"] = False
+            else:
+                state["controller"] = ThreadpoolController()
+        ok = state["controller"] is not False
+        if ok:
+            if state["depth"] == 0:
+                state["limit"] = state["controller"].limit(limits=1, user_api="blas")
+            state["depth"] += 1
+    try:
+        yield ok
+    finally:
+        if ok:
+            with state["lock"]:
+                state["depth"] -= 1
+                if state["depth"] == 0:
+                    state["limit"].restore_original_limits()
+                    state["limit"] = None
+
+
 def _intervals(L, bounds, like, xp):
     """``(L, g)`` 0/1 matrix: position ``u`` lies in ``[start_i, stop_i)``."""
     device = device_of(like)
@@ -254,6 +296,13 @@ def interval_sums(Y, rows, cols, xp):
     zeros).  Two 2-D GEMMs with 0/1 matrices, one read of ``Y``, on any
     namespace: pooling cells, and the window sums of patch norms.
     """
+    if use_native(xp) == "numpy":
+        with single_threaded_blas():
+            return _interval_sums(Y, rows, cols, xp)
+    return _interval_sums(Y, rows, cols, xp)
+
+
+def _interval_sums(Y, rows, cols, xp):
     *lead, H, W = Y.shape
     B = math.prod(lead)
     gh, gw = len(rows), len(cols)
