@@ -546,10 +546,13 @@ PLANS = {"im2col": _Im2colPlan, "fft": _RowDFT}
 # second, 2 threads on a busy 2-core AMD EPYC with AVX-512): GEMM flops of
 # the products, flops of the skinny DFT-by-GEMM row transforms (inner
 # dimensions of 13 to 98: far slower per flop), softmax map entries, copied
-# entries (patches, Toeplitz) and images (per-image overhead).  Only their
-# ratios matter.  Fitted to ``benchmarks/engine_choice.py --save`` timings of
-# 104 shapes (least squares, then a search maximising the shapes where the
-# pick is within 10 % of the faster engine); ``--fit`` refits them.
+# entries (patches, Toeplitz), images (per-image overhead), and for
+# ``latent="patch"`` the per-position softmax's map entries and the patch
+# norms' pixels.  Only their ratios matter.  Fitted to
+# ``benchmarks/engine_choice.py --save`` timings of 104 shapes × 2 latents
+# (least squares, then a search maximising the (shape, latent) pairs where
+# the pick is within 10 % of the faster engine: 200 of 208); ``--fit``
+# refits them.
 _FEATURES = ("gemm", "dft", "map", "copy", "image", "pmap", "pixel")
 _SPEED = {
     "gemm": 4.1e10,

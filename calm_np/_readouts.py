@@ -147,5 +147,7 @@ def pool(A, grid, xp, reduce="logsumexp"):
         S = interval_sums(xp.exp(A), _edges(Ho, gh), _edges(Wo, gw), xp)
         S = xp.reshape(S, (n, k, gh * gw))
     # log 0 = -inf for cells of a dead kernel, without a warning
-    log_S = xp.where(S > 0, xp.log(xp.where(S > 0, S, xp.ones_like(S))), -xp.inf)
+    positive = S > 0
+    log_S = xp.log(xp.where(positive, S, xp.ones_like(S)))
+    log_S = xp.where(positive, log_S, xp.full_like(S, -xp.inf))
     return xp.reshape(log_S + cmax, (n, k * gh * gw))

@@ -309,7 +309,8 @@ def _interval_sums(Y, rows, cols, xp):
     S = xp.reshape(Y, (B * H, W)) @ _intervals(W, cols, Y, xp)
     S = xp.permute_dims(xp.reshape(S, (B, H, gw)), (0, 2, 1))
     S = xp.reshape(S, (B * gw, H)) @ _intervals(H, rows, Y, xp)
-    return xp.permute_dims(xp.reshape(S, (*lead, gw, gh)), (*range(len(lead)), -1, -2))
+    nd = len(lead)
+    return xp.permute_dims(xp.reshape(S, (*lead, gw, gh)), (*range(nd), nd + 1, nd))
 
 
 def relu(x, xp):
