@@ -2,8 +2,9 @@
 
 Every row turns each image into a feature vector, standardizes the features
 (statistics of the training set) and fits the same multinomial logistic
-regression (scikit-learn, lbfgs, C=1, max_iter=1000) on the training images;
-the number is its accuracy on the test images.
+regression (``calm_np.evaluation.linear_probe``: scikit-learn's objective with
+C=1, L-BFGS to tol 1e-4) on the training images; the number is its accuracy
+on the test images.
 
 Rows:
 

@@ -13,8 +13,8 @@ Errors a user can make (a missing data folder, a bad option value, no GPU for
 ``--backend cupy``) end with one line on stderr and a non-zero exit status;
 ``CALM_NP_DEBUG=1`` shows the traceback instead.
 
-matplotlib (figures) and scikit-learn (bundled data, the linear probe) are
-imported when needed: ``pip install "calm_np[examples]"``.
+matplotlib (figures) and scikit-learn (the bundled digits) are imported
+when needed: ``pip install "calm_np[examples]"``.
 """
 
 from __future__ import annotations
@@ -277,7 +277,7 @@ def _run_fit(args, evaluate):
             n_train=int(F_train.shape[0]),
             n_test=int(F_test.shape[0]),
             n_features=int(F_train.shape[1]),
-            probe="StandardScaler + multinomial LogisticRegression",
+            probe=evaluation.PROBE,
             C=args.C,
             feature_seconds=clock.seconds["features"],
             probe_seconds=clock.seconds["probe"],
