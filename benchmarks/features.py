@@ -13,6 +13,7 @@ Rows:
                ZCA-whitened 7x7 patches, "triangle" activation at every
                position, summed over 2x2 cells (256 features), as best256
     kmeans1152 the same with 128 centroids and 3x3 cells (1152), as best
+               (60k/10k: 0.9103; fit 20 s, features 324 s on 2 loaded cores)
     paper      the CALM paper's MNIST setup: 64 kernels 20x20, padding 2,
                batch 1000, 15 epochs, pixels in [0, 1], image-wide pooled
                log p(Z=k | X) (64 features)

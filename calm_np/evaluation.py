@@ -336,7 +336,9 @@ def linear_probe(F_train, y_train, F_test, y_test, *, C=1.0, tol=1e-4, max_iter=
       10): 180 iterations instead of 501, at the same accuracy.
 
     Together: 26 s against scikit-learn's 73 s on one thread, measured
-    back to back (2.8x), accuracy 0.8742 against 0.8734. A warm start from
+    back to back (2.8x), accuracy 0.8742 against 0.8734; on all 60k/10k
+    images (k-means 1152 features) 249 s against 705 s (2.8x), accuracy
+    0.9103 against 0.9099. A warm start from
     a solution on a quarter of the images saved nothing; ``tol=1e-3`` is
     faster still but moves the accuracy by 0.003.
 
