@@ -11,7 +11,7 @@ GEMMs, sums over kernel rows as GEMMs) for ``latent="image"`` and
 ``"patch"``, interleaved, and prints per shape which engine is faster, what
 ``auto`` picks, whether the pick is within 10 % of the faster one, and the
 patch/image ratio of the faster engines.  ``--fit`` fits the per-operation
-speeds of the cost model (``calm_np._fused._SPEED``) to these timings by
+speeds of the cost model (``calm_np._fused_timing._SPEED``) to these timings by
 non-negative least squares on relative errors and prints the values to
 paste.
 """
@@ -73,19 +73,20 @@ LATENTS = ("image", "patch")
 
 
 def features(kind, c, k, size, ks, latent):
-    """Per-image operation counts of the fused paths (see _fused._fused_cost)."""
-    from calm_np import _fused
+    """Per-image operation counts of the fused paths (see _fused_timing._fused_cost)."""
+    from calm_np import _fused_timing
 
-    return _fused._fused_features(kind, (1, c, size, size), (k, c, ks, ks), latent)
+    shapes = (1, c, size, size), (k, c, ks, ks)
+    return _fused_timing._fused_features(kind, *shapes, latent)
 
 
 def fit(rows):
     """Non-negative speeds minimising relative error over all timings."""
     from scipy.optimize import nnls
 
-    from calm_np import _fused
+    from calm_np import _fused_timing
 
-    names = list(_fused._FEATURES)
+    names = list(_fused_timing._FEATURES)
     A, b = [], []
     for (size, c, k, ks), times in rows:
         for kind, engine in (("im2col", "im2col"), ("rowdft", "fft")):
@@ -165,7 +166,7 @@ def main(argv=None):
         Path(args.save).write_text(json.dumps(rows))
     if args.fit:
         speeds = fit(rows)
-        print("fitted speeds (paste into calm_np._fused._SPEED):")
+        print("fitted speeds (paste into calm_np._fused_timing._SPEED):")
         print("    " + ", ".join(f'"{k}": {v:.3g}' for k, v in speeds.items()))
     return rows
 

@@ -1,0 +1,82 @@
+"""The timing model of NumPy's fused paths: what ``method="auto"`` picks there.
+
+``_fused`` runs a batch either as im2col GEMMs or as the row-DFT plan (the
+Fourier family on NumPy); which one is faster depends on the shapes and on
+the latent.  This module counts each path's operations per image and weighs
+them by measured speeds; :func:`choose_method` picks the cheaper path.
+``benchmarks/engine_choice.py`` measures the speeds and checks the picks.
+"""
+
+from __future__ import annotations
+
+# Effective speeds of the operations of the fused NumPy paths (units per
+# second, 2 threads on a busy 2-core AMD EPYC with AVX-512): GEMM flops of
+# the products, flops of the skinny DFT-by-GEMM row transforms (inner
+# dimensions of 13 to 98: far slower per flop), softmax map entries, copied
+# entries (patches, Toeplitz), images (per-image overhead), and for
+# ``latent="patch"`` the per-position softmax's map entries and the patch
+# norms' pixels.  Only their ratios matter.  Fitted to
+# ``benchmarks/engine_choice.py --save`` timings of 104 shapes × 2 latents
+# (least squares, then a search maximising the (shape, latent) pairs where
+# the pick is within 10 % of the faster engine: 200 of 208); ``--fit``
+# refits them.
+_FEATURES = ("gemm", "dft", "map", "copy", "image", "pmap", "pixel")
+_SPEED = {
+    "gemm": 4.1e10,
+    "dft": 1.8e10,
+    "map": 4.5e8,
+    "copy": 5.3e8,
+    "image": 8e4,
+    "pmap": 4.5e8,
+    "pixel": 1e8,
+}
+
+
+def _fused_features(kind, image_shape, kernel_shape, latent="image"):
+    """Per-image operation counts of a fused path (``kind``: 'im2col' or
+    'rowdft') for images ``(n, c, Hp, Wp)`` and kernels ``(k, c, kh, kw)``.
+
+    ``latent="patch"`` adds the per-position softmax's passes over the maps
+    (``"pmap"``) and the patch norms' integral image (``"pixel"``)."""
+    _, c, Hp, Wp = image_shape
+    k, _, kh, kw = kernel_shape
+    Ho, Wo = Hp - kh + 1, Wp - kw + 1
+    maps = k * Ho * Wo
+    if kind == "im2col":
+        D = c * kh * kw
+        f = {
+            "gemm": 4.0 * k * D * Ho * Wo,
+            "map": maps,
+            "copy": D * Ho * Wo,
+            "image": 1.0,
+        }
+    elif kind == "rowdft":
+        ns = (Wp + 1) // 2
+        f = {
+            "gemm": 16.0 * ns * k * c * kh * Ho,  # E and M products, re/im
+            "dft": 8.0 * ns * Wo * k * Ho,  # the maps' row transforms
+            "map": maps,
+            "copy": 2.0 * ns * c * kh * Ho,  # Toeplitz matrix
+            "image": 1.0,
+        }
+    else:
+        raise ValueError(kind)
+    if latent == "patch":
+        f["pmap"] = maps
+        f["pixel"] = c * Hp * Wp
+    return f
+
+
+def _fused_cost(kind, image_shape, kernel_shape, latent="image"):
+    """Modelled seconds per image of a fused path."""
+    f = _fused_features(kind, image_shape, kernel_shape, latent)
+    return sum(v / _SPEED[name] for name, v in f.items())
+
+
+def choose_method(n_channels, n_kernels, padded_shape, kernel_shape, latent="image"):
+    """``"fft"`` (the row-DFT plan) or ``"im2col"``, whichever
+    :func:`_fused_cost` models faster per image for the latent."""
+    image = (1, n_channels) + tuple(padded_shape)
+    kernels = (n_kernels, n_channels) + tuple(kernel_shape)
+    fft = _fused_cost("rowdft", image, kernels, latent)
+    return "fft" if fft < _fused_cost("im2col", image, kernels, latent) else "im2col"
