@@ -307,11 +307,13 @@ def _n_features(layer):
     return int(layer.kernels_.shape[0]) * ph * pw
 
 
-def _activation_maps(batch, layer, activation):
-    """Activation ``(n, K, Ho, Wo)`` of ``layer`` at each position: the adapter.
+def _activation_maps(batch, layer, activation, readout=False):
+    """``(maps, features)``: ``layer``'s activation ``(n, K, Ho, Wo)`` at each
+    position and, with ``readout``, its ``transform`` of ``batch`` (else None).
 
-    The only function here that depends on ``_readouts`` (the triangle
-    activation from the log joint) and on ``_em.log_joint``.
+    The adapter: the only function here that depends on ``_readouts`` (the
+    triangle activation from the log joint, and its pooling, shared with
+    the layer's own triangle readout so that it is computed once).
     """
     func = _readouts.bind(
         _maps_of,
@@ -321,7 +323,14 @@ def _activation_maps(batch, layer, activation):
         method=layer.method,
         activation=activation,
     )
-    return func(batch)
+    maps = func(batch)
+    if not readout:
+        return maps, None
+    if activation == "triangle" and layer.features == "triangle":
+        xp = get_namespace(maps)[0]
+        grid = check_params(layer.get_params())["pooling"]
+        return maps, _readouts.pool(maps, grid, xp, reduce=xp.sum)
+    return maps, layer.transform(batch)
 
 
 def _maps_of(X, kernels, *, log_weights, padding, method, activation):
@@ -342,21 +351,25 @@ def average_pool(maps, size, xp):
     return xp.mean(cells, axis=(3, 5))
 
 
+def _step(data, layer, norm, activation, pool_size, readout=False):
+    """One layer up: ``(the next layer's input, this layer's readout or None)``."""
+    xp, device = get_namespace(data)
+    maps, features = _activation_maps(data, layer, activation, readout)
+    maps = average_pool(maps, pool_size, xp)
+    if norm is not None:
+        mean, scale = (
+            xp.reshape(xp.asarray(a, dtype=maps.dtype, device=device), (1, -1, 1, 1))
+            for a in norm
+        )
+        maps = (maps - mean) / scale
+    return maps, features
+
+
 def encode(batch, *, layers, norms, activation, pool_size):
     """A batch of images → the input of the layer above ``layers``."""
     batch = check_images(batch, "each batch of X")
     for layer, norm in zip(layers, norms, strict=True):
-        xp, device = get_namespace(batch)
-        maps = average_pool(_activation_maps(batch, layer, activation), pool_size, xp)
-        if norm is not None:
-            mean, scale = (
-                xp.reshape(
-                    xp.asarray(a, dtype=maps.dtype, device=device), (1, -1, 1, 1)
-                )
-                for a in norm
-            )
-            maps = (maps - mean) / scale
-        batch = maps
+        batch, _ = _step(batch, layer, norm, activation, pool_size)
     return batch
 
 
@@ -364,17 +377,12 @@ def _features(batch, *, layers, norms, activation, pool_size, readout):
     """Features of one batch of images: the layers' readouts, bottom first."""
     data = check_images(batch, "each batch of X")
     outs = []
-    for depth, layer in enumerate(layers):
-        if depth:
-            data = encode(
-                data,
-                layers=layers[depth - 1 : depth],
-                norms=norms[depth - 1 : depth],
-                activation=activation,
-                pool_size=pool_size,
-            )
-        if readout == "concat" or depth == len(layers) - 1:
-            outs.append(layer.transform(data))
+    for layer, norm in zip(layers[:-1], norms, strict=True):
+        concat = readout == "concat"
+        data, features = _step(data, layer, norm, activation, pool_size, concat)
+        if concat:
+            outs.append(features)
+    outs.append(layers[-1].transform(data))
     xp = get_namespace(outs[0])[0]
     return xp.concat(outs, axis=1) if len(outs) > 1 else outs[0]
 

@@ -164,13 +164,13 @@ def test_memmap_iterable_and_array_give_the_same_network(tmp_path):
 def test_maps_are_computed_one_batch_at_a_time(monkeypatch):
     X = noise(7, (40, 1, 12, 12))
     seen = []
-    real = _network.encode
+    real = _network._step
 
-    def spy(batch, **kw):
+    def spy(batch, *args):
         seen.append(batch.shape[0])
-        return real(batch, **kw)
+        return real(batch, *args)
 
-    monkeypatch.setattr(_network, "encode", spy)
+    monkeypatch.setattr(_network, "_step", spy)
     init = np.random.default_rng(0).standard_normal((3, 4, 3, 3))
     model = net(layers=[layer(4), layer(3, init=init)], batch_size=8).fit(X)
     assert seen and max(seen) <= 8
