@@ -229,29 +229,24 @@ def _read_network(path):
     import zipfile
 
     try:
-        with open(path, "rb") as fh:
-            if fh.read(4) != b"PK\x03\x04":
-                raise zipfile.BadZipFile("no zip signature")
-            fh.seek(0)
-            with zipfile.ZipFile(fh) as zf:
-                sizes = {i.filename: i.file_size for i in zf.infolist()}
-            if "header.npy" not in sizes or max(sizes.values()) > (
-                MAX_NETWORK_MEMBER_BYTES
-            ):
-                raise ValueError(f"{path} is not a calm_np network file")
-            fh.seek(0)
-            with np.load(fh, allow_pickle=False) as data:
-                header = _network_header(data["header"], path)
-                n = header["n_layers"]
-                wanted = {f"layer{i}": "uint8" for i in range(n)}
-                for i in range(n - 1):
-                    wanted[f"norm_mean{i}"] = wanted[f"norm_scale{i}"] = "float64"
-                if set(sizes) != {f"{name}.npy" for name in [*wanted, "header"]}:
-                    raise ValueError(
-                        f"{path} is corrupt: its arrays {sorted(sizes)} are not "
-                        f"those of a {n}-layer network"
-                    )
-                arrays = {name: data[name] for name in wanted}
+        if not zipfile.is_zipfile(path):
+            raise zipfile.BadZipFile("no zip directory")
+        with zipfile.ZipFile(path) as zf:
+            sizes = {i.filename: i.file_size for i in zf.infolist()}
+        if "header.npy" not in sizes or max(sizes.values()) > MAX_NETWORK_MEMBER_BYTES:
+            raise ValueError(f"{path} is not a calm_np network file")
+        with np.load(path, allow_pickle=False) as data:
+            header = _network_header(data["header"], path)
+            n = header["n_layers"]
+            wanted = {f"layer{i}": "uint8" for i in range(n)}
+            for i in range(n - 1):
+                wanted[f"norm_mean{i}"] = wanted[f"norm_scale{i}"] = "float64"
+            if set(sizes) != {f"{name}.npy" for name in [*wanted, "header"]}:
+                raise ValueError(
+                    f"{path} is corrupt: its arrays {sorted(sizes)} are not "
+                    f"those of a {n}-layer network"
+                )
+            arrays = {name: data[name] for name in wanted}
     except (zipfile.BadZipFile, EOFError, OSError) as exc:
         if isinstance(exc, (FileNotFoundError, IsADirectoryError, PermissionError)):
             raise
