@@ -101,12 +101,9 @@ class ConvolutionalMixtureNetwork(ParamsMixin):
         readout="concat",
         batch_size=None,
     ):
-        self.layers = layers
-        self.pool_size = pool_size
-        self.activation = activation
-        self.normalize = normalize
-        self.readout = readout
-        self.batch_size = batch_size
+        self.layers, self.pool_size = layers, pool_size
+        self.activation, self.normalize = activation, normalize
+        self.readout, self.batch_size = readout, batch_size
 
     # -- validation ----------------------------------------------------------
     def _check_params(self):
@@ -147,11 +144,10 @@ class ConvolutionalMixtureNetwork(ParamsMixin):
         return clones
 
     def _check_fitted(self):
-        if not hasattr(self, "layers_"):
-            raise NotFittedError(
-                "This ConvolutionalMixtureNetwork instance is not fitted yet; "
-                "call fit before using it"
-            )
+        if hasattr(self, "layers_"):
+            return
+        message = f"This {type(self).__name__} instance is not fitted yet"
+        raise NotFittedError(message + "; call fit before using it")
 
     # -- fitting -------------------------------------------------------------
     def fit(self, X, y=None):
