@@ -311,15 +311,8 @@ def _activation_maps(batch, layer, activation, readout=False):
     triangle activation from the log joint, and its pooling, shared with
     the layer's own triangle readout so that it is computed once).
     """
-    func = _readouts.bind(
-        _maps_of,
-        layer.kernels_,
-        layer.weights_,
-        padding=layer.padding_,
-        method=layer.method,
-        activation=activation,
-    )
-    maps = func(batch)
+    options = dict(padding=layer.padding_, method=layer.method, activation=activation)
+    maps = _readouts.bind(_maps_of, layer.kernels_, layer.weights_, **options)(batch)
     if not readout:
         return maps, None
     if activation == "triangle" and layer.features == "triangle":
