@@ -13,8 +13,8 @@ Errors a user can make (a missing data folder, a bad option value, no GPU for
 ``--backend cupy``) end with one line on stderr and a non-zero exit status;
 ``CALM_NP_DEBUG=1`` shows the traceback instead.
 
-matplotlib (figures) and scikit-learn (bundled data, the linear probe) are
-imported when needed: ``pip install "calm_np[examples]"``.
+matplotlib (figures) and scikit-learn (the bundled digits) are imported
+when needed: ``pip install "calm_np[examples]"``.
 """
 
 from __future__ import annotations
@@ -27,18 +27,19 @@ import platform
 import sys
 import time
 import warnings
-from pathlib import Path
 
 from . import __version__, evaluation
 from ._cli_options import (
     DEFAULT_OUT,
+    MODEL_OPTIONS,
     PROG,
     UserError,
     _as_pair,
-    _check_files,
     _explicit_params,
     _resolve_settings,
     build_parser,
+    check_paths,
+    load_model,
 )
 from ._estimator import ConvolutionalMixture
 from ._xp import to_numpy
@@ -52,11 +53,6 @@ ZCA_MAX_PIXELS = 4096
 def _load_data(args, labelled):
     """``(X_train, y_train, X_test, y_test)`` as host arrays (test may be None)."""
     name, folder, limit = args.dataset, args.data_dir, args.limit
-    if folder is not None and not Path(folder).expanduser().is_dir():
-        raise UserError(f"--data-dir {folder} is not a folder")
-    if name in ("mnist", "stl10") and folder is None:
-        what = "the four MNIST IDX files" if name == "mnist" else "stl10_binary"
-        raise UserError(f"--dataset {name} needs --data-dir DIR (the folder of {what})")
     seed = args.random_state or 0  # sample-images: which crops
     return evaluation.load_dataset(name, folder, limit=limit, test=labelled, seed=seed)
 
@@ -81,17 +77,20 @@ def _backend(name, device, dtype):
         raise UserError(f"{flags}: {exc}") from None
 
 
-def _init_value(args, to_backend):
-    """A method name, or a saved model's kernels (``_check_files`` checked it)."""
-    if args.init is None or not args.init.endswith(".npz"):
-        return args.init
-    return to_backend(to_numpy(_load_model(args.init).kernels_))
+def _load_saved(args):
+    """The models that ``--init``, ``--warm-start`` and ``--model`` name."""
+    saved = {}
+    for option in MODEL_OPTIONS:
+        path = getattr(args, option, None)
+        if path is not None and (option != "init" or path.endswith(".npz")):
+            saved[option] = load_model(path, "--" + option.replace("_", "-"))
+    return saved
 
 
-def _load_model(path):
-    if not Path(path).is_file():
-        raise UserError(f"model file {path} does not exist")
-    return ConvolutionalMixture.load(path)
+def _on_backend(model, to_backend):
+    model.kernels_ = to_backend(to_numpy(model.kernels_))
+    model.weights_ = to_backend(to_numpy(model.weights_))
+    return model
 
 
 def _progress_verbosity(quiet):
@@ -112,7 +111,7 @@ def _bars_wanted():
     return sys.stderr.isatty()
 
 
-def _fit(args, params, X_train, to_backend, log):
+def _fit(args, params, X_train, to_backend, saved, log):
     times, last = [], [time.perf_counter()]
 
     def record(_model):
@@ -120,10 +119,12 @@ def _fit(args, params, X_train, to_backend, log):
         times.append(now - last[0])
         last[0] = now
 
-    init = _init_value(args, to_backend)
-    if args.warm_start is not None:
+    init = args.init
+    if "init" in saved:
+        init = to_backend(to_numpy(saved["init"].kernels_))
+    if "warm_start" in saved:
         # the saved model's settings, then what the command line says
-        model = _load_model(args.warm_start)
+        model = saved["warm_start"]
         explicit = _explicit_params(args)
         for name in ("n_kernels", "kernel_size", "padding"):
             fitted = getattr(model, name)
@@ -133,9 +134,7 @@ def _fit(args, params, X_train, to_backend, log):
                     f"--{name.replace('_', '-')} asks for {explicit[name]!r}; drop "
                     "the option or start a new model"
                 )
-        model.kernels_ = to_backend(to_numpy(model.kernels_))
-        model.weights_ = to_backend(to_numpy(model.weights_))
-        model.set_params(**explicit, warm_start=True)
+        _on_backend(model, to_backend).set_params(**explicit, warm_start=True)
     else:
         model = ConvolutionalMixture(**params)
     if init is not None:
@@ -179,31 +178,10 @@ def _json_params(model):
     return {k: json_value(v) for k, v in params if k not in ("callback", "verbose")}
 
 
-def _out_dir(path, create):
-    """The output folder; created only once there is something to write."""
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {path} exists and is not a folder")
-    if create:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UserError(
-                f"cannot create --out folder {path}: {exc.strerror}"
-            ) from None
-    return out
-
-
-def _write_outputs(out, model, summary, log):
+def _write_outputs(paths, model, summary, log):
     from . import plots
 
-    _out_dir(out, create=True)
-    paths = dict(
-        model=out / "model.npz",
-        kernels_png=out / "kernels.png",
-        log_likelihood_png=out / "log_likelihood.png",
-        summary=out / "summary.json",
-    )
+    paths["summary"].parent.mkdir(parents=True, exist_ok=True)
     model.save(paths["model"])
     plots.model_figures(
         model,
@@ -220,20 +198,22 @@ def _write_outputs(out, model, summary, log):
 
 def _run_fit(args, evaluate):
     log = _logger(args.quiet)
-    out = _out_dir(args.out, create=False)
+    paths = check_paths(args)  # before anything is read, fitted or written
     to_backend, device = _backend(args.backend, args.device, args.dtype)
     params, extras = _resolve_settings(args)
     preprocess, fit_limit = extras["preprocess"], extras["fit_limit"]
-    model_path = getattr(args, "model", None)
-    _check_files(args)
+    saved = _load_saved(args)
+    clock = _Clock()
     X_train, y_train, X_test, y_test = _load_data(args, labelled=evaluate)
+    clock.lap("load")
     window = _as_pair(params.get("kernel_size", 5))
-    for saved in (model_path, args.warm_start):
-        if saved is not None:  # normalize as for the saved model's kernels
-            window = tuple(_load_model(saved).kernel_size_)
+    for option in ("model", "warm_start"):
+        if option in saved:  # normalize as for the saved model's kernels
+            window = tuple(saved[option].kernel_size_)
     X_train, X_test = _preprocess(preprocess, X_train, X_test, window)
     log(f"{args.dataset}: {X_train.shape[0]} training images, preprocess {preprocess}")
     X_train_b = to_backend(X_train)
+    clock.lap("preprocess")
     n_fit = X_train.shape[0] if fit_limit is None else min(fit_limit, len(X_train))
     summary = dict(
         command=[PROG, *sys.argv[1:]] if sys.argv else [PROG],
@@ -250,24 +230,24 @@ def _run_fit(args, evaluate):
         dtype=args.dtype,
         machine=_machine(),
     )
-    if model_path is not None:
-        model = _load_model(model_path)
+    if "model" in saved:
+        model = _on_backend(saved["model"], to_backend)
         overrides = {
             k: params[k]
             for k in ("features", "pooling", "method", "batch_size")
             if getattr(args, k, None) is not None
         }
         model.set_params(**overrides)
-        model.kernels_ = to_backend(to_numpy(model.kernels_))
-        model.weights_ = to_backend(to_numpy(model.weights_))
-        summary.update(model_loaded_from=str(model_path), fit_seconds=0.0)
+        summary.update(model_loaded_from=str(args.model), fit_seconds=0.0)
         if model.n_channels_in_ != X_train.shape[1]:
             raise UserError(
-                f"{model_path} was fitted on {model.n_channels_in_}-channel images "
-                f"but {args.dataset} has {X_train.shape[1]}"
+                f"--model {args.model} was fitted on {model.n_channels_in_}-channel "
+                f"images but {args.dataset} has {X_train.shape[1]}"
             )
     else:
-        model, seconds, times = _fit(args, params, X_train_b[:n_fit], to_backend, log)
+        model, seconds, times = _fit(
+            args, params, X_train_b[:n_fit], to_backend, saved, log
+        )
         summary.update(
             fit_seconds=round(seconds, 3),
             seconds_per_iteration=[round(t, 4) for t in times],
@@ -280,54 +260,70 @@ def _run_fit(args, evaluate):
             f"{model.n_iter_} EM iterations in {seconds:.1f} s, objective "
             f"{model.lower_bound_:.4f} nats per image, converged={model.converged_}"
         )
+    clock.lap("fit")
     summary["params"] = _json_params(model)
     if evaluate:
         batch = model.batch_size or 1000
-        t0 = time.perf_counter()
         bars = not args.quiet and _bars_wanted()
         F_train = evaluation.extract_features(model, X_train_b, batch, progress=bars)
         F_test = evaluation.extract_features(
             model, to_backend(X_test), batch, progress=bars
         )
-        t1 = time.perf_counter()
+        clock.lap("features")
         accuracy = evaluation.linear_probe(F_train, y_train, F_test, y_test, C=args.C)
-        t2 = time.perf_counter()
+        clock.lap("probe")
         summary["evaluation"] = dict(
             accuracy=accuracy,
             n_train=int(F_train.shape[0]),
             n_test=int(F_test.shape[0]),
             n_features=int(F_train.shape[1]),
-            probe="StandardScaler + multinomial LogisticRegression",
+            probe=evaluation.PROBE,
             C=args.C,
-            feature_seconds=round(t1 - t0, 3),
-            probe_seconds=round(t2 - t1, 3),
-            total_seconds=round(summary["fit_seconds"] + t2 - t0, 3),
+            feature_seconds=clock.seconds["features"],
+            probe_seconds=clock.seconds["probe"],
         )
-    _write_outputs(out, model, summary, log)
+    summary["seconds"] = clock.summary()
+    _write_outputs(paths, model, summary, log)
     if evaluate:
         e = summary["evaluation"]
         print(
             f"test accuracy {e['accuracy']:.4f} ({e['n_test']} {args.dataset} test "
             f"images, {e['n_features']} features, linear probe on {e['n_train']} "
-            f"training images; {e['total_seconds']:.1f} s)"
+            f"training images); {clock.line()}"
         )
     else:
         print(
             f"objective {model.lower_bound_:.4f} nats per image after "
-            f"{model.n_iter_} iterations; model in {out / 'model.npz'}"
+            f"{model.n_iter_} iterations; model in {paths['model']}; {clock.line()}"
         )
     return 0
+
+
+class _Clock:
+    """Seconds by step (load, preprocess, fit, features, probe)."""
+
+    def __init__(self):
+        self.seconds, self._last = {}, time.perf_counter()
+
+    def lap(self, step):
+        now = time.perf_counter()
+        self.seconds[step] = round(now - self._last, 3)
+        self._last = now
+
+    def summary(self):
+        return dict(self.seconds, total=round(sum(self.seconds.values()), 3))
+
+    def line(self):
+        steps = ", ".join(f"{k} {v:.1f}" for k, v in self.seconds.items())
+        return f"{self.summary()['total']:.1f} s ({steps})"
 
 
 def _run_show(args):
     from . import plots
 
-    model = _load_model(args.model)
-    path = Path(args.out) if args.out else Path(args.model).with_suffix("")
-    if not args.out:
-        path = path.with_name(path.name + "_kernels.png")
-    if not path.parent.is_dir():
-        raise UserError(f"--out {path}: folder {path.parent} does not exist")
+    path = check_paths(args)["png"]
+    model = load_model(args.model, "MODEL")
+    path.parent.mkdir(parents=True, exist_ok=True)
     k, c, kh, kw = model.kernels_.shape
     plots.kernel_grid(model.kernels_, path, title=f"{k} kernels {kh}x{kw}")
     print(path)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import zipfile
 from pathlib import Path
 
 from . import __version__, datasets, evaluation
@@ -315,8 +317,49 @@ def _explicit_params(args):
     return params
 
 
-def _check_files(args):
-    """Model-file options, checked before any data is read."""
+# ---------------------------------------------------------------------------
+# paths: every file read or written, checked before any work
+# ---------------------------------------------------------------------------
+
+OUTPUTS = dict(
+    model="model.npz",
+    kernels_png="kernels.png",
+    log_likelihood_png="log_likelihood.png",
+    summary="summary.json",
+)
+"""What ``fit`` and ``evaluate`` write into ``--out``."""
+
+MODEL_OPTIONS = ("init", "warm_start", "model")
+
+
+def check_paths(args):
+    """Resolve and check every path the run reads or writes; write nothing.
+
+    Runs before any data is loaded or model fitted, so that a bad ``--out``
+    or model file costs a second, not a fit. Model files must be readable
+    files, ``--data-dir`` a folder, every file to write must not be a folder
+    and must be creatable (its first existing ancestor a writable folder).
+    ``CALM_NP_NUM_THREADS``, read by the engines mid-run, is checked too.
+
+    Returns
+    -------
+    paths : dict of str to Path
+        ``show``: ``png``; ``fit``/``evaluate``: :data:`OUTPUTS` in ``--out``.
+    """
+    threads = os.environ.get("CALM_NP_NUM_THREADS", "").strip()
+    if threads and not (threads.isdigit() and int(threads) >= 1):
+        raise UserError(
+            f"CALM_NP_NUM_THREADS={threads!r} is not a positive integer (worker "
+            "threads); unset it or set it to e.g. 2"
+        )
+    if args.command == "show":
+        model = _readable(args.model, "MODEL")
+        name = model.with_suffix("").name + "_kernels.png"
+        png = model.with_name(name) if args.out is None else Path(args.out)
+        if png.is_dir():  # an existing folder: write inside it
+            png = png / name
+        _check_writable(png, "--out")
+        return dict(png=png)
     inits = _choices("init", ("kmeans++", "random_patches", "random"))
     if args.init is not None and args.init not in inits:
         if not args.init.endswith(".npz"):
@@ -324,13 +367,97 @@ def _check_files(args):
                 f"--init {args.init!r} is neither an init method "
                 f"({', '.join(inits)}) nor a model file (.npz)"
             )
-        if not Path(args.init).is_file():
-            raise UserError(f"--init model file {args.init} does not exist")
-    for option in ("warm_start", "model"):
+    for option in MODEL_OPTIONS:
         path = getattr(args, option, None)
-        if path is not None and not Path(path).is_file():
-            flag = "--" + option.replace("_", "-")
-            raise UserError(f"{flag} model file {path} does not exist")
+        if path is not None and not (option == "init" and path in inits):
+            _readable(path, "--" + option.replace("_", "-"))
+    _check_data_dir(args.dataset, args.data_dir)
+    out = Path(args.out).expanduser()
+    _check_folder(out, "--out")
+    paths = {key: out / name for key, name in OUTPUTS.items()}
+    for path in paths.values():
+        _check_writable(path, "--out")
+    return paths
+
+
+def _check_data_dir(name, folder):
+    if folder is not None and not Path(folder).expanduser().is_dir():
+        raise UserError(f"--data-dir {folder} is not a folder; give the data's folder")
+    if name in ("mnist", "stl10") and folder is None:
+        what = "the four MNIST IDX files" if name == "mnist" else "stl10_binary"
+        raise UserError(f"--dataset {name} needs --data-dir DIR (the folder of {what})")
+
+
+def _readable(path, flag):
+    """A model file to read: it exists, is a file, and may be read."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise UserError(f"{flag} model file {path} does not exist")
+    if not p.is_file():
+        raise UserError(f"{flag} {path} is a folder, not a model file (.npz)")
+    if not os.access(p, os.R_OK):
+        raise UserError(f"{flag} {path} cannot be read (no permission); chmod u+r it")
+    return p
+
+
+def _check_writable(path, flag):
+    """A file to write: not a folder; overwritable, or its folder creatable."""
+    if path.is_dir():
+        raise UserError(
+            f"{flag}: {path} is a folder, but a file is written there; remove it "
+            f"or choose another {flag}"
+        )
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            raise UserError(
+                f"{flag}: cannot overwrite {path} (no write permission); choose "
+                f"another {flag}"
+            )
+        return
+    _check_folder(path.parent, flag)
+
+
+def _check_folder(folder, flag):
+    """A folder to write into: it, or its first existing ancestor, writable."""
+    existing = Path(os.path.abspath(folder))
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(
+            f"{flag} {folder}: {existing} is a file, not a folder; choose another "
+            f"{flag}"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(
+            f"{flag} {folder}: no permission to write in {existing}; choose "
+            f"another {flag}"
+        )
+
+
+def load_model(path, flag):
+    """A saved model, or a :class:`UserError` naming the option and the file.
+
+    A damaged or foreign file may fail in many ways while it is parsed (the
+    estimator's ``load`` says what is wrong); all of them are user errors.
+    """
+    try:
+        return ConvolutionalMixture.load(path)
+    except (
+        ValueError,  # also JSON and Unicode errors
+        TypeError,
+        OSError,
+        LookupError,
+        AttributeError,
+        EOFError,
+        zipfile.BadZipFile,
+    ) as exc:
+        text = " ".join((str(exc) or type(exc).__name__).split())
+        if isinstance(exc, KeyError):
+            text = f"its header lacks {text}"
+        where = f"{flag}: " if str(path) in text else f"{flag} {path}: "
+        raise UserError(
+            f"{where}{text} (give a model written by calm-np fit)"
+        ) from exc
 
 
 def _as_pair(v):

@@ -14,8 +14,9 @@ benchmarks share:
 - :func:`linear_probe`: the test accuracy of a multinomial logistic
   regression on standardized features.
 
-scikit-learn is imported only inside the functions that need it
-(``pip install "calm_np[examples]"``); importing this module does not.
+scikit-learn (the bundled digits) and SciPy (the probe's solver) are
+imported only inside the functions that need them; importing this module
+does not.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .preprocessing import make_preprocessor, to_unit_float
 __all__ = [
     "DATASETS",
     "PRESETS",
+    "PROBE",
     "array_mover",
     "extract_features",
     "linear_probe",
@@ -307,32 +309,104 @@ def _bar(total, wanted):
     return tqdm(total=total, unit="img", leave=False, desc="features")
 
 
-def linear_probe(F_train, y_train, F_test, y_test, *, C=1.0):
+PROBE = "standardized features, multinomial logistic regression (L-BFGS, float32)"
+"""What :func:`linear_probe` fits, in words (``summary.json`` records it)."""
+
+
+def linear_probe(F_train, y_train, F_test, y_test, *, C=1.0, tol=1e-4, max_iter=1000):
     """Test accuracy of a multinomial logistic regression on standardized features.
 
-    scikit-learn's ``StandardScaler`` (training statistics) then
-    ``LogisticRegression(C=C, max_iter=1000)`` (lbfgs), fitted on the
-    training features.
+    The model and objective are scikit-learn's
+    ``make_pipeline(StandardScaler(), LogisticRegression(C=C))``: features
+    standardized with the training statistics, then the mean cross-entropy
+    plus ``||W||^2 / (2 C n)`` (intercepts not penalized), minimized by
+    SciPy's L-BFGS-B until the largest gradient entry is below ``tol`` (as
+    scikit-learn's ``lbfgs``). Three choices make it fast, each measured side
+    by side on the ``best`` preset's 1152 Fashion-MNIST features (10k
+    training and 5k test images, 2 cores shared with other jobs):
+
+    - BLAS runs on one thread during the solve. An iteration is two thin
+      GEMMs and a few vector operations, which threads only slow down on a
+      busy machine: scikit-learn's probe took 227 s with its default threads,
+      34 s on one (accuracy 0.8734 both);
+    - the GEMMs run in float32 on the standardized features, and one pass
+      gives the loss and the gradient: 501 iterations, 1.8x faster than
+      scikit-learn on one thread (accuracy 0.8742);
+    - L-BFGS keeps 100 correction pairs (``maxcor``; SciPy's default is
+      10): 180 iterations instead of 501, at the same accuracy.
+
+    Together: 26 s against scikit-learn's 73 s on one thread, measured
+    back to back (2.8x), accuracy 0.8742 against 0.8734; on all 60k/10k
+    images (k-means 1152 features) 249 s against 705 s (2.8x), accuracy
+    0.9103 against 0.9099. A warm start from
+    a solution on a quarter of the images saved nothing; ``tol=1e-3`` is
+    faster still but moves the accuracy by 0.003.
+
+    Parameters
+    ----------
+    F_train, F_test : array of shape (n, n_features)
+    y_train, y_test : array of shape (n,)
+    C : float, default=1.0
+        Inverse regularization strength, as scikit-learn's.
+    tol : float, default=1e-4
+        Stop when the largest gradient entry is below ``tol``.
+    max_iter : int, default=1000
 
     Returns
     -------
     accuracy : float
         Fraction of the test images classified correctly.
-
-    Raises
-    ------
-    ImportError
-        If scikit-learn is missing (``pip install "calm_np[examples]"``).
     """
-    try:
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
-    except ImportError as exc:
-        raise ImportError(
-            "linear_probe needs scikit-learn; install it with "
-            '`pip install "calm_np[examples]"`'
-        ) from exc
-    probe = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=1000))
-    probe.fit(F_train, y_train)
-    return float(probe.score(F_test, y_test))
+    from scipy.optimize import minimize
+    from threadpoolctl import threadpool_limits
+
+    F_train = np.asarray(F_train, dtype=np.float64)
+    mean, scale = F_train.mean(axis=0), F_train.std(axis=0)
+    scale[scale == 0] = 1.0
+    A = ((F_train - mean) / scale).astype(np.float32)
+    B = ((np.asarray(F_test, dtype=np.float64) - mean) / scale).astype(np.float32)
+    classes, y_index = np.unique(np.asarray(y_train), return_inverse=True)
+    n, d = A.shape
+    k = len(classes)
+    Y = np.zeros((n, k), dtype=np.float32)
+    Y[np.arange(n), y_index] = 1.0
+    with threadpool_limits(limits=1, user_api="blas"):
+        result = minimize(
+            _softmax_loss(A, Y, 1.0 / (C * n)),
+            np.zeros((d + 1) * k),
+            jac=True,
+            method="L-BFGS-B",
+            options=dict(
+                maxiter=max_iter, gtol=tol, ftol=64 * np.finfo(float).eps, maxcor=100
+            ),
+        )
+    W = result.x[: d * k].reshape(d, k).astype(np.float32)
+    predicted = classes[np.argmax(B @ W + result.x[d * k :], axis=1)]
+    return float(np.mean(predicted == np.asarray(y_test)))
+
+
+def _softmax_loss(A, Y, alpha):
+    """``w -> (loss, gradient)`` of the mean multinomial cross-entropy of
+    ``softmax(A @ W + b)`` against one-hot ``Y``, plus ``alpha/2 ||W||^2``.
+
+    ``w`` is ``W`` (n_features, n_classes) raveled, then ``b``; the products
+    run in float32, the sums and the returned values in float64.
+    """
+    n, d = A.shape
+    k = Y.shape[1]
+
+    def loss_grad(w):
+        W = w[: d * k]
+        Z = A @ W.reshape(d, k).astype(np.float32)
+        Z += w[d * k :].astype(np.float32)
+        Z -= Z.max(axis=1, keepdims=True)
+        P = np.exp(Z)
+        total = P.sum(axis=1, keepdims=True)
+        loss = (np.log(total).sum(dtype=np.float64) - np.vdot(Z, Y)) / n
+        P /= total
+        P -= Y  # the gradient of the cross-entropy with respect to Z
+        grad_W = (A.T @ P).ravel().astype(np.float64) / n + alpha * W
+        grad_b = P.sum(axis=0, dtype=np.float64) / n
+        return loss + 0.5 * alpha * (W @ W), np.concatenate([grad_W, grad_b])
+
+    return loss_grad

@@ -110,6 +110,14 @@ def test_cli_evaluate_reports_accuracy_above_chance(tmp_path, capsys):
     # ten classes: chance is 0.1; 8 pooled kernels separate digits far better
     assert ev["accuracy"] > 0.6
     assert f"{ev['accuracy']:.4f}" in stdout
+    # where the time went, step by step, in the summary and on stdout
+    seconds = summary["seconds"]
+    steps = ["load", "preprocess", "fit", "features", "probe"]
+    assert list(seconds) == [*steps, "total"]
+    assert all(seconds[step] >= 0 for step in steps)
+    assert seconds["total"] == pytest.approx(sum(seconds[s] for s in steps), abs=0.01)
+    assert seconds["fit"] == pytest.approx(summary["fit_seconds"], abs=0.05)
+    assert all(f"{step} " in stdout for step in steps)
 
 
 def test_cli_evaluate_loaded_model_gives_same_accuracy(tmp_path, capsys):
