@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from ._estimator import ConvolutionalMixture
 from ._network import ConvolutionalMixtureNetwork
+from .evaluation import NETWORK_PRESETS
 
 # network settings: command-line option names, and the preset keys they read
 OPTIONS = ("layers", "layer2_kernels", "layer2_kernel_size", "pool_size")
@@ -49,9 +50,10 @@ def add_options(p, int_at_least):
     )
 
 
-def settings(args, preset):
+def settings(args, preset_name):
     """The network settings: the command line, then the preset, then defaults."""
     out = {}
+    preset = NETWORK_PRESETS.get(preset_name, {})
     for name in OPTIONS:
         value = getattr(args, name, None)
         out[name] = value if value is not None else preset.get(name, DEFAULTS[name])
