@@ -20,34 +20,21 @@ OPTIONS = ("layers", "layer2_kernels", "layer2_kernel_size", "pool_size")
 DEFAULTS = dict(layers=1, layer2_kernels=128, layer2_kernel_size=3, pool_size=2)
 
 
+HELP = dict(
+    layers=("N", "layers in the stack (default: 1, or the preset's)"),
+    layer2_kernels=("K", "kernels of each layer above the first (default: 128)"),
+    layer2_kernel_size=("S", "their kernel side (default: 3)"),
+    pool_size=("P", "average pooling of the maps between layers (default: 2)"),
+)
+
+
 def add_options(p, int_at_least):
     g = p.add_argument_group(
         "network (stacked layers, ConvolutionalMixtureNetwork; default: one layer)"
     )
-    g.add_argument(
-        "--layers",
-        type=int_at_least(1),
-        metavar="N",
-        help="layers in the stack (default: 1, or the preset's)",
-    )
-    g.add_argument(
-        "--layer2-kernels",
-        type=int_at_least(1),
-        metavar="K",
-        help="kernels of each layer above the first (default: 128)",
-    )
-    g.add_argument(
-        "--layer2-kernel-size",
-        type=int_at_least(1),
-        metavar="S",
-        help="their kernel side (default: 3)",
-    )
-    g.add_argument(
-        "--pool-size",
-        type=int_at_least(1),
-        metavar="P",
-        help="average pooling of the maps between layers (default: 2)",
-    )
+    for name, (metavar, text) in HELP.items():
+        flag = "--" + name.replace("_", "-")
+        g.add_argument(flag, type=int_at_least(1), metavar=metavar, help=text)
 
 
 def settings(args, preset_name):
