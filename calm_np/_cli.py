@@ -194,11 +194,7 @@ def _run_fit(args, evaluate):
     params, extras = _resolve_settings(args)
     preprocess, fit_limit = extras["preprocess"], extras["fit_limit"]
     saved = _load_saved(args)
-    if extras["network"]["layers"] > 1 and saved:
-        raise UserError(
-            "--layers > 1 fits a new network: --model, --init MODEL.npz and "
-            "--warm-start read one-layer models; drop them or use --layers 1"
-        )
+    _cli_network.refuse_saved(extras["network"], saved)
     clock = _Clock()
     X_train, y_train, X_test, y_test = _load_data(args, labelled=evaluate)
     clock.lap("load")
@@ -227,19 +223,8 @@ def _run_fit(args, evaluate):
         machine=_machine(),
     )
     if "model" in saved:
-        model = _on_backend(saved["model"], to_backend)
-        overrides = {
-            k: params[k]
-            for k in ("features", "pooling", "method", "batch_size")
-            if getattr(args, k, None) is not None
-        }
-        model.set_params(**overrides)
+        model = _loaded(args, params, saved["model"], to_backend, X_train.shape[1])
         summary.update(model_loaded_from=str(args.model), fit_seconds=0.0)
-        if model.n_channels_in_ != X_train.shape[1]:
-            raise UserError(
-                f"--model {args.model} was fitted on {model.n_channels_in_}-channel "
-                f"images but {args.dataset} has {X_train.shape[1]}"
-            )
     else:
         model, seconds, times = _fit(
             args, params, extras["network"], X_train_b[:n_fit], to_backend, saved, log
@@ -253,28 +238,56 @@ def _run_fit(args, evaluate):
     clock.lap("fit")
     summary["params"] = _cli_network.json_params(model)
     if evaluate:
-        batch = model.batch_size or 1000
-        bars = not args.quiet and _bars_wanted()
-        F_train = evaluation.extract_features(model, X_train_b, batch, progress=bars)
-        F_test = evaluation.extract_features(
-            model, to_backend(X_test), batch, progress=bars
-        )
-        clock.lap("features")
-        accuracy = evaluation.linear_probe(F_train, y_train, F_test, y_test, C=args.C)
-        clock.lap("probe")
-        summary["evaluation"] = dict(
-            accuracy=accuracy,
-            n_train=int(F_train.shape[0]),
-            n_test=int(F_test.shape[0]),
-            n_features=int(F_train.shape[1]),
-            probe=evaluation.PROBE,
-            C=args.C,
-            feature_seconds=clock.seconds["features"],
-            probe_seconds=clock.seconds["probe"],
-        )
+        data = (X_train_b, y_train, to_backend(X_test), y_test)
+        summary["evaluation"] = _evaluate(args, model, data, clock)
     summary["seconds"] = clock.summary()
     _write_outputs(paths, model, summary, log)
-    if evaluate:
+    _report(args, model, summary, paths["model"], clock)
+    return 0
+
+
+def _loaded(args, params, model, to_backend, n_channels):
+    """The ``--model`` model on the backend, with the options that still apply."""
+    model = _on_backend(model, to_backend)
+    overrides = {
+        k: params[k]
+        for k in ("features", "pooling", "method", "batch_size")
+        if getattr(args, k, None) is not None
+    }
+    model.set_params(**overrides)
+    if model.n_channels_in_ != n_channels:
+        raise UserError(
+            f"--model {args.model} was fitted on {model.n_channels_in_}-channel "
+            f"images but {args.dataset} has {n_channels}"
+        )
+    return model
+
+
+def _evaluate(args, model, data, clock):
+    """Features of the training and test images, the probe: the summary's part."""
+    X_train, y_train, X_test, y_test = data
+    batch = model.batch_size or 1000
+    bars = not args.quiet and _bars_wanted()
+    F_train = evaluation.extract_features(model, X_train, batch, progress=bars)
+    F_test = evaluation.extract_features(model, X_test, batch, progress=bars)
+    clock.lap("features")
+    accuracy = evaluation.linear_probe(F_train, y_train, F_test, y_test, C=args.C)
+    clock.lap("probe")
+    return dict(
+        accuracy=accuracy,
+        n_train=int(F_train.shape[0]),
+        n_test=int(F_test.shape[0]),
+        n_features=int(F_train.shape[1]),
+        probe=evaluation.PROBE,
+        C=args.C,
+        feature_seconds=clock.seconds["features"],
+        probe_seconds=clock.seconds["probe"],
+    )
+
+
+def _report(args, model, summary, model_path, clock):
+    """The one result line on stdout."""
+    if "evaluation" in summary:
         e = summary["evaluation"]
         print(
             f"test accuracy {e['accuracy']:.4f} ({e['n_test']} {args.dataset} test "
@@ -285,9 +298,8 @@ def _run_fit(args, evaluate):
         top = _cli_network.layers_of(model)[-1]  # a network's top layer
         print(
             f"objective {top.lower_bound_:.4f} nats per image after "
-            f"{top.n_iter_} iterations; model in {paths['model']}; {clock.line()}"
+            f"{top.n_iter_} iterations; model in {model_path}; {clock.line()}"
         )
-    return 0
 
 
 class _Clock:

@@ -65,6 +65,15 @@ def build(params, network):
     )
 
 
+def refuse_saved(network, saved):
+    """A network is always fitted anew: refuse the options that read a model."""
+    if network["layers"] > 1 and saved:
+        raise ValueError(
+            "--layers > 1 fits a new network: --model, --init MODEL.npz and "
+            "--warm-start read one-layer models; drop them or use --layers 1"
+        )
+
+
 def layers_of(model):
     """The fitted layers of a model: itself, or a network's ``layers_``."""
     return getattr(model, "layers_", [model])
