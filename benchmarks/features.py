@@ -27,11 +27,22 @@ Rows:
     best       `calm-np evaluate --dataset fashion-mnist`'s defaults: the
                same with 128 kernels and a 3x3 grid
     plus the levers (--rows levers), each one change to best256: readout,
-    latent, preprocessing, kernel size and count, pooling grid, no EM.
+    latent, preprocessing, kernel size and count, pooling grid, no EM,
+    and the two-layer network rows (--rows networks; README "Stacked layers"):
+    network         `--preset network`: layer 1 = 64 kernels 7x7 as best256
+                    but pooled 3x3, layer 2 = 128 kernels 3x3 on layer 1's
+                    triangle maps average-pooled 2x2 and standardized per
+                    channel; both layers' readouts (1728 features)
+    network_top     the same network, layer 2's readout only (1152)
+    network_nonorm  the network without the per-channel standardization
+    network_layer1  its layer 1 alone (64 kernels, 3x3 grid: 576)
+    network_single128  one layer of 128 kernels (best's 1152 features)
+    each fitted on the first 1000 training images, 5 EM iterations per layer
 
     python benchmarks/features.py                            # main rows, 60k/10k
     python benchmarks/features.py --rows levers --limit 10000 --test-limit 2000
     python benchmarks/features.py --rows raw,kmeans256 --limit 5000
+    python benchmarks/features.py --rows networks --limit 5000 --test-limit 2000
 
 Prints one line per row (accuracy, features, seconds split into fit, features
 and probe) and the machine; ``--json PATH`` writes the rows too.
@@ -112,6 +123,19 @@ ROWS = {
     "untrained": calm(max_iter=0),
 }
 LEVERS = tuple(k for k in ROWS if k not in MAIN_ROWS)
+
+# two stacked layers: layer 1's settings, and the network's in "network";
+# fitted on 1000 images, 5 EM iterations per layer (a stack's cost on 2 cores)
+QUICK = dict(evaluation.preset("network", "fashion-mnist"), fit_limit=1000, max_iter=5)
+NETWORK = dict(QUICK, network=dict(evaluation.NETWORK_PRESETS["network"]))
+NETWORK_ROWS = {
+    "network": NETWORK,
+    "network_top": dict(NETWORK, network=dict(NETWORK["network"], readout="top")),
+    "network_nonorm": dict(NETWORK, network=dict(NETWORK["network"], normalize=None)),
+    "network_layer1": QUICK,
+    "network_single128": dict(QUICK, n_kernels=128),
+}
+ROWS.update(NETWORK_ROWS)
 
 
 # ---------------------------------------------------------------------------
@@ -228,7 +252,10 @@ def calm_features(setting, X_train, X_test, seed=0):
     A, B = A.astype(np.float32), B.astype(np.float32)
     # "1+2+3": a pyramid, the features of each grid side by side
     grids = [int(g) for g in str(setting.pop("pooling", 1)).split("+")]
+    network = setting.pop("network", None)
     model = calm_np.ConvolutionalMixture(**setting, random_state=seed)
+    if network is not None:
+        model = stack(model, grids, **network)
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", calm_np.ConvergenceWarning)
@@ -237,10 +264,24 @@ def calm_features(setting, X_train, X_test, seed=0):
     batch = model.batch_size or 1000
     F_train, F_test = [], []
     for grid in grids:
-        model.set_params(pooling=grid)
+        if network is None:  # a network's layers keep their grids
+            model.set_params(pooling=grid)
         F_train.append(evaluation.extract_features(model, A, batch))
         F_test.append(evaluation.extract_features(model, B, batch))
     return np.hstack(F_train), np.hstack(F_test), fit_seconds, model
+
+
+def stack(first, grids, *, layers, layer2_kernels, layer2_kernel_size, **options):
+    """A ConvolutionalMixtureNetwork on ``first``: layers 2.. as ``calm-np``."""
+    params = first.get_params()
+    first.set_params(pooling=grids[0])
+    upper = dict(
+        params, n_kernels=layer2_kernels, kernel_size=layer2_kernel_size, tol=1e-4
+    )
+    upper.update(padding=0, pooling=grids[0])
+    others = [calm_np.ConvolutionalMixture(**upper) for _ in range(layers - 1)]
+    options.setdefault("batch_size", first.batch_size)
+    return calm_np.ConvolutionalMixtureNetwork([first, *others], **options)
 
 
 # ---------------------------------------------------------------------------
@@ -279,6 +320,15 @@ def describe(name, setting):
     ]
     if s.get("fit_limit"):
         parts.append(f"fit on {s['fit_limit']}")
+    if s.get("network"):
+        net = s["network"]
+        parts.append(
+            f"+ {net['layers'] - 1} layer(s) K={net['layer2_kernels']} "
+            f"{net['layer2_kernel_size']}x{net['layer2_kernel_size']} on "
+            f"{net['pool_size']}x{net['pool_size']}-averaged triangle maps, readout "
+            f"{net.get('readout', 'concat')}, normalize "
+            f"{net.get('normalize', 'standardize')}"
+        )
     return ", ".join(parts)
 
 
@@ -291,7 +341,13 @@ def run_row(name, X_train, y_train, X_test, y_test, seed):
         F_train, F_test, fit_s = kmeans_features(name, X_train, X_test, seed)
     else:
         F_train, F_test, fit_s, model = calm_features(ROWS[name], X_train, X_test, seed)
-        info = dict(n_iter=int(model.n_iter_), objective=model.lower_bound_)
+        if hasattr(model, "layers_"):  # a network: per layer, bottom first
+            info = dict(
+                n_iter=[int(m.n_iter_) for m in model.layers_],
+                objective=[m.lower_bound_ for m in model.layers_],
+            )
+        else:
+            info = dict(n_iter=int(model.n_iter_), objective=model.lower_bound_)
     features_done = time.perf_counter()
     accuracy = probe(F_train, y_train, F_test, y_test)
     end = time.perf_counter()
@@ -313,7 +369,8 @@ def main(argv=None):
     ap.add_argument(
         "--rows",
         default=",".join(MAIN_ROWS),
-        help=f"comma-separated rows, or 'levers' (default: {','.join(MAIN_ROWS)})",
+        help="comma-separated rows, or 'levers' or 'networks' (default: "
+        f"{','.join(MAIN_ROWS)})",
     )
     ap.add_argument("--data-dir", help="Fashion-MNIST folder (default: Debian's)")
     ap.add_argument("--limit", type=int, help="first N training images")
@@ -323,7 +380,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     rows = []
     for name in args.rows.split(","):
-        rows.extend(LEVERS if name == "levers" else [name])
+        groups = {"levers": LEVERS, "networks": tuple(NETWORK_ROWS)}
+        rows.extend(groups.get(name, [name]))
     baselines = ("raw", *KMEANS)
     unknown = [r for r in rows if r not in ROWS and r not in baselines]
     if unknown:

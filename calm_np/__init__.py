@@ -18,12 +18,14 @@ from ._estimator import (
     DeadKernelWarning,
     NotFittedError,
 )
+from ._network import ConvolutionalMixtureNetwork
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConvergenceWarning",
     "ConvolutionalMixture",
+    "ConvolutionalMixtureNetwork",
     "DeadKernelWarning",
     "NotFittedError",
     "SufficientStatistics",

@@ -28,7 +28,7 @@ import sys
 import time
 import warnings
 
-from . import __version__, evaluation
+from . import __version__, _cli_network, evaluation
 from ._cli_options import (
     DEFAULT_OUT,
     MODEL_OPTIONS,
@@ -41,7 +41,7 @@ from ._cli_options import (
     check_paths,
     load_model,
 )
-from ._estimator import ConvolutionalMixture
+from ._estimator import ConvolutionalMixture  # noqa: F401  (tests patch its fit)
 from ._xp import to_numpy
 
 __all__ = ["DEFAULT_OUT", "UserError", "build_parser", "main"]
@@ -111,7 +111,7 @@ def _bars_wanted():
     return sys.stderr.isatty()
 
 
-def _fit(args, params, X_train, to_backend, saved, log):
+def _fit(args, params, network, X_train, to_backend, saved, log):
     times, last = [], [time.perf_counter()]
 
     def record(_model):
@@ -136,12 +136,13 @@ def _fit(args, params, X_train, to_backend, saved, log):
                 )
         _on_backend(model, to_backend).set_params(**explicit, warm_start=True)
     else:
-        model = ConvolutionalMixture(**params)
+        model = _cli_network.build(params, network)
     if init is not None:
-        model.set_params(init=init)
-    model.set_params(callback=record, verbose=_progress_verbosity(args.quiet))
+        model = _cli_network.set_layer_params(model, init=init)
+    verbose = _progress_verbosity(args.quiet)
+    _cli_network.set_layer_params(model, callback=record, verbose=verbose)
     log(
-        f"fitting {model.n_kernels} kernels of {_fmt_shape(model.kernel_size)} on "
+        f"fitting {_cli_network.describe(model)} on "
         f"{X_train.shape[0]} images of {_fmt_shape(X_train.shape[1:])}"
     )
     start = time.perf_counter()
@@ -150,7 +151,7 @@ def _fit(args, params, X_train, to_backend, saved, log):
     with contextlib.redirect_stdout(sys.stderr):
         model.fit(X_train)
     seconds = time.perf_counter() - start
-    model.set_params(callback=None, verbose=0)
+    _cli_network.set_layer_params(model, callback=None, verbose=0)
     return model, seconds, times
 
 
@@ -168,23 +169,13 @@ def _machine():
     )
 
 
-def _json_params(model):
-    def json_value(value):
-        if hasattr(value, "shape"):
-            return f"array of shape {tuple(value.shape)}"
-        return list(value) if isinstance(value, tuple) else value
-
-    params = model.get_params().items()
-    return {k: json_value(v) for k, v in params if k not in ("callback", "verbose")}
-
-
 def _write_outputs(paths, model, summary, log):
     from . import plots
 
     paths["summary"].parent.mkdir(parents=True, exist_ok=True)
     model.save(paths["model"])
-    plots.model_figures(
-        model,
+    plots.model_figures(  # a network's: its first layer's
+        _cli_network.layers_of(model)[0],
         paths["kernels_png"],
         paths["log_likelihood_png"],
         data=summary["dataset"],
@@ -203,6 +194,7 @@ def _run_fit(args, evaluate):
     params, extras = _resolve_settings(args)
     preprocess, fit_limit = extras["preprocess"], extras["fit_limit"]
     saved = _load_saved(args)
+    _cli_network.refuse_saved(extras["network"], saved)
     clock = _Clock()
     X_train, y_train, X_test, y_test = _load_data(args, labelled=evaluate)
     clock.lap("load")
@@ -231,60 +223,71 @@ def _run_fit(args, evaluate):
         machine=_machine(),
     )
     if "model" in saved:
-        model = _on_backend(saved["model"], to_backend)
-        overrides = {
-            k: params[k]
-            for k in ("features", "pooling", "method", "batch_size")
-            if getattr(args, k, None) is not None
-        }
-        model.set_params(**overrides)
+        model = _loaded(args, params, saved["model"], to_backend, X_train.shape[1])
         summary.update(model_loaded_from=str(args.model), fit_seconds=0.0)
-        if model.n_channels_in_ != X_train.shape[1]:
-            raise UserError(
-                f"--model {args.model} was fitted on {model.n_channels_in_}-channel "
-                f"images but {args.dataset} has {X_train.shape[1]}"
-            )
     else:
         model, seconds, times = _fit(
-            args, params, X_train_b[:n_fit], to_backend, saved, log
+            args, params, extras["network"], X_train_b[:n_fit], to_backend, saved, log
         )
         summary.update(
             fit_seconds=round(seconds, 3),
             seconds_per_iteration=[round(t, 4) for t in times],
-            n_iter=int(model.n_iter_),
-            converged=bool(model.converged_),
-            final_objective=model.lower_bound_,
-            objective_per_iteration=list(model.lower_bounds_),
+            **_cli_network.fit_summary(model),
         )
-        log(
-            f"{model.n_iter_} EM iterations in {seconds:.1f} s, objective "
-            f"{model.lower_bound_:.4f} nats per image, converged={model.converged_}"
-        )
+        log(_cli_network.fit_line(model, seconds))
     clock.lap("fit")
-    summary["params"] = _json_params(model)
+    summary["params"] = _cli_network.json_params(model)
     if evaluate:
-        batch = model.batch_size or 1000
-        bars = not args.quiet and _bars_wanted()
-        F_train = evaluation.extract_features(model, X_train_b, batch, progress=bars)
-        F_test = evaluation.extract_features(
-            model, to_backend(X_test), batch, progress=bars
-        )
-        clock.lap("features")
-        accuracy = evaluation.linear_probe(F_train, y_train, F_test, y_test, C=args.C)
-        clock.lap("probe")
-        summary["evaluation"] = dict(
-            accuracy=accuracy,
-            n_train=int(F_train.shape[0]),
-            n_test=int(F_test.shape[0]),
-            n_features=int(F_train.shape[1]),
-            probe=evaluation.PROBE,
-            C=args.C,
-            feature_seconds=clock.seconds["features"],
-            probe_seconds=clock.seconds["probe"],
-        )
+        data = (X_train_b, y_train, to_backend(X_test), y_test)
+        summary["evaluation"] = _evaluate(args, model, data, clock)
     summary["seconds"] = clock.summary()
     _write_outputs(paths, model, summary, log)
-    if evaluate:
+    _report(args, model, summary, paths["model"], clock)
+    return 0
+
+
+def _loaded(args, params, model, to_backend, n_channels):
+    """The ``--model`` model on the backend, with the options that still apply."""
+    model = _on_backend(model, to_backend)
+    overrides = {
+        k: params[k]
+        for k in ("features", "pooling", "method", "batch_size")
+        if getattr(args, k, None) is not None
+    }
+    model.set_params(**overrides)
+    if model.n_channels_in_ != n_channels:
+        raise UserError(
+            f"--model {args.model} was fitted on {model.n_channels_in_}-channel "
+            f"images but {args.dataset} has {n_channels}"
+        )
+    return model
+
+
+def _evaluate(args, model, data, clock):
+    """Features of the training and test images, the probe: the summary's part."""
+    X_train, y_train, X_test, y_test = data
+    batch = model.batch_size or 1000
+    bars = not args.quiet and _bars_wanted()
+    F_train = evaluation.extract_features(model, X_train, batch, progress=bars)
+    F_test = evaluation.extract_features(model, X_test, batch, progress=bars)
+    clock.lap("features")
+    accuracy = evaluation.linear_probe(F_train, y_train, F_test, y_test, C=args.C)
+    clock.lap("probe")
+    return dict(
+        accuracy=accuracy,
+        n_train=int(F_train.shape[0]),
+        n_test=int(F_test.shape[0]),
+        n_features=int(F_train.shape[1]),
+        probe=evaluation.PROBE,
+        C=args.C,
+        feature_seconds=clock.seconds["features"],
+        probe_seconds=clock.seconds["probe"],
+    )
+
+
+def _report(args, model, summary, model_path, clock):
+    """The one result line on stdout."""
+    if "evaluation" in summary:
         e = summary["evaluation"]
         print(
             f"test accuracy {e['accuracy']:.4f} ({e['n_test']} {args.dataset} test "
@@ -292,11 +295,11 @@ def _run_fit(args, evaluate):
             f"training images); {clock.line()}"
         )
     else:
+        top = _cli_network.layers_of(model)[-1]  # a network's top layer
         print(
-            f"objective {model.lower_bound_:.4f} nats per image after "
-            f"{model.n_iter_} iterations; model in {paths['model']}; {clock.line()}"
+            f"objective {top.lower_bound_:.4f} nats per image after "
+            f"{top.n_iter_} iterations; model in {model_path}; {clock.line()}"
         )
-    return 0
 
 
 class _Clock:

@@ -13,7 +13,7 @@ import os
 import zipfile
 from pathlib import Path
 
-from . import __version__, datasets, evaluation
+from . import __version__, _cli_network, datasets, evaluation
 from ._estimator import ConvolutionalMixture
 from .evaluation import DATASETS, PRESETS
 from .preprocessing import PREPROCESSORS
@@ -206,7 +206,8 @@ def _add_data_options(p, labelled):
         choices=tuple(PRESETS),
         default="best",
         help="named settings for the unset options: best (measured, the "
-        "default) or paper (the CALM paper's setup)",
+        "default), best256 (at most 256 features), paper (the CALM paper's "
+        "setup) or network (two stacked layers)",
     )
 
 
@@ -248,6 +249,7 @@ def build_parser():
     )
     _add_data_options(fit, labelled=False)
     _add_estimator_options(fit)
+    _cli_network.add_options(fit, _int_at_least)
     _add_run_options(fit)
 
     ev = sub.add_parser(
@@ -260,6 +262,7 @@ def build_parser():
     )
     _add_data_options(ev, labelled=True)
     _add_estimator_options(ev)
+    _cli_network.add_options(ev, _int_at_least)
     _add_run_options(ev)
     g = ev.add_argument_group("evaluation")
     g.add_argument(
@@ -299,6 +302,7 @@ def _resolve_settings(args):
     extras = dict(
         preprocess=args.preprocess or preset.pop("preprocess"),
         fit_limit=args.fit_limit or preset.pop("fit_limit", None),
+        network=_cli_network.settings(args, args.preset),
     )
     names = _estimator_param_names()
     params = {"random_state": 0, **{k: v for k, v in preset.items() if k in names}}
@@ -455,9 +459,7 @@ def load_model(path, flag):
         if isinstance(exc, KeyError):
             text = f"its header lacks {text}"
         where = f"{flag}: " if str(path) in text else f"{flag} {path}: "
-        raise UserError(
-            f"{where}{text} (give a model written by calm-np fit)"
-        ) from exc
+        raise UserError(f"{where}{text} (give a model written by calm-np fit)") from exc
 
 
 def _as_pair(v):

@@ -535,3 +535,52 @@ def test_console_script_is_declared():
         pytest.skip("calm_np is not installed with its entry points")
     assert ours[0].value == "calm_np.__main__:main"
     assert ours[0].load() is main
+
+
+# ---------------------------------------------------------------------------
+# stacked layers
+# ---------------------------------------------------------------------------
+
+
+def test_cli_evaluate_fits_a_two_layer_network(tmp_path, capsys):
+    out = tmp_path / "net"
+    status, stdout, _ = run(
+        capsys, "evaluate", *TINY, "--limit", "150", "--layers", "2",
+        "--layer2-kernels", "5", "--layer2-kernel-size", "2", "--pool-size", "2",
+        "--padding", "1", "--pooling", "2", "--out", out,
+    )  # fmt: skip
+    assert status == 0
+    network = calm_np.ConvolutionalMixtureNetwork.load(out / "model.npz")
+    first, second = network.layers_
+    assert second.kernels_.shape == (5, 4, 2, 2)
+    assert network.pool_size == 2
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_iter"] == [first.n_iter_, second.n_iter_]
+    assert summary["final_objective"] == pytest.approx(
+        [first.lower_bound_, second.lower_bound_]
+    )
+    assert [p["n_kernels"] for p in summary["params"]["layers"]] == [4, 5]
+    n_features = network.n_features_
+    assert n_features == 4 * 4 + 5 * 4
+    assert summary["evaluation"]["n_features"] == n_features
+    assert f"{n_features} features" in stdout
+    assert_png(out / "kernels.png")  # layer 1's kernels
+
+
+def test_cli_network_preset_and_refusals(tmp_path, capsys):
+    assert evaluation.NETWORK_PRESETS["network"]["layers"] == 2
+    status, _, err = run(
+        capsys, "fit", *TINY, "--limit", "40", "--preset", "network",
+        "--layer2-kernel-size", "9", "--out", tmp_path / "a",
+    )  # fmt: skip
+    assert_one_line_error(status, err, 1, "layers[1]: kernel size (9, 9)")
+    model = tmp_path / "one.npz"
+    assert run(capsys, "fit", *TINY, "--limit", "40", "--out", tmp_path / "b")[0] == 0
+    (tmp_path / "b" / "model.npz").rename(model)
+    status, _, err = run(
+        capsys, "fit", *TINY, "--layers", "2", "--warm-start", model,
+        "--out", tmp_path / "c",
+    )  # fmt: skip
+    assert_one_line_error(status, err, 1, "--layers > 1 fits a new network")
+    status, _, err = run(capsys, "fit", "--layers", "0")
+    assert status == 2 and "--layers" in err

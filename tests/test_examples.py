@@ -124,6 +124,33 @@ def test_stl10_example_without_unlabeled(tmp_path, capsys):
     assert "fitting on 6 images" in capsys.readouterr().out
 
 
+def test_network_example_fits_two_layers_and_draws_both(tmp_path, capsys):
+    write_mnist(tmp_path / "fashion", n_train=30, n_test=12, compress=False)
+    example = load_example("network_fashion_mnist")
+    args = example.parse_args([])
+    assert (args.limit, args.test_limit, args.full) == (5000, 2000, False)
+    assert (tuple(args.n_kernels), tuple(args.kernel_size)) == ((64, 128), (7, 3))
+    accuracy = example.main(
+        [
+            "--data-dir", str(tmp_path / "fashion"), "--limit", "20",
+            "--test-limit", "10", "--n-kernels", "4", "5", "--epochs", "2",
+            "--batch-size", "8", "--out", str(tmp_path / "out"),
+        ]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert "Fashion-MNIST: 20 training and 10 test images" in out
+    assert "layer 2: 5 kernels (4, 3, 3)" in out
+    assert f"{4 * 9 + 5 * 9} features, linear-probe test accuracy" in out
+    assert 0.0 <= accuracy <= 1.0
+    for name in ("layer1_kernels.png", "layer2_channels.png"):
+        assert (tmp_path / "out" / name).read_bytes()[:8] == PNG_MAGIC
+    # each layer-2 tile is the energy of its 4 input channels on a 2x2 square
+    kernels = np.arange(5 * 4 * 9, dtype=float).reshape(5, 4, 3, 3)
+    tiles = example.channel_energy(kernels)
+    assert tiles.shape == (5, 1, 2, 2)
+    assert tiles[1, 0, 0, 1] == (kernels[1, 1] ** 2).sum()
+
+
 def test_quickstart_example_runs(capsys):
     load_example("quickstart").main()
     out = capsys.readouterr().out

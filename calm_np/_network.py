@@ -1,0 +1,438 @@
+"""``ConvolutionalMixtureNetwork``: ConvolutionalMixture layers stacked greedily.
+
+Layer 1 is fitted on the images; layer ``l+1`` on the *activation maps* of
+layer ``l`` — one channel per kernel of layer ``l`` — average-pooled over
+``pool_size × pool_size`` cells and standardised per channel.  Each layer is
+an ordinary ``ConvolutionalMixture`` fitted by its own EM, so each layer's
+``lower_bounds_`` never decreases; there is no joint likelihood of the stack
+(SPEC §2, Stacking).
+
+How the data flows (memory bounded by one batch of images):
+
+    X ──ImageSource──▶ layer 1 .fit(X)
+    X ──_Maps(depth=1): batch → layer 1 maps → pool → standardise──▶ layer 2 .fit
+    ...
+
+``_Maps`` is the lazy input of layer ``l+1``: an array-like read by slices
+(or, for an iterable ``X``, a re-iterable of batches) whose rows are computed
+from the rows of ``X`` when the layer's ``ImageSource`` reads them.
+:func:`_activation_maps` is the one place that reads ``_readouts``.
+
+Choices, as measured (Fashion-MNIST linear probe; the research report of
+issue 12 and the README's "Stacked layers"): triangle activations
+(posteriors 4 points worse as features), 2×2 *average* pooling (+1.1
+points over max pooling), per-channel standardisation of each layer's input
+(the mixture assumes unit-variance noise; statistics from the first
+``NORM_SAMPLES`` images; measured equal to none within noise), and a readout
+that concatenates every layer's own pooled ``transform`` (the top layer
+alone is 1.4 points below).  No stack has yet beaten one layer.
+"""
+
+from __future__ import annotations
+
+import functools
+import numbers
+
+import numpy as np
+
+from . import _persist, _readouts
+from ._base import ParamsMixin, restore_on_error
+from ._checks import check_images, check_params
+from ._data import ImageSource
+from ._em import log_joint
+from ._estimator import ConvolutionalMixture, NotFittedError
+from ._xp import get_namespace, logsumexp, to_numpy, wide_float
+
+__all__ = ["ConvolutionalMixtureNetwork"]
+
+ACTIVATIONS = ("triangle", "posterior")
+NORMALIZE = ("standardize", None)
+READOUTS = ("concat", "top")
+# images whose maps give each layer's per-channel mean and scale
+NORM_SAMPLES = 1000
+_FITTED = ("layers_", "norms_", "n_features_")
+
+
+class ConvolutionalMixtureNetwork(ParamsMixin):
+    """A stack of ``ConvolutionalMixture`` layers, learned greedily by EM.
+
+    Parameters
+    ----------
+    layers : list of ConvolutionalMixture
+        Unfitted layers, bottom first; each is cloned (``get_params``) at
+        ``fit``.  Layer ``l+1`` sees ``layers[l].n_kernels`` channels.
+    pool_size : int, default=2
+        Side of the average-pooling cells between layers (stride equal to
+        the side; a remainder row or column is dropped).  1 is no pooling.
+    activation : {"triangle", "posterior"}, default="triangle"
+        Map of each kernel at each position passed to the next layer: the
+        triangle activation ``max(0, mean_j z_j − z_k)`` of the distances
+        ``z_k = ‖x_u − μ_k‖`` (Coates et al. 2011), or the posterior of
+        kernel ``k`` given the patch at ``u`` (softmax over kernels).
+    normalize : {"standardize", None}, default="standardize"
+        Standardise each channel of a layer's input with the mean and
+        standard deviation over the positions of the first ``NORM_SAMPLES``
+        (1000) training images' maps.
+    readout : {"concat", "top"}, default="concat"
+        What :meth:`transform` returns: the top layer's ``transform`` of its
+        input, or every layer's, concatenated bottom first.
+    batch_size : int or None, default=None
+        Images per batch for every layer (set on the clones); ``None`` keeps
+        each layer's own ``batch_size``.  Layer ``l+1`` reads ``X`` in its
+        batches and computes the maps of one batch at a time.
+
+    Attributes
+    ----------
+    layers_ : list of ConvolutionalMixture
+        The fitted layers.
+    norms_ : list of (mean, scale) pairs of NumPy arrays
+        Per-channel statistics applied to the input of layers 2, 3, ...
+        (``(0, 1)`` when ``normalize=None``).
+    n_features_ : int
+        Columns of :meth:`transform`.
+    """
+
+    def __init__(
+        self,
+        layers,
+        *,
+        pool_size=2,
+        activation="triangle",
+        normalize="standardize",
+        readout="concat",
+        batch_size=None,
+    ):
+        self.layers, self.pool_size = layers, pool_size
+        self.activation, self.normalize = activation, normalize
+        self.readout, self.batch_size = readout, batch_size
+
+    # -- validation ----------------------------------------------------------
+    def _check_params(self):
+        """Validate the parameters; fresh clones of the layers."""
+        layers = self.layers
+        if not isinstance(layers, (list, tuple)):
+            raise TypeError(
+                "layers must be a list of ConvolutionalMixture estimators, got "
+                f"{type(layers).__name__}"
+            )
+        if not layers:
+            raise ValueError("layers must hold at least one ConvolutionalMixture")
+        _check_int("pool_size", self.pool_size, 1)
+        if self.batch_size is not None:
+            _check_int("batch_size", self.batch_size, 1)
+        for name, value, choices in (
+            ("activation", self.activation, ACTIVATIONS),
+            ("normalize", self.normalize, NORMALIZE),
+            ("readout", self.readout, READOUTS),
+        ):
+            if not any(value is c or value == c for c in choices):
+                raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+        clones = []
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, ConvolutionalMixture):
+                raise TypeError(
+                    f"layers[{i}] must be a ConvolutionalMixture, got "
+                    f"{type(layer).__name__}"
+                )
+            clone = type(layer)(**layer.get_params())
+            if self.batch_size is not None:
+                clone.set_params(batch_size=self.batch_size)
+            try:
+                clone._check_params()
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"layers[{i}]: {exc}") from exc
+            clones.append(clone)
+        return clones
+
+    def _check_fitted(self):
+        if hasattr(self, "layers_"):
+            return
+        message = f"This {type(self).__name__} instance is not fitted yet"
+        raise NotFittedError(message + "; call fit before using it")
+
+    # -- fitting -------------------------------------------------------------
+    def fit(self, X, y=None):
+        """Fit the layers bottom first, each by EM on the maps below it.
+
+        ``X`` is what ``ConvolutionalMixture.fit`` accepts (arrays of any
+        namespace, memmaps, re-iterables of batches, Dask arrays).  Every
+        layer's shapes are checked against the image size before any work.
+
+        Returns
+        -------
+        self
+        """
+        layers = self._check_params()
+        source = ImageSource(X, layers[0].batch_size)
+        check_stack(layers, source.image_shape, self.pool_size)
+        with restore_on_error(self, _FITTED):
+            fitted, norms = [], []
+            for depth, layer in enumerate(layers):
+                data = X
+                if depth:
+                    encode = self._encoder(fitted, norms, depth)
+                    step = layer.batch_size or NORM_SAMPLES
+                    norms.append(self._statistics(_Maps(source, encode), step))
+                    data = _Maps(source, self._encoder(fitted, norms, depth))
+                layer.fit(data)
+                fitted.append(layer)
+            self.layers_, self.norms_ = fitted, norms
+            self.n_features_ = sum(_n_features(layer) for layer in self._readers())
+        return self
+
+    def _encoder(self, layers, norms, depth):
+        """``batch of X → input of layer depth`` (a picklable function)."""
+        return functools.partial(
+            encode,
+            layers=tuple(layers[:depth]),
+            norms=tuple(norms) + (None,) * (depth - len(norms)),
+            activation=self.activation,
+            pool_size=self.pool_size,
+        )
+
+    def _statistics(self, maps, step):
+        """Per-channel ``(mean, scale)`` of the first NORM_SAMPLES images' maps."""
+        if self.normalize is None:
+            return np.zeros(1), np.ones(1)
+        total = total_sq = None
+        count = 0
+        for batch in maps.head(NORM_SAMPLES, step):
+            xp = get_namespace(batch)[0]
+            wide = xp.astype(batch, wide_float(xp))
+            s1 = to_numpy(xp.sum(wide, axis=(0, 2, 3))).astype(np.float64)
+            s2 = to_numpy(xp.sum(wide * wide, axis=(0, 2, 3))).astype(np.float64)
+            total = s1 if total is None else total + s1
+            total_sq = s2 if total_sq is None else total_sq + s2
+            count += batch.shape[0] * batch.shape[2] * batch.shape[3]
+        mean = total / count
+        var = np.maximum(total_sq / count - mean * mean, 0.0)
+        # a constant channel is only centred
+        scale = np.where(var > 1e-12, np.sqrt(var), 1.0)
+        return mean, scale
+
+    def _readers(self):
+        return self.layers_ if self.readout == "concat" else self.layers_[-1:]
+
+    # -- using the network ---------------------------------------------------
+    def transform(self, X):
+        """Features ``(n_samples, n_features_)``.
+
+        Each layer's ``transform`` of its own input (its ``features`` and
+        ``pooling``): the top layer's only (``readout="top"``), or all of
+        them side by side, bottom first (``"concat"``).  For Dask input the
+        result is a lazy Dask array.
+        """
+        self._check_fitted()
+        layers = self.layers_
+        source = ImageSource(X, self.batch_size or layers[0].batch_size)
+        source.check(
+            layers[0].kernel_size_, layers[0].padding_, layers[0].n_channels_in_
+        )
+        check_stack(layers, source.image_shape, self.pool_size)
+        func = functools.partial(
+            _features,
+            layers=tuple(layers),
+            norms=tuple(self.norms_),
+            activation=self.activation,
+            pool_size=self.pool_size,
+            readout=self.readout,
+        )
+        return source.map(func, kind="transform", n_features=self.n_features_)
+
+    def fit_transform(self, X, y=None):
+        return self.fit(X).transform(X)
+
+    # -- persistence ---------------------------------------------------------
+    def save(self, path):
+        """Write the fitted network to one ``.npz`` file (no pickles).
+
+        Each layer is stored as the estimator's own file format, checked the
+        same way on reading; the network's parameters and per-channel
+        statistics sit beside them, described by a JSON header.
+        """
+        self._check_fitted()
+        _persist.save_network(self, path)
+
+    @classmethod
+    def load(cls, path, *, xp=None, device=None):
+        """Read a network written by :meth:`save` (NumPy arrays unless ``xp``)."""
+        return _persist.load_network(
+            cls, ConvolutionalMixture, path, xp=xp, device=device
+        )
+
+
+# -- the pieces (module level: picklable for Dask) ------------------------------
+def _check_int(name, value, low):
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+
+
+def check_stack(layers, image_shape, pool_size):
+    """Refuse a stack whose layer ``l+1`` does not fit on layer ``l``'s pooled maps."""
+    H, W = image_shape
+    for i, layer in enumerate(layers):
+        (kh, kw), (ph, pw) = _geometry(layer)
+        if kh > H + 2 * ph or kw > W + 2 * pw:
+            below = (
+                "the images"
+                if i == 0
+                else f"layers[{i - 1}]'s maps pooled {pool_size}x{pool_size}"
+            )
+            raise ValueError(
+                f"layers[{i}]: kernel size ({kh}, {kw}) is larger than its padded "
+                f"input ({H + 2 * ph}, {W + 2 * pw}) ({below} are {H}x{W}); use "
+                "smaller kernels, more padding or a smaller pool_size"
+            )
+        H, W = (H + 2 * ph - kh + 1) // pool_size, (W + 2 * pw - kw + 1) // pool_size
+        if i + 1 < len(layers) and min(H, W) < 1:
+            raise ValueError(
+                f"layers[{i}]'s maps are smaller than one {pool_size}x{pool_size} "
+                "pooling cell; use a smaller pool_size or larger images"
+            )
+
+
+def _geometry(layer):
+    if hasattr(layer, "kernel_size_"):
+        return layer.kernel_size_, layer.padding_
+    return layer._check_params()
+
+
+def _n_features(layer):
+    ph, pw = check_params(layer.get_params())["pooling"]
+    return int(layer.kernels_.shape[0]) * ph * pw
+
+
+def _activation_maps(batch, layer, activation, readout=False):
+    """``(maps, features)``: ``layer``'s activation ``(n, K, Ho, Wo)`` at each
+    position and, with ``readout``, its ``transform`` of ``batch`` (else None).
+
+    The adapter: the only function here that depends on ``_readouts`` (the
+    triangle activation from the log joint, and its pooling, shared with
+    the layer's own triangle readout so that it is computed once).
+    """
+    options = dict(padding=layer.padding_, method=layer.method, activation=activation)
+    maps = _readouts.bind(_maps_of, layer.kernels_, layer.weights_, **options)(batch)
+    if not readout:
+        return maps, None
+    if activation == "triangle" and layer.features == "triangle":
+        xp = get_namespace(maps)[0]
+        grid = check_params(layer.get_params())["pooling"]
+        return maps, _readouts.pool(maps, grid, xp, reduce=xp.sum)
+    return maps, layer.transform(batch)
+
+
+def _maps_of(X, kernels, *, log_weights, padding, method, activation):
+    xp = get_namespace(X)[0]
+    A = log_joint(X, kernels, log_weights=log_weights, padding=padding, method=method)
+    if activation == "triangle":
+        return _readouts.triangle(X, A, kernels, log_weights, padding, method, xp)
+    return xp.exp(A - logsumexp(A, axis=1, keepdims=True))
+
+
+def average_pool(maps, size, xp):
+    """Mean over ``size × size`` cells at stride ``size``; a remainder is dropped."""
+    if size == 1:
+        return maps
+    n, k, H, W = maps.shape
+    h, w = H // size, W // size
+    cells = xp.reshape(maps[:, :, : h * size, : w * size], (n, k, h, size, w, size))
+    return xp.mean(cells, axis=(3, 5))
+
+
+def _step(data, layer, norm, activation, pool_size, readout=False):
+    """One layer up: ``(the next layer's input, this layer's readout or None)``."""
+    xp, device = get_namespace(data)
+    maps, features = _activation_maps(data, layer, activation, readout)
+    maps = average_pool(maps, pool_size, xp)
+    if norm is not None:
+        mean, scale = (
+            xp.reshape(xp.asarray(a, dtype=maps.dtype, device=device), (1, -1, 1, 1))
+            for a in norm
+        )
+        maps = (maps - mean) / scale
+    return maps, features
+
+
+def encode(batch, *, layers, norms, activation, pool_size):
+    """A batch of images → the input of the layer above ``layers``."""
+    batch = check_images(batch, "each batch of X")
+    for layer, norm in zip(layers, norms, strict=True):
+        batch, _ = _step(batch, layer, norm, activation, pool_size)
+    return batch
+
+
+def _features(batch, *, layers, norms, activation, pool_size, readout):
+    """Features of one batch of images: the layers' readouts, bottom first."""
+    data = check_images(batch, "each batch of X")
+    outs = []
+    for layer, norm in zip(layers[:-1], norms, strict=True):
+        concat = readout == "concat"
+        data, features = _step(data, layer, norm, activation, pool_size, concat)
+        if concat:
+            outs.append(features)
+    outs.append(layers[-1].transform(data))
+    xp = get_namespace(outs[0])[0]
+    return xp.concat(outs, axis=1) if len(outs) > 1 else outs[0]
+
+
+class _Maps:
+    """The input of a layer above the first: ``encode`` applied to rows of ``X``.
+
+    For an ``X`` read by slices (arrays, memmaps, Dask, lazy arrays) this is
+    itself sliceable (``shape``, ``__getitem__``), so a layer's
+    ``ImageSource`` reads it batch by batch and samples rows without
+    computing the others.  For an iterable ``X`` it is a re-iterable of
+    mapped batches (``ImageSource`` then counts images by one extra pass).
+    """
+
+    def __init__(self, source, encoder):
+        self.source, self.encoder = source, encoder
+        if source.kind != "iterable":
+            first = encoder(source.take([0]))
+            self.shape = (source.n_samples, *first.shape[1:])
+            self.dtype, self.ndim = first.dtype, 4
+
+    def __getattribute__(self, name):
+        # an iterable X has no row access: hide ``shape`` so that
+        # ImageSource treats this object as a re-iterable of batches
+        if (
+            name in ("shape", "__getitem__")
+            and object.__getattribute__(self, "source").kind == "iterable"
+        ):
+            raise AttributeError(name)
+        return object.__getattribute__(self, name)
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            start, stop, _ = key.indices(self.shape[0])
+            rows = self.source._slice(start, stop)
+            if self.source.kind == "dask":
+                rows = rows.compute()
+        else:
+            rows = self.source.take(np.asarray(key).tolist())
+        return self.encoder(rows)
+
+    def __iter__(self):
+        for batch in self.source.batches():
+            yield self.encoder(batch)
+
+    def head(self, n_max, step):
+        """Mapped batches of at most ``step`` images covering the first ``n_max``."""
+        if self.source.kind != "iterable":
+            n = min(n_max, self.shape[0])
+            for start in range(0, n, step):
+                yield self[start : min(start + step, n)]
+            return
+        seen = 0
+        for batch in self.source.batches():
+            batch = batch[: n_max - seen]
+            for start in range(0, batch.shape[0], step):
+                yield self.encoder(batch[start : start + step])
+            seen += batch.shape[0]
+            if seen >= n_max:
+                return
