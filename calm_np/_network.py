@@ -39,7 +39,7 @@ from . import _persist, _readouts
 from ._base import ParamsMixin, restore_on_error
 from ._checks import check_images, check_params
 from ._data import ImageSource
-from ._em import log_joint
+from ._em import _Batch
 from ._estimator import ConvolutionalMixture, NotFittedError
 from ._xp import get_namespace, logsumexp, to_numpy, wide_float
 
@@ -308,26 +308,20 @@ def _activation_maps(batch, layer, activation, readout=False):
     """``(maps, features)``: ``layer``'s activation ``(n, K, Ho, Wo)`` at each
     position and, with ``readout``, its ``transform`` of ``batch`` (else None).
 
-    The adapter: the only function here that depends on ``_readouts`` (the
-    triangle activation from the log joint, and its pooling, shared with
-    the layer's own triangle readout so that it is computed once).
+    The adapter: the only function here that depends on ``_readouts``.  The
+    readout is the layer's own ``transform`` (its chunked fast path), so a
+    network's features equal its layers' features exactly.
     """
     options = dict(padding=layer.padding_, method=layer.method, activation=activation)
     maps = _readouts.bind(_maps_of, layer.kernels_, layer.weights_, **options)(batch)
-    if not readout:
-        return maps, None
-    if activation == "triangle" and layer.features == "triangle":
-        xp = get_namespace(maps)[0]
-        grid = check_params(layer.get_params())["pooling"]
-        return maps, _readouts.pool(maps, grid, xp, reduce=xp.sum)
-    return maps, layer.transform(batch)
+    return maps, (layer.transform(batch) if readout else None)
 
 
 def _maps_of(X, kernels, *, log_weights, padding, method, activation):
-    xp = get_namespace(X)[0]
-    A = log_joint(X, kernels, log_weights=log_weights, padding=padding, method=method)
+    batch = _Batch(X, kernels, log_weights, padding, method)
+    xp, A = batch.xp, batch.log_joint()
     if activation == "triangle":
-        return _readouts.triangle(X, A, kernels, log_weights, padding, method, xp)
+        return _readouts.triangle(A, batch.patch_sq_norms(), batch.log_weights, xp)
     return xp.exp(A - logsumexp(A, axis=1, keepdims=True))
 
 

@@ -19,6 +19,7 @@ from calm_np import (
     NotFittedError,
     _network,
 )
+from calm_np._em import _Batch
 from calm_np._xp import array_namespace, to_numpy
 
 pytestmark = [
@@ -81,7 +82,8 @@ def test_greedy_fit_equals_fitting_layer_two_by_hand_bit_for_bit():
     first = model.layers_[0]
     log_w = np.log(first.weights_)
     A = calm_np.log_joint(X, first.kernels_, log_weights=log_w)
-    act = calm_np._readouts.triangle(X, A, first.kernels_, log_w, (0, 0), "auto", np)
+    sq_norms = _Batch(X, first.kernels_, log_w).patch_sq_norms()
+    act = calm_np._readouts.triangle(A, sq_norms, log_w, np)
     n, k, H, W = act.shape
     pooled = act[:, :, : H // 2 * 2, : W // 2 * 2]
     pooled = pooled.reshape(n, k, H // 2, 2, W // 2, 2).mean(axis=(3, 5))
