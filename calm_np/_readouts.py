@@ -83,12 +83,21 @@ def triangle(X, A, kernels, log_w, padding, method, xp):
     ``z[k, u] = ‖x_u − μ_k‖`` comes from the log joint,
     ``‖x_u − μ_k‖² = ‖x_u‖² − 2 (A[k, u] − log π_k)``, with the patch norms
     ``‖x_u‖²`` from an integral image of ``X²`` (as for ``latent="patch"``).
+    A kernel of weight 0 (``log π_k = -inf``) keeps its finite distance.
     Coates, Lee & Ng (2011) use it on k-means centroids: a
     kernel is active where the patch is closer to it than to the average
     kernel, which makes the code sparse and competitive across kernels.
     """
-    sq_norms = _Batch(X, kernels, log_w, padding, method).patch_sq_norms()
-    sq_norms = sq_norms[:, None, ...]
+    batch = _Batch(X, kernels, log_w, padding, method)
+    log_w = batch.log_weights
+    finite = xp.isfinite(log_w)
+    if not bool(xp.all(finite)):
+        # a zero weight makes A = -inf: recompute A with log π_k = 0 there
+        # (the distances do not depend on the weights)
+        log_w = xp.where(finite, log_w, xp.zeros_like(log_w))
+        batch.log_weights = log_w
+        A = batch.log_joint()
+    sq_norms = batch.patch_sq_norms()[:, None, ...]
     dist2 = sq_norms - 2.0 * (A - xp.reshape(log_w, (1, -1, 1, 1)))
     dist = xp.sqrt(xp.maximum(dist2, xp.zeros_like(dist2)))
     act = xp.mean(dist, axis=1, keepdims=True) - dist
