@@ -27,8 +27,8 @@ import numpy as np
 from . import _checks, _persist, _readouts
 from ._base import ParamsMixin, restore_on_error
 from ._checks import FEATURES  # noqa: F401  (the CLI reads _estimator.FEATURES)
-from ._data import ImageSource, progress_bar
 from ._dask import is_dask_array
+from ._data import ImageSource, progress_bar
 from ._em import (
     log_likelihood,
     m_step,
@@ -475,7 +475,9 @@ default="log_joint"
         params = self._check_params()
         k = int(self.kernels_.shape[0])
         source = ImageSource(X, params["batch_size"])
-        map_shape = source.check(self.kernel_size_, self.padding_, self.n_channels_in_, k)
+        map_shape = source.check(
+            self.kernel_size_, self.padding_, self.n_channels_in_, k
+        )
         _checks.check_model_size(
             {**params, "n_kernels": k, "init": None}, map_shape, None
         )

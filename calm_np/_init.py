@@ -7,7 +7,6 @@ on the caller's namespace and device.
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from . import _checks
