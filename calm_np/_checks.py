@@ -244,7 +244,9 @@ def check_sizes(image_shape, kernel_shape, padding):
 
 # -- the estimator's parameter table ------------------------------------------
 def _is_bool(value):
-    return isinstance(value, bool) or type(value).__name__ == "bool_"
+    import numpy as np
+
+    return isinstance(value, (bool, np.bool_))
 
 
 def _integer(name, value, low):

@@ -12,7 +12,7 @@ place that dispatches on the kind of input.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 from . import _checks
 from ._dask import is_dask_array
@@ -58,6 +58,11 @@ class ImageSource:
             if len(X.shape) not in (3, 4):
                 _checks.check_images(X[:1], name)  # the usual shape error
             self.X = X
+        elif isinstance(X, (str, bytes, Mapping)):
+            raise TypeError(
+                f"{name} must be an array of images, a NumPy memmap, a Dask "
+                f"array or a re-iterable of batches, got {type(X).__name__}"
+            )
         elif isinstance(X, Iterator):
             raise TypeError(
                 f"{name} is a one-shot iterator, but EM reads the data once per "
@@ -184,7 +189,7 @@ class ImageSource:
             return self.X[np.asarray(indices, dtype=np.intp)].compute()
         wanted = list(indices)
         out, pos, offset = [], 0, 0
-        for batch in self._iter_raw():
+        for batch in self.batches():
             nb = batch.shape[0]
             local = []
             while pos < len(wanted) and wanted[pos] < offset + nb:

@@ -18,6 +18,7 @@ lazy Dask map).
 from __future__ import annotations
 
 import functools
+import math
 
 from . import _checks
 from ._checks import FEATURES
@@ -73,7 +74,14 @@ def _apply_bound(func, kernels, weights, options, batch):
     xp, device = get_namespace(batch)
     dtype = _checks.float_dtype(xp, [(batch, "X")], device)
     kernels = xp.asarray(kernels, dtype=dtype, device=device)
-    log_w = xp.log(xp.asarray(weights, dtype=dtype, device=device))
+    weights = xp.asarray(weights, dtype=dtype, device=device)
+    positive = weights > 0
+    # log 0 = -inf without a divide-by-zero warning
+    log_w = xp.where(
+        positive,
+        xp.log(xp.where(positive, weights, xp.ones_like(weights))),
+        xp.full_like(weights, -math.inf),
+    )
     return func(batch, kernels, log_weights=log_w, **options)
 
 
