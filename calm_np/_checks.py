@@ -365,7 +365,7 @@ def check_params(params):
 # Largest log-joint maps of one image (n_kernels × Ho × Wo × 8 bytes) a model
 # may need, and the working set an automatic batch (batch_size=None) aims at.
 MAX_MAP_BYTES = 2**30
-AUTO_BATCH_BYTES = 64 * 2**20
+AUTO_BATCH_BYTES = 8 * 2**20
 
 
 def check_model_size(params, map_shape, n_patches):
