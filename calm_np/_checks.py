@@ -363,9 +363,12 @@ def check_params(params):
 
 
 # Largest log-joint maps of one image (n_kernels × Ho × Wo × 8 bytes) a model
-# may need, and the working set an automatic batch (batch_size=None) aims at.
+# may need; the maps an automatic batch (batch_size=None) aims at (a score
+# or transform holds about five such arrays, a move's window statistics
+# more), and its floor in images (the fused pass threads over images).
 MAX_MAP_BYTES = 2**30
 AUTO_BATCH_BYTES = 8 * 2**20
+AUTO_BATCH_MIN = 16
 
 
 def check_model_size(params, map_shape, n_patches):
@@ -397,6 +400,7 @@ def check_model_size(params, map_shape, n_patches):
 
 
 def auto_batch_size(n_kernels, map_shape):
-    """Images per batch so that one batch's maps take about ``AUTO_BATCH_BYTES``."""
+    """Images per batch so that one batch's maps take about ``AUTO_BATCH_BYTES``
+    (at least ``AUTO_BATCH_MIN`` images)."""
     per_image = n_kernels * map_shape[0] * map_shape[1] * 8
-    return max(1, AUTO_BATCH_BYTES // max(per_image, 1))
+    return max(AUTO_BATCH_MIN, AUTO_BATCH_BYTES // max(per_image, 1))

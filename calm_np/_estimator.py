@@ -113,9 +113,10 @@ class ConvolutionalMixture(ParamsMixin):
         Stop when the mean per-image objective changes by less than ``tol``.
     batch_size : int or None, default=None
         Images per minibatch of a pass (and of ``transform`` and the
-        scores); ``None`` picks one so that a batch's maps take about 64 MB
-        (``n_kernels × Ho × Wo × 8`` bytes per image).  Batching changes the
-        result only by rounding: the statistics are exact sums.
+        scores); ``None`` picks one so that a batch's maps take about 8 MB
+        (``n_kernels × Ho × Wo × 8`` bytes per image), and at least 16
+        images.  Batching changes the result only by rounding: the
+        statistics are exact sums.
     method : {"auto", "im2col", "fft"}, default="auto"
         Convolution engine; ``"auto"`` picks the cheaper one from the shapes.
     warm_start : bool, default=False
@@ -158,8 +159,10 @@ default="log_joint"
     weights_ : array of shape (n_kernels,)
         Mixture weights, summing to 1 (uniform unless ``learn_weights``).
     lower_bound_ : float
-        Objective of the fitted model: mean per-image log-likelihood minus
-        ``reg_kernels / (2 n) Σ_k ‖μ_k‖²``.
+        Objective of the fitted model, in nats per image: the mean of
+        :meth:`score_samples` (log-likelihood, or pseudo-log-likelihood for
+        ``latent="patch"``) minus ``reg_kernels / (2 n) Σ_k ‖μ_k‖²``.
+        Always finite: a non-finite objective is a ``ValueError``.
     lower_bounds_ : list of float
         Objective after each iteration of the best run.
     n_iter_ : int
@@ -523,7 +526,10 @@ default="log_joint"
         is a logsumexp of the log joint ``A[k, u]`` over a cell of positions
         (``features="log_joint"``), the log posterior mass of the cell
         (``"log_posterior"``), that mass (``"posterior"``), or the sum of the
-        triangle activations of the cell (``"triangle"``).
+        triangle activations of the cell (``"triangle"``).  A kernel whose
+        learned weight is 0 has ``-inf`` log features (their exact value) and
+        posterior 0; its triangle features stay finite (distances do not
+        depend on the weights).  Computed batch by batch (``batch_size``).
         """
         source, params = self._source(X)
         ph, pw = params["pooling"]
