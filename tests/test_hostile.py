@@ -726,3 +726,25 @@ def test_good_file_still_loads(saved, tmp_path):
     m = ConvolutionalMixture.load(path)
     assert m.kernels_.shape == (3, 1, 3, 3)
     assert np.all(np.isfinite(m.transform(X[:2])))
+
+
+# -- memory: the automatic batch ------------------------------------------------------
+def test_automatic_batch_is_bounded_by_the_maps(monkeypatch):
+    from calm_np import _checks
+    from calm_np._data import ImageSource
+
+    source = ImageSource(X, None)
+    source.check((3, 3), (0, 0), None, n_kernels=3)
+    per_image = 3 * 6 * 6 * 8
+    assert source.batch_size == max(
+        _checks.AUTO_BATCH_MIN, _checks.AUTO_BATCH_BYTES // per_image
+    )
+    monkeypatch.setattr(_checks, "AUTO_BATCH_BYTES", 1)
+    source = ImageSource(X, None)
+    source.check((3, 3), (0, 0), None, n_kernels=3)
+    sizes = [b.shape[0] for b in source.batches()]
+    assert sizes == [_checks.AUTO_BATCH_MIN, X.shape[0] - _checks.AUTO_BATCH_MIN]
+    m = fitted()
+    np.testing.assert_allclose(
+        m.score_samples(X), m.set_params(batch_size=X.shape[0]).score_samples(X)
+    )
