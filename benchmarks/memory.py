@@ -12,6 +12,16 @@ sampling the resident set size (RSS) every 50 ms: before the fit, during it
 one EM iteration (two passes over every image) with small kernels, so the
 run stays short; memory per batch is set by the model and the batch size,
 whatever ``n``.
+
+    python benchmarks/memory.py --calls 6000 60000
+
+measures instead the peak of each call with the default ``batch_size=None``
+(the automatic batch) on ``n`` in-memory float32 images 28×28 with 32
+kernels 7×7: one plain EM iteration, an iteration with a move (margin
+statistics, re-centring, patch pool), ``score`` and ``transform``.  Peaks
+are ``tracemalloc``'s (every NumPy allocation, Python's too) above what was
+allocated before the call, in a fresh subprocess per ``n``; the goal is no
+call over 3× a plain iteration.
 """
 
 from __future__ import annotations
@@ -103,6 +113,67 @@ def _child(path, n, batch_size, n_kernels, kernel_size):
     )
 
 
+def _calls_child(n):
+    """Run in a subprocess: tracemalloc peaks of each call on ``n`` images."""
+    import tracemalloc
+    import warnings
+
+    import calm_np
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((n, 1, 28, 28)).astype(np.float32)
+    init = rng.standard_normal((32, 1, 7, 7)).astype(np.float32)
+    common = dict(kernel_size=7, init=init, random_state=0)
+    fitted = calm_np.ConvolutionalMixture(32, max_iter=1, **common)
+    calls = {
+        # one E-step for the start, one after the M-step
+        "iteration": lambda: fitted.fit(X),
+        # tol so large that EM "stalls" at once: a move is tried
+        "move": lambda: calm_np.ConvolutionalMixture(
+            32, max_iter=2, tol=1e9, **common
+        ).fit(X),
+        "score": lambda: fitted.score(X),
+        "transform": lambda: fitted.transform(X),
+    }
+    out = {"n": n}
+    tracemalloc.start()
+    for name, call in calls.items():
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            call()
+        out[name] = (tracemalloc.get_traced_memory()[1] - base) / 2**20
+        out[name + "_s"] = time.perf_counter() - t0
+    print(json.dumps(out))
+
+
+def calls_table(ns):
+    """Print the peak of each call, and whether none is over 3× an iteration."""
+    print(_perf.machine_line(_perf.n_cpus()))
+    print(
+        "tracemalloc peak above the start of each call, MB; float32 images 28x28, "
+        "32 kernels 7x7, batch_size=None"
+    )
+    names = ("iteration", "move", "score", "transform")
+    print(f"{'images':>7} " + " ".join(f"{n:>10}" for n in names) + "  worst/iter")
+    rows = []
+    for n in ns:
+        cmd = [sys.executable, __file__, "--calls-child", str(n)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        rows.append(r)
+        worst = max(r[k] for k in names) / r["iteration"]
+        print(
+            f"{n:7d} "
+            + " ".join(f"{r[k]:7.0f} MB" for k in names)
+            + f"  {worst:.2f} ({'met' if worst <= 3 else 'NOT met'})"
+        )
+        print(f"{'seconds':>7} " + " ".join(f"{r[k + '_s']:10.1f}" for k in names))
+    return rows
+
+
 def _fmt(parts):
     total, anon, file = parts
     return f"{total:.0f}={anon:.0f}+{file:.0f}"
@@ -117,7 +188,15 @@ def main(argv=None):
     ap.add_argument("--dir", default=None, help="where to write the memmap")
     ap.add_argument("--keep", action="store_true", help="keep the memmap file")
     ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--calls", type=int, nargs="+", help="peaks of fit/move/score/transform"
+    )
+    ap.add_argument("--calls-child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.calls_child:
+        return _calls_child(args.calls_child)
+    if args.calls:
+        return calls_table(args.calls)
     if args.child:
         path, n, bs, k, ks = args.child
         return _child(path, int(n), int(bs), int(k), int(ks))

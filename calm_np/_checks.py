@@ -37,6 +37,13 @@ def as_array(a, name):
         ) from exc
 
 
+def detached(a):
+    """``a`` without autograd history (a PyTorch tensor that requires grad)."""
+    if getattr(a, "requires_grad", False) and hasattr(a, "detach"):
+        return a.detach()
+    return a
+
+
 def _kind(xp, dtype):
     for kind in ("bool", "complex floating", "real floating", "integral"):
         try:
@@ -82,6 +89,29 @@ def check_finite(a, name, xp):
         )
 
 
+def check_images_finite(X, name, xp):
+    """Refuse NaN/inf, and values whose squares overflow ``X``'s dtype.
+
+    One reduction (``max |X|``, which NaN propagates through).  The bound
+    ``sqrt(max_float / pixels per image)`` keeps ``‖X‖²`` and the
+    correlations finite; beyond it the objective would be ``-inf``.
+    """
+    if X.shape[0] == 0:
+        return
+    peak = float(xp.max(xp.abs(X)))
+    if not math.isfinite(peak):
+        check_finite(X, name, xp)  # the usual message
+    pixels = math.prod(X.shape[1:])
+    limit = math.sqrt(float(xp.finfo(X.dtype).max) / max(pixels, 1))
+    if peak > limit:
+        raise ValueError(
+            f"{name} has values up to {peak:.3g}, whose squares overflow "
+            f"{X.dtype} (largest usable magnitude {limit:.3g} for images of "
+            f"{pixels} pixels); rescale the images (calm_np assumes unit noise "
+            "variance) or pass float64"
+        )
+
+
 def check_padding(padding):
     """``padding`` as a pair of non-negative ints."""
     message = f"padding must be an int or a pair of ints (ph, pw), got {padding!r}"
@@ -106,7 +136,7 @@ def check_padding(padding):
 
 
 def check_method(method, xp=None):
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method == "fft" and xp is not None and not hasattr(xp, "fft"):
         raise ValueError(
@@ -117,7 +147,7 @@ def check_method(method, xp=None):
 
 
 def check_latent(latent):
-    if latent not in LATENTS:
+    if not isinstance(latent, str) or latent not in LATENTS:
         raise ValueError(f"latent must be one of {LATENTS}, got {latent!r}")
     return latent
 
@@ -126,9 +156,14 @@ def _four_d(a, name, message):
     """``a`` as 4-D, a channel axis of 1 added to 3-D; ``message(a)`` otherwise."""
     a = as_array(a, name)
     if a.ndim == 3:
-        return a[:, None, ...]
-    if a.ndim != 4:
+        a = a[:, None, ...]
+    elif a.ndim != 4:
         raise ValueError(message(a))
+    if min(a.shape[1:]) < 1:
+        raise ValueError(
+            f"{name} has shape {tuple(a.shape)}: every channel, row and column "
+            "axis needs at least 1 element; pass images with at least one channel"
+        )
     return a
 
 
@@ -208,11 +243,42 @@ def check_sizes(image_shape, kernel_shape, padding):
 
 
 # -- the estimator's parameter table ------------------------------------------
+def _is_bool(value):
+    import numpy as np
+
+    return isinstance(value, (bool, np.bool_))
+
+
 def _integer(name, value, low):
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+    if not isinstance(value, numbers.Integral) or _is_bool(value):
         raise TypeError(f"{name} must be an int, got {value!r}")
     if value < low:
         raise ValueError(f"{name} must be >= {low}, got {value}")
+    return int(value)
+
+
+def _boolean(name, value):
+    if not _is_bool(value):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _seed(name, value):
+    """``random_state``: None, an int in [0, 2**32), or a NumPy generator."""
+    import numpy as np
+
+    if value is None or isinstance(value, (np.random.RandomState, np.random.Generator)):
+        return value
+    if not isinstance(value, numbers.Integral) or _is_bool(value):
+        raise TypeError(
+            "random_state must be None, an int, a numpy RandomState or Generator, "
+            f"got {type(value).__name__}"
+        )
+    if not 0 <= value < 2**32:
+        raise ValueError(
+            f"random_state must be an int in [0, 2**32), got {value}; pass "
+            "a smaller seed"
+        )
     return int(value)
 
 
@@ -230,18 +296,15 @@ def _pair(name, value):
 
 
 def _non_negative(name, value):
-    if (
-        not isinstance(value, numbers.Real)
-        or isinstance(value, bool)
-        or not math.isfinite(value)
-        or value < 0
-    ):
+    if not isinstance(value, numbers.Real) or _is_bool(value):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    if not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return value
+    return float(value)
 
 
 def _choice(name, value, choices):
-    if value not in choices:
+    if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
     return value
 
@@ -284,9 +347,60 @@ PARAMS = {
     "callback": _callback,
     "features": lambda n, v: _choice(n, v, FEATURES),
     "pooling": _pair,
+    "learn_weights": _boolean,
+    "warm_start": _boolean,
+    "random_state": _seed,
 }
 
 
 def check_params(params):
-    """Check the estimator's ``params`` (a dict); the normalised values."""
+    """Check the estimator's ``params`` (a dict); the normalised values.
+
+    NumPy scalars come back as Python ``int``/``float``/``bool`` (what a
+    model file stores), pairs as tuples.
+    """
     return {name: check(name, params[name]) for name, check in PARAMS.items()}
+
+
+# Largest log-joint maps of one image (n_kernels × Ho × Wo × 8 bytes) a model
+# may need; the maps an automatic batch (batch_size=None) aims at (a score
+# or transform holds about five such arrays, a move's window statistics
+# more), and its floor in images (the fused pass threads over images).
+MAX_MAP_BYTES = 2**30
+AUTO_BATCH_BYTES = 8 * 2**20
+AUTO_BATCH_MIN = 16
+
+
+def check_model_size(params, map_shape, n_patches):
+    """Refuse models the data cannot support, before any work.
+
+    ``map_shape`` is ``(Ho, Wo)`` (positions per image), ``n_patches`` the
+    number of patches in the data (``n_samples · Ho · Wo``): a string
+    ``init`` draws kernels from them, a pooling grid splits the positions.
+    """
+    k, (ph, pw), (Ho, Wo) = params["n_kernels"], params["pooling"], map_shape
+    if ph > Ho or pw > Wo:
+        raise ValueError(
+            f"pooling={params['pooling']} asks for more cells than the "
+            f"{Ho}x{Wo} positions of the feature map; use pooling <= ({Ho}, {Wo})"
+        )
+    if isinstance(params["init"], str) and n_patches is not None and k > n_patches:
+        raise ValueError(
+            f"n_kernels={k} is more than the {n_patches} patches of X that "
+            f"init={params['init']!r} draws kernels from; use fewer n_kernels "
+            "or more images"
+        )
+    map_bytes = k * Ho * Wo * 8
+    if map_bytes > MAX_MAP_BYTES:
+        raise ValueError(
+            f"n_kernels={k} needs {map_bytes / 2**30:.3g} GiB of maps per image "
+            f"({Ho}x{Wo} positions), more than the {MAX_MAP_BYTES / 2**30:g} GiB "
+            "calm_np allows; use fewer n_kernels or smaller images"
+        )
+
+
+def auto_batch_size(n_kernels, map_shape):
+    """Images per batch so that one batch's maps take about ``AUTO_BATCH_BYTES``
+    (at least ``AUTO_BATCH_MIN`` images)."""
+    per_image = n_kernels * map_shape[0] * map_shape[1] * 8
+    return max(AUTO_BATCH_MIN, AUTO_BATCH_BYTES // max(per_image, 1))

@@ -12,7 +12,7 @@ place that dispatches on the kind of input.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 from . import _checks
 from ._dask import is_dask_array
@@ -39,7 +39,7 @@ class ImageSource:
             self.X = _checks.check_images(X, name)
         elif is_array_api_obj(X):
             self.kind = "array"
-            self.X = _checks.check_images(X, name)
+            self.X = _checks.check_images(_checks.detached(X), name)
         elif isinstance(X, (list, tuple)) and X and is_array_api_obj(X[0]):
             if X[0].ndim not in (3, 4):
                 raise ValueError(
@@ -58,6 +58,11 @@ class ImageSource:
             if len(X.shape) not in (3, 4):
                 _checks.check_images(X[:1], name)  # the usual shape error
             self.X = X
+        elif isinstance(X, (str, bytes, Mapping)):
+            raise TypeError(
+                f"{name} must be an array of images, a NumPy memmap, a Dask "
+                f"array or a re-iterable of batches, got {type(X).__name__}"
+            )
         elif isinstance(X, Iterator):
             raise TypeError(
                 f"{name} is a one-shot iterator, but EM reads the data once per "
@@ -81,14 +86,23 @@ class ImageSource:
         self.image_shape = tuple(first.shape[2:])
         self.dtype_source = first.dtype
 
-    def check(self, kernel_size, padding, n_channels=None):
-        """Refuse images too small for the kernels, or with the wrong channels."""
-        _checks.check_sizes(self.image_shape, kernel_size, padding)
+    def check(self, kernel_size, padding, n_channels=None, n_kernels=None):
+        """Refuse images too small for the kernels, or with the wrong channels.
+
+        Returns the map shape ``(Ho, Wo)``.  With ``n_kernels`` and
+        ``batch_size=None``, sets the automatic batch size: about
+        ``_checks.AUTO_BATCH_BYTES`` of maps per batch.
+        """
+        Hp, Wp = _checks.check_sizes(self.image_shape, kernel_size, padding)
         if n_channels is not None and self.n_channels != n_channels:
             raise ValueError(
                 f"X has {self.n_channels} channel(s) but the model was fitted on "
                 f"{n_channels}; pass images with {n_channels} channel(s)"
             )
+        map_shape = (Hp - kernel_size[0] + 1, Wp - kernel_size[1] + 1)
+        if self.batch_size is None and n_kernels is not None:
+            self.batch_size = _checks.auto_batch_size(n_kernels, map_shape)
+        return map_shape
 
     # -- shape ---------------------------------------------------------------
     def _first_batch(self):
@@ -97,8 +111,7 @@ class ImageSource:
                 raise ValueError("X contains no images; pass at least one image")
             first = self._slice(0, 1)
             return first.compute() if self.kind == "dask" else first
-        for batch in self.X:
-            batch = _checks.check_images(batch, "each batch of X")
+        for batch in self._iter_raw():
             return batch
         raise ValueError("X contains no images; pass at least one image")
 
@@ -120,7 +133,7 @@ class ImageSource:
     # -- reading -------------------------------------------------------------
     def _iter_raw(self):
         for batch in self.X:
-            yield _checks.check_images(batch, "each batch of X")
+            yield _checks.check_images(_checks.detached(batch), "each batch of X")
 
     def batches(self):
         """Yield batches ``(n_b, c, H, W)``, each checked for shape."""
@@ -176,7 +189,7 @@ class ImageSource:
             return self.X[np.asarray(indices, dtype=np.intp)].compute()
         wanted = list(indices)
         out, pos, offset = [], 0, 0
-        for batch in self._iter_raw():
+        for batch in self.batches():
             nb = batch.shape[0]
             local = []
             while pos < len(wanted) and wanted[pos] < offset + nb:

@@ -70,7 +70,7 @@ class _Batch:
         dtype = _checks.float_dtype(xp, [(X, "X"), (kernels, "kernels")], device)
         X = xp.astype(X, dtype)
         kernels = xp.astype(kernels, dtype)
-        _checks.check_finite(X, "X", xp)
+        _checks.check_images_finite(X, "X", xp)
         _checks.check_finite(kernels, "kernels", xp)
         kernel_shape = tuple(kernels.shape[2:])
         Hp, Wp = _checks.check_sizes(tuple(X.shape[2:]), kernel_shape, padding)
@@ -329,7 +329,14 @@ def objective(stats, kernels, reg_kernels=0.0):
     penalty = 0.0
     if reg_kernels:
         penalty = 0.5 * reg_kernels * float(xp.sum(kernels * kernels))
-    return (float(stats.log_likelihood) - penalty) / stats.n_samples
+    value = (float(stats.log_likelihood) - penalty) / stats.n_samples
+    if not math.isfinite(value):
+        raise ValueError(
+            f"the objective is {value} (not finite): the images are too large "
+            "for the floating dtype; rescale X to unit noise variance or pass "
+            "float64"
+        )
+    return value
 
 
 def m_step(stats, kernels, log_weights, reg_kernels=0.0, learn_weights=False):
@@ -353,6 +360,24 @@ def running_statistics(stats, t=0):
     """Per-image statistics ``N_k / n``, ``S_k / n`` as online EM carries them."""
     n = stats.n_samples
     return dict(counts=stats.counts / n, sums=stats.sums / n, n_seen=n, t=t)
+
+
+def running_from_model(stats, kernels, weights, t):
+    """Running statistics rebuilt from a model's ``kernels`` and ``weights``.
+
+    For a model without them (one read by ``load``): ``N̄_k = π_k m`` and
+    ``S̄_k = μ_k N̄_k`` per image, with ``m`` the latent draws per image (the
+    batch's ``Σ_k N_k / n``: 1, or the positions for ``latent="patch"``), so
+    the M-step of the rebuilt state gives the model back when
+    ``reg_kernels=0``.  ``n_seen`` starts at 0 and ``t`` at ``t``.
+    """
+    xp = get_namespace(stats.counts)[0]
+    wide = stats.counts.dtype
+    per_image = xp.sum(stats.counts) / stats.n_samples
+    counts = xp.astype(weights, wide) * per_image
+    shape = (-1,) + (1,) * (stats.sums.ndim - 1)
+    sums = xp.astype(kernels, wide) * xp.reshape(counts, shape)
+    return dict(counts=counts, sums=sums, n_seen=0, t=t)
 
 
 def online_step(running, stats):

@@ -27,8 +27,16 @@ import numpy as np
 from . import _checks, _persist, _readouts
 from ._base import ParamsMixin, restore_on_error
 from ._checks import FEATURES  # noqa: F401  (the CLI reads _estimator.FEATURES)
+from ._dask import is_dask_array
 from ._data import ImageSource, progress_bar
-from ._em import log_likelihood, m_step, objective, online_step, running_statistics
+from ._em import (
+    log_likelihood,
+    m_step,
+    objective,
+    online_step,
+    running_from_model,
+    running_statistics,
+)
 from ._init import check_random_state, kernels_for
 from ._moves import STARVED_SHARE, Moves, starved
 from ._persist import FORMAT_VERSION  # noqa: F401  (kept importable from here)
@@ -104,12 +112,18 @@ class ConvolutionalMixture(ParamsMixin):
     tol : float, default=1e-4
         Stop when the mean per-image objective changes by less than ``tol``.
     batch_size : int or None, default=None
-        Images per minibatch of a pass; ``None`` is all at once.  Batching
-        does not change the result: the statistics are exact sums.
+        Images per minibatch of a pass (and of ``transform`` and the
+        scores); ``None`` picks one so that a batch's maps take about 8 MB
+        (``n_kernels × Ho × Wo × 8`` bytes per image), and at least 16
+        images.  Batching changes the result only by rounding: the
+        statistics are exact sums.
     method : {"auto", "im2col", "fft"}, default="auto"
         Convolution engine; ``"auto"`` picks the cheaper one from the shapes.
     warm_start : bool, default=False
         Start ``fit`` from the fitted kernels instead of a new initialisation.
+        The data and parameters must then match the fitted model (kernel
+        size, ``n_kernels``, padding, channels), else ``ValueError``; with
+        ``warm_start=False`` a fit starts over whatever was fitted before.
     random_state : int, RandomState, Generator or None, default=None
         Seeds initialisation and re-seeding.
     verbose : int, default=0
@@ -118,7 +132,8 @@ class ConvolutionalMixture(ParamsMixin):
     callback : callable or None, default=None
         ``callback(estimator)`` after every iteration, with the current
         ``kernels_``, ``weights_``, ``lower_bounds_`` and ``n_iter_``; a
-        ``True`` return value stops the fit.
+        ``True`` return value stops the fit (all of it when ``n_init > 1``:
+        the best run so far is kept).
     features : {"log_joint", "log_posterior", "posterior", "triangle"}, \
 default="log_joint"
         What :meth:`transform` returns per kernel and pooling cell:
@@ -144,8 +159,10 @@ default="log_joint"
     weights_ : array of shape (n_kernels,)
         Mixture weights, summing to 1 (uniform unless ``learn_weights``).
     lower_bound_ : float
-        Objective of the fitted model: mean per-image log-likelihood minus
-        ``reg_kernels / (2 n) Σ_k ‖μ_k‖²``.
+        Objective of the fitted model, in nats per image: the mean of
+        :meth:`score_samples` (log-likelihood, or pseudo-log-likelihood for
+        ``latent="patch"``) minus ``reg_kernels / (2 n) Σ_k ‖μ_k‖²``.
+        Always finite: a non-finite objective is a ``ValueError``.
     lower_bounds_ : list of float
         Objective after each iteration of the best run.
     n_iter_ : int
@@ -202,9 +219,43 @@ default="log_joint"
 
     # -- validation ----------------------------------------------------------
     def _check_params(self):
-        """Check every parameter (``_checks.PARAMS``); ``(kernel_size, padding)``."""
-        params = _checks.check_params(self.get_params())
-        return params["kernel_size"], params["padding"]
+        """Every parameter checked and normalised (``_checks.PARAMS``), a dict."""
+        return _checks.check_params(self.get_params())
+
+    def _checked_source(self, X, params, fitted=False):
+        """``X`` as an ``ImageSource``, checked against the model it will fit.
+
+        The one consistency rule for fitted state: a fit that continues the
+        fitted model (``warm_start``, ``partial_fit``, ``fitted=True``) needs
+        the same kernel shape, ``n_kernels``, padding and channel count, or
+        raises a ``ValueError`` naming both values (the model is untouched);
+        a fresh fit starts over whatever the previous shapes.  Also sizes
+        the automatic batch and refuses models the data cannot support.
+        """
+        source = ImageSource(X, params["batch_size"])
+        kernel_size, padding = params["kernel_size"], params["padding"]
+        n_channels = None
+        if fitted:
+            n_channels = self.n_channels_in_
+            fitted_values = dict(
+                n_kernels=int(self.kernels_.shape[0]),
+                kernel_size=tuple(self.kernel_size_),
+                padding=tuple(self.padding_),
+            )
+            for name, value in fitted_values.items():
+                if params[name] != value:
+                    raise ValueError(
+                        f"{name}={params[name]!r} differs from the fitted model's "
+                        f"{value!r}; a warm start or partial_fit continues the "
+                        f"fitted model, so set {name}={value!r}, or fit afresh "
+                        "with warm_start=False"
+                    )
+        map_shape = source.check(kernel_size, padding, n_channels, params["n_kernels"])
+        n_patches = None
+        if source.kind != "iterable":
+            n_patches = source.n_samples * map_shape[0] * map_shape[1]
+        _checks.check_model_size(params, map_shape, n_patches)
+        return source
 
     def _check_fitted(self):
         if not hasattr(self, "kernels_"):
@@ -229,14 +280,14 @@ default="log_joint"
         -------
         self
         """
-        kernel_size, padding = self._check_params()
-        source = ImageSource(X, self.batch_size)
-        source.check(kernel_size, padding, getattr(self, "n_channels_in_", None))
+        params = self._check_params()
+        warm = params["warm_start"] and hasattr(self, "kernels_")
+        source = self._checked_source(X, params, fitted=warm)
         with restore_on_error(self, _FITTED):
-            self._fit(source, kernel_size, padding)
+            self._fit(source, params["kernel_size"], params["padding"], warm)
         return self
 
-    def _fit(self, source, kernel_size, padding):
+    def _fit(self, source, kernel_size, padding, warm):
         """Best of ``n_init`` EM runs, each until ``tol`` or ``max_iter``.
 
         When EM stalls (change below ``tol``) a run tries a *move*
@@ -245,9 +296,10 @@ default="log_joint"
         ``lower_bounds_`` stays monotone; EM then continues from it.
         """
         rng = check_random_state(self.random_state)
-        warm = self.warm_start and hasattr(self, "kernels_")
-        best = None
+        best, stopped = None, False
         for run in range(1 if warm else self.n_init):
+            if stopped:  # the callback asked to stop the whole fit
+                break
             kernels, log_w = self._start(source, kernel_size, padding, rng, warm)
             moves = Moves(
                 source, kernel_size, padding, rng, self.reg_kernels, self.learn_weights
@@ -276,6 +328,7 @@ default="log_joint"
                     bounds.append(lower_bound)
                     self._report(n_iter, run, lower_bound, change, t0)
                     if self._callback_stops(kernels, log_w, bounds, source):
+                        stopped = True
                         break
                     if abs(change) < self.tol and moved is None:
                         converged = True
@@ -375,20 +428,21 @@ default="log_joint"
         with :math:`\eta_t = (t+2)^{-0.6}`, then the M-step
         ``μ_k = S̄_k n / (N̄_k n + λ)`` with ``n`` the images seen so far.
         The first call initialises from its batch; calls after ``fit``
-        continue from the fitted model.  Unlike ``fit``, online EM is *not*
+        continue from the fitted model.  A model from :meth:`load` has no
+        running statistics: they are rebuilt from its kernels and weights
+        (``N̄_k = π_k`` per latent draw, ``S̄_k = μ_k N̄_k``, the fixed point
+        of the fit when ``reg_kernels=0``) and the step size continues from
+        ``n_iter_``.  Unlike ``fit``, online EM is *not*
         monotone: the objective on a fixed set can go down between calls.
 
         Returns
         -------
         self
         """
-        kernel_size, padding = self._check_params()
-        source = ImageSource(X, None)
-        if hasattr(self, "kernels_"):
-            kernel_size, padding = self.kernel_size_, self.padding_
-        source.check(kernel_size, padding, getattr(self, "n_channels_in_", None))
+        params = self._check_params()
+        source = self._checked_source(X, params, fitted=hasattr(self, "kernels_"))
         with restore_on_error(self, _FITTED):
-            self._partial_fit(source, kernel_size, padding)
+            self._partial_fit(source, params["kernel_size"], params["padding"])
         return self
 
     def _partial_fit(self, source, kernel_size, padding):
@@ -404,8 +458,12 @@ default="log_joint"
         else:
             kernels = xp.asarray(self.kernels_, dtype=dtype, device=device)
             weights = xp.asarray(self.weights_, dtype=dtype, device=device)
-            running = self._online
+            # a loaded model has no running statistics: rebuild them from
+            # its kernels and weights (their fixed point when reg_kernels=0)
+            running = getattr(self, "_online", None)
         stats = self._e_step(source, kernels, xp.log(weights), padding, None)
+        if running is None and hasattr(self, "kernels_"):
+            running = running_from_model(stats, kernels, weights, self.n_iter_)
         self._online, blended = online_step(running, stats)
         kernels, log_w = self._m_step(blended, kernels, xp.log(weights))
         bounds = getattr(self, "lower_bounds_", [])
@@ -415,30 +473,51 @@ default="log_joint"
 
     # -- using the model -----------------------------------------------------------
     def _source(self, X):
+        """``(source, params)`` for reading ``X`` out with the fitted model."""
         self._check_fitted()
-        source = ImageSource(X, self.batch_size)
-        source.check(self.kernel_size_, self.padding_, self.n_channels_in_)
-        return source
+        params = self._check_params()
+        k = int(self.kernels_.shape[0])
+        source = ImageSource(X, params["batch_size"])
+        map_shape = source.check(
+            self.kernel_size_, self.padding_, self.n_channels_in_, k
+        )
+        _checks.check_model_size(
+            {**params, "n_kernels": k, "init": None}, map_shape, None
+        )
+        return source, params
 
     def score_samples(self, X):
-        """Exact log-likelihood ``log p(X_n)`` of each image, ``(n_samples,)``.
+        """The fitted objective of each image, in nats, ``(n_samples,)``.
 
-        Equals :func:`calm_np.log_likelihood` with the fitted parameters
-        (lazily, as a Dask array, for Dask input).
+        ``latent="image"``: the exact log-likelihood ``log p(X_n)``.
+        ``latent="patch"``: the pseudo-log-likelihood
+        ``Σ_u log p(x_{n,u})``, every patch's log density under the mixture
+        summed over the image's patches.  Either way the number whose mean
+        (minus the prior penalty ``reg_kernels``) the fit maximised, and
+        :func:`calm_np.log_likelihood` with the fitted parameters and
+        ``latent``.  Lazily, as a Dask array, for Dask input.
         """
-        source = self._source(X)
+        source, _ = self._source(X)
         func = _readouts.bind(
             log_likelihood,
             self.kernels_,
             self.weights_,
             padding=self.padding_,
             method=self.method,
+            latent=self.latent,
         )
         return source.map(func, kind="score")
 
     def score(self, X, y=None):
-        """Mean per-image log-likelihood, a Python float."""
-        return float(np.mean(to_numpy(self.score_samples(X))))
+        """Mean of :meth:`score_samples` (nats per image), a Python float.
+
+        Computed for Dask input too.  Higher is better, so it ranks models in
+        a grid search; it does not include the ``reg_kernels`` penalty.
+        """
+        values = self.score_samples(X)
+        if is_dask_array(values):
+            values = values.compute()
+        return float(np.mean(to_numpy(values)))
 
     def transform(self, X):
         """Pooled posterior features, ``(n_samples, n_features)``.
@@ -447,10 +526,12 @@ default="log_joint"
         is a logsumexp of the log joint ``A[k, u]`` over a cell of positions
         (``features="log_joint"``), the log posterior mass of the cell
         (``"log_posterior"``), that mass (``"posterior"``), or the sum of the
-        triangle activations of the cell (``"triangle"``).
+        triangle activations of the cell (``"triangle"``).  A kernel whose
+        learned weight is 0 has ``-inf`` log features (their exact value) and
+        posterior 0; its triangle features stay finite (distances do not
+        depend on the weights).  Computed batch by batch (``batch_size``).
         """
-        source = self._source(X)
-        params = _checks.check_params(self.get_params())
+        source, params = self._source(X)
         ph, pw = params["pooling"]
         func = _readouts.bind(
             _readouts.pooled_features,

@@ -69,7 +69,13 @@ def _n_threads():
     """Worker threads for the fused path: ``CALM_NP_NUM_THREADS`` or the CPUs."""
     env = os.environ.get("CALM_NP_NUM_THREADS", "")
     if env.strip():
-        return max(1, int(env))
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise ValueError(
+                f"CALM_NP_NUM_THREADS={env!r} is not an integer; set it to a "
+                "number of threads (e.g. 4) or unset it"
+            ) from None
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - macOS, Windows

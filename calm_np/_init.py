@@ -7,8 +7,6 @@ on the caller's namespace and device.
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
 from . import _checks
@@ -19,23 +17,14 @@ from ._xp import device_of, pad_zeros, to_numpy
 
 def check_random_state(seed):
     """A ``numpy.random.RandomState`` from ``None``, an int or a generator."""
+    seed = _checks.PARAMS["random_state"]("random_state", seed)
     if seed is None:
         return np.random.RandomState()
-    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
-        if not 0 <= seed < 2**32:
-            raise ValueError(
-                f"random_state must be an int in [0, 2**32), got {seed}; pass "
-                "a smaller seed"
-            )
-        return np.random.RandomState(int(seed))
+    if isinstance(seed, int):
+        return np.random.RandomState(seed)
     if isinstance(seed, np.random.RandomState):
         return seed
-    if isinstance(seed, np.random.Generator):
-        return np.random.RandomState(seed.integers(2**32))
-    raise TypeError(
-        "random_state must be None, an int, a numpy RandomState or Generator, "
-        f"got {type(seed).__name__}"
-    )
+    return np.random.RandomState(seed.integers(2**32))
 
 
 def sample_images(source, n_images, rng):
@@ -106,7 +95,8 @@ def d2_sample(patches, n_new, rng, xp, centers=None):
 
 def initial_kernels(init, images, n_kernels, padding, kernel_shape, rng, xp, dtype):
     """Kernels ``(k, c, kh, kw)`` by ``init`` from a sample of images."""
-    n_cand = min(max(20 * n_kernels, 1000), 10000)
+    # at least n_kernels candidates, so random_patches can draw distinct ones
+    n_cand = max(min(max(20 * n_kernels, 1000), 10000), n_kernels)
     if init == "random":
         sample = xp.astype(images, dtype)
         scale = float(xp.std(sample))
@@ -143,7 +133,7 @@ def similarity(kernels, max_shift, xp):
 
 def check_init_array(init, n_kernels, n_channels, kernel_size, xp, dtype, device):
     """An ``init`` array as ``(n_kernels, n_channels, kh, kw)`` in ``dtype``."""
-    init = _checks.as_array(init, "init")
+    init = _checks.detached(_checks.as_array(init, "init"))
     if init.ndim == 3:
         init = init[:, None, ...]
     expected = (n_kernels, n_channels, *kernel_size)

@@ -319,6 +319,8 @@ def _activation_maps(batch, layer, activation, readout=False):
 
 def _maps_of(X, kernels, *, log_weights, padding, method, activation):
     batch = _Batch(X, kernels, log_weights, padding, method)
+    if activation == "triangle":
+        batch.log_weights = _readouts.distance_log_weights(batch.log_weights, batch.xp)
     xp, A = batch.xp, batch.log_joint()
     if activation == "triangle":
         return _readouts.triangle(A, batch.patch_sq_norms(), batch.log_weights, xp)

@@ -5,18 +5,59 @@ header (format version, hyper-parameters, dtype, shapes): no pickles, so a
 file from an untrusted source cannot run code, and a model saved from CuPy
 or PyTorch loads on a machine with only NumPy.  ``ConvolutionalMixture.save``
 and ``.load`` are thin wrappers over :func:`save` and :func:`load`.
+
+Reading trusts nothing, in this order, and every failure is a ``ValueError``
+naming the file: the zip's directory (known members only, sizes read from
+the central directory); the JSON header (a dict with every key, known
+parameters that pass ``_checks.check_params``, consistent shapes); each
+member's declared size against what the header's shapes imply (so a "zip
+bomb" is refused before anything is decompressed); each array's own ``.npy``
+header (shape, real floating dtype, no objects); then the values (finite,
+weights non-negative, summing to 1, one per kernel).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import numbers
+import zipfile
 
 import numpy as np
 
+from . import _checks
 from ._xp import to_numpy
 
 FORMAT_VERSION = 1
+FORMAT = "calm_np.ConvolutionalMixture"
+# The largest model file calm_np reads: kernels of up to 2**30 bytes, a JSON
+# header of up to 1 MiB, and room for each member's .npy header.
+MAX_ARRAY_BYTES = 2**30
+MAX_HEADER_BYTES = 2**20
+NPY_HEADER_BYTES = 4096
+FLOAT_DTYPES = ("float16", "float32", "float64")
+HEADER_KEYS = {
+    "format": str,
+    "format_version": int,
+    "params": dict,
+    "dtype": str,
+    "kernels_shape": list,
+    "n_channels_in": int,
+    "kernel_size": list,
+    "padding": list,
+    "n_iter": int,
+    "converged": bool,
+    "lower_bound": (int, float),
+}
+
+
+def _plain(value):
+    """A JSON-able Python value (NumPy scalars and tuples included)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def save(model, path):
@@ -36,22 +77,20 @@ def save(model, path):
             value is None or isinstance(value, numbers.Integral)
         ):
             value = None
-        if isinstance(value, tuple):
-            value = list(value)
-        params[name] = value
+        params[name] = _plain(value)
     kernels = to_numpy(model.kernels_)
     header = dict(
-        format="calm_np.ConvolutionalMixture",
+        format=FORMAT,
         format_version=FORMAT_VERSION,
         params=params,
         dtype=str(kernels.dtype),
         kernels_shape=list(kernels.shape),
-        n_channels_in=model.n_channels_in_,
-        kernel_size=list(model.kernel_size_),
-        padding=list(model.padding_),
-        n_iter=model.n_iter_,
+        n_channels_in=int(model.n_channels_in_),
+        kernel_size=_plain(list(model.kernel_size_)),
+        padding=_plain(list(model.padding_)),
+        n_iter=int(model.n_iter_),
         converged=bool(model.converged_),
-        lower_bound=model.lower_bound_,
+        lower_bound=float(model.lower_bound_),
     )
     blob = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
     with open(path, "wb") as fh:
@@ -60,7 +99,9 @@ def save(model, path):
             header=blob,
             kernels=kernels,
             weights=to_numpy(model.weights_),
-            lower_bounds=np.asarray(model.lower_bounds_, dtype=np.float64),
+            lower_bounds=np.asarray(
+                [float(b) for b in model.lower_bounds_], dtype=np.float64
+            ),
         )
 
 
@@ -69,16 +110,9 @@ def load(cls, path, *, xp=None, device=None):
 
     Arrays come back as NumPy arrays (a model saved from CuPy loads on a
     machine without a GPU) unless ``xp`` (a namespace) and ``device``
-    say where to put them.
+    say where to put them.  Every defect is a ``ValueError`` naming ``path``.
     """
-    header, kernels, weights, bounds = _read(path)
-    _check_header(header, kernels, path)
-    params = dict(header["params"])
-    if params.get("init") == "array":
-        params["init"] = "kmeans++"
-    for name in ("kernel_size", "padding", "pooling"):
-        if isinstance(params.get(name), list):
-            params[name] = tuple(params[name])
+    header, params, kernels, weights, bounds = _read(path, cls)
     model = cls(**params)
     if xp is not None:
         kernels = xp.asarray(kernels, device=device)
@@ -86,7 +120,7 @@ def load(cls, path, *, xp=None, device=None):
     model.kernels_ = kernels
     model.weights_ = weights
     model.lower_bounds_ = [] if bounds is None else bounds.tolist()
-    model.lower_bound_ = header["lower_bound"]
+    model.lower_bound_ = float(header["lower_bound"])
     model.n_iter_ = header["n_iter"]
     model.converged_ = header["converged"]
     model.n_channels_in_ = header["n_channels_in"]
@@ -95,56 +129,217 @@ def load(cls, path, *, xp=None, device=None):
     return model
 
 
-def _read(path):
-    """``(header, kernels, weights, lower_bounds or None)``; clear errors."""
-    import zipfile
-
+def _read(path, cls):
+    """``(header, params, kernels, weights, lower_bounds or None)``, all checked."""
     try:
         with open(path, "rb") as fh:
             if fh.read(4) != b"PK\x03\x04":
                 raise zipfile.BadZipFile("no zip signature")
-            fh.seek(0)
-            with np.load(fh, allow_pickle=False) as data:
-                names = set(data.files)
-                if not {"header", "kernels", "weights"} <= names:
+        with zipfile.ZipFile(path) as zf:
+            sizes = _members(zf, path)
+            header = _header(_array(zf, "header", sizes, path, None), path)
+            params = _params(header, cls, path)
+            expected = _expected(header, path)
+            arrays = {}
+            for name, (shape, dtype) in expected.items():
+                if name not in sizes:
+                    arrays[name] = None
+                    continue
+                limit = math.prod(shape) * np.dtype(dtype).itemsize
+                if name == "lower_bounds":
+                    limit = 8 * (header["n_iter"] + 1)
+                if sizes[name] > limit + NPY_HEADER_BYTES:
                     raise ValueError(
-                        f"{path} is not a calm_np model file (missing "
-                        "arrays); write models with ConvolutionalMixture.save"
+                        f"{path} is corrupt: its {name} array takes "
+                        f"{sizes[name]} bytes, more than the {limit} the header "
+                        "declares; refusing to read it"
                     )
-                header = json.loads(bytes(data["header"]).decode("utf-8"))
-                kernels = data["kernels"]
-                weights = data["weights"]
-                bounds = data["lower_bounds"] if "lower_bounds" in names else None
-    except (zipfile.BadZipFile, EOFError) as exc:
+                arrays[name] = _array(zf, name, sizes, path, (shape, dtype))
+    except (zipfile.BadZipFile, EOFError, OSError) as exc:
+        if isinstance(exc, (FileNotFoundError, IsADirectoryError, PermissionError)):
+            raise
         raise ValueError(
             f"{path} is truncated or not an .npz file ({exc}); save the model again"
         ) from exc
-    except ValueError as exc:
-        if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
+    _check_values(arrays, header, path)
+    return header, params, arrays["kernels"], arrays["weights"], arrays["lower_bounds"]
+
+
+def _members(zf, path):
+    """Uncompressed sizes of the members, by array name (central directory)."""
+    sizes = {}
+    for info in zf.infolist():
+        name = info.filename.removesuffix(".npy")
+        if name not in ("header", "kernels", "weights", "lower_bounds"):
+            raise ValueError(
+                f"{path} is not a calm_np model file (unexpected member "
+                f"{info.filename!r}); write models with ConvolutionalMixture.save"
+            )
+        sizes[name] = info.file_size
+    if not {"header", "kernels", "weights"} <= set(sizes):
+        raise ValueError(
+            f"{path} is not a calm_np model file (missing arrays); write models "
+            "with ConvolutionalMixture.save"
+        )
+    if sizes["header"] > MAX_HEADER_BYTES:
+        raise ValueError(
+            f"{path} is not a calm_np model file: its header takes "
+            f"{sizes['header']} bytes (at most {MAX_HEADER_BYTES})"
+        )
+    return sizes
+
+
+def _array(zf, name, sizes, path, expected):
+    """Member ``name`` as an array; its ``.npy`` header checked first."""
+    with zf.open(name + ".npy") as fh:
+        try:
+            version = np.lib.format.read_magic(fh)
+            read = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, fortran, dtype = read(fh)
+        except (ValueError, SyntaxError, TypeError) as exc:
+            raise ValueError(f"{path} is corrupt: bad {name} array ({exc})") from exc
+        if dtype.hasobject:
             raise ValueError(
                 f"{path} holds object arrays, which calm_np never writes; "
                 "refusing to unpickle it"
-            ) from exc
-        if "calm_np model" in str(exc):
-            raise
-        raise ValueError(f"{path} is not a valid calm_np model: {exc}") from exc
-    return header, kernels, weights, bounds
+            )
+        if expected is None:  # the JSON header: bytes
+            expected = ((sizes[name] - fh.tell(),), "uint8")
+            if len(shape) != 1:
+                expected = ((), "uint8")
+        want_shape, want_dtype = expected
+        if tuple(shape) != tuple(want_shape) or str(dtype) != want_dtype:
+            raise ValueError(
+                f"{path} is corrupt: its {name} array has shape {tuple(shape)} and "
+                f"dtype {dtype}, but the header declares {tuple(want_shape)} and "
+                f"{want_dtype}"
+            )
+        data = fh.read(dtype.itemsize * math.prod(shape))
+    array = np.frombuffer(data, dtype=dtype)
+    if array.size != math.prod(shape):
+        raise ValueError(f"{path} is truncated: its {name} array is incomplete")
+    order = "F" if fortran else "C"
+    return array.reshape(shape, order=order).copy()
 
 
-def _check_header(header, kernels, path):
-    if header.get("format") != "calm_np.ConvolutionalMixture":
+def _header(blob, path):
+    try:
+        header = json.loads(bytes(blob).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is corrupt: its header is not JSON ({exc})") from exc
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise ValueError(f"{path} is not a calm_np model file")
     version = header.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ValueError(f"{path} has no valid format version ({version!r})")
+    if version > FORMAT_VERSION:
         raise ValueError(
             f"{path} has format version {version}, newer than this calm_np "
             f"reads ({FORMAT_VERSION}); upgrade calm_np"
         )
-    if (
-        list(kernels.shape) != header["kernels_shape"]
-        or str(kernels.dtype) != header["dtype"]
+    for key, kind in HEADER_KEYS.items():
+        value = header.get(key)
+        if (
+            key not in header
+            or not isinstance(value, kind)
+            or (kind is not bool and isinstance(value, bool))
+        ):
+            raise ValueError(
+                f"{path} is corrupt: header key {key!r} is missing or not of type "
+                f"{getattr(kind, '__name__', 'number')} (got {value!r})"
+            )
+    shape = header["kernels_shape"]
+    if not (
+        len(shape) == 4
+        and all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape
+        )
+        and header["dtype"] in FLOAT_DTYPES
+        and header["n_channels_in"] == shape[1]
+        and header["kernel_size"] == shape[2:]
+        and _pair_ok(header["padding"])
+        and header["n_iter"] >= 0
+        and math.isfinite(header["lower_bound"])
     ):
-        raise ValueError(f"{path} is corrupt: kernels do not match the header")
+        raise ValueError(
+            f"{path} is corrupt: the header's shapes do not agree (kernels "
+            f"{shape}, dtype {header['dtype']!r}, channels "
+            f"{header['n_channels_in']}, kernel_size {header['kernel_size']}, "
+            f"padding {header['padding']}, n_iter {header['n_iter']}, lower_bound "
+            f"{header['lower_bound']})"
+        )
+    nbytes = math.prod(shape) * np.dtype(header["dtype"]).itemsize
+    if nbytes > MAX_ARRAY_BYTES:
+        raise ValueError(
+            f"{path} declares kernels of {nbytes} bytes, more than the "
+            f"{MAX_ARRAY_BYTES} calm_np reads; refusing to read it"
+        )
+    return header
+
+
+def _int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _pair_ok(pair):
+    return len(pair) == 2 and all(_int(p) and p >= 0 for p in pair)
+
+
+def _params(header, cls, path):
+    """The header's parameters, checked like ``fit`` checks them."""
+    params = dict(header["params"])
+    known = set(cls._get_param_names()) - {"callback"}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ValueError(
+            f"{path} has unknown parameters {unknown} (known: {sorted(known)}); "
+            "it was not written by this calm_np"
+        )
+    if params.get("init") == "array":
+        params["init"] = "kmeans++"
+    for name in ("kernel_size", "padding", "pooling"):
+        if isinstance(params.get(name), list):
+            params[name] = tuple(params[name])
+    defaults = cls().get_params()
+    try:
+        _checks.check_params({**defaults, **params})
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path} has a bad parameter: {exc}") from exc
+    return params
+
+
+def _expected(header, path):
+    shape, dtype = tuple(header["kernels_shape"]), header["dtype"]
+    return dict(
+        kernels=(shape, dtype),
+        weights=((shape[0],), dtype),
+        lower_bounds=((header["n_iter"],), "float64"),
+    )
+
+
+def _check_values(arrays, header, path):
+    kernels, weights, bounds = (
+        arrays["kernels"],
+        arrays["weights"],
+        arrays["lower_bounds"],
+    )
+    for name, a in (
+        ("kernels", kernels),
+        ("weights", weights),
+        ("lower_bounds", bounds),
+    ):
+        if a is not None and not np.all(np.isfinite(a)):
+            raise ValueError(f"{path} is corrupt: its {name} contain NaN or infinity")
+    total = float(np.sum(weights, dtype=np.float64))
+    if np.any(weights < 0) or not abs(total - 1.0) <= 1e-3:
+        raise ValueError(
+            f"{path} is corrupt: its weights must be non-negative and sum to 1, "
+            f"got min {float(np.min(weights)):.3g} and sum {total:.6g}"
+        )
 
 
 # -- networks: one .npz holding each layer's own model file ---------------------

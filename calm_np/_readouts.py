@@ -20,6 +20,7 @@ lazy Dask map).
 from __future__ import annotations
 
 import functools
+import math
 
 from . import _checks
 from ._checks import FEATURES
@@ -47,9 +48,12 @@ def pooled_features(
     cells).  ``latent`` sets what the posterior is normalised over.
     """
     batch = _Batch(X, kernels, log_weights, padding, method, latent)
-    xp, log_w = batch.xp, batch.log_weights
     grid = _checks.check_padding(pooling)
-    sq_norms = batch.patch_sq_norms() if features == "triangle" else None
+    sq_norms = None
+    if features == "triangle":
+        batch.log_weights = distance_log_weights(batch.log_weights, batch.xp)
+        sq_norms = batch.patch_sq_norms()
+    xp, log_w = batch.xp, batch.log_weights
 
     def read(A, start, stop):
         if features == "log_joint":
@@ -83,8 +87,27 @@ def _apply_bound(func, kernels, weights, options, batch):
     xp, device = get_namespace(batch)
     dtype = _checks.float_dtype(xp, [(batch, "X")], device)
     kernels = xp.asarray(kernels, dtype=dtype, device=device)
-    log_w = xp.log(xp.asarray(weights, dtype=dtype, device=device))
+    weights = xp.asarray(weights, dtype=dtype, device=device)
+    positive = weights > 0
+    # log 0 = -inf without a divide-by-zero warning
+    log_w = xp.where(
+        positive,
+        xp.log(xp.where(positive, weights, xp.ones_like(weights))),
+        xp.full_like(weights, -math.inf),
+    )
     return func(batch, kernels, log_weights=log_w, **options)
+
+
+def distance_log_weights(log_w, xp):
+    """``log_w`` with ``-inf`` (a kernel of weight 0) replaced by 0.
+
+    The triangle activation reads distances ``‖x_u − μ_k‖`` off a log joint
+    and subtracts ``log π_k`` again, so the weights do not matter, but a
+    weight of 0 makes ``A = -inf`` and the distance ``inf − inf``: a log joint
+    computed with these weights keeps every kernel's distance finite.
+    """
+    finite = xp.isfinite(log_w)
+    return xp.where(finite, log_w, xp.zeros_like(log_w))
 
 
 def triangle(A, sq_norms, log_w, xp):
@@ -93,7 +116,8 @@ def triangle(A, sq_norms, log_w, xp):
     ``z[k, u] = ‖x_u − μ_k‖`` comes from the log joint,
     ``‖x_u − μ_k‖² = ‖x_u‖² − 2 (A[k, u] − log π_k)``, with the patch norms
     ``sq_norms = ‖x_u‖²`` (n, Ho, Wo) from an integral image of ``X²``
-    (``_Batch.patch_sq_norms``, as for ``latent="patch"``).
+    (``_Batch.patch_sq_norms``, as for ``latent="patch"``).  ``A`` and
+    ``log_w`` must be finite: see :func:`distance_log_weights`.
     Coates, Lee & Ng (2011) use it on k-means centroids: a
     kernel is active where the patch is closer to it than to the average
     kernel, which makes the code sparse and competitive across kernels.
