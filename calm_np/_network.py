@@ -296,7 +296,8 @@ def check_stack(layers, image_shape, pool_size):
 def _geometry(layer):
     if hasattr(layer, "kernel_size_"):
         return layer.kernel_size_, layer.padding_
-    return layer._check_params()
+    params = layer._check_params()
+    return params["kernel_size"], params["padding"]
 
 
 def _n_features(layer):
