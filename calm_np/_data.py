@@ -313,3 +313,39 @@ def _is_numpy_like(X):
     import numpy as np
 
     return isinstance(X, np.ndarray)
+
+
+def checked_source(X, params, fitted=None, readout=False):
+    """``X`` as an ``ImageSource``, checked against the model it will meet.
+
+    ``params`` are the checked parameters (``_checks.check_params``).  The one
+    consistency rule for fitted state: a fit that continues a fitted model
+    (``warm_start``, ``partial_fit``; ``fitted`` is then its ``n_kernels``,
+    ``kernel_size``, ``padding`` and ``n_channels``) needs the same values, or
+    raises a ``ValueError`` naming both (the model is untouched); a fresh fit
+    (``fitted=None``) starts over whatever the previous shapes.  Also sizes
+    the automatic batch and refuses models the data cannot support
+    (``readout=True``: reading out a fitted model, no initialisation).
+    """
+    source = ImageSource(X, params["batch_size"])
+    fitted = fitted or {}
+    for name in ("n_kernels", "kernel_size", "padding"):
+        if name in fitted and params[name] != fitted[name]:
+            value = fitted[name]
+            raise ValueError(
+                f"{name}={params[name]!r} differs from the fitted model's "
+                f"{value!r}; a warm start or partial_fit continues the "
+                f"fitted model, so set {name}={value!r}, or fit afresh "
+                "with warm_start=False"
+            )
+    map_shape = source.check(
+        params["kernel_size"],
+        params["padding"],
+        fitted.get("n_channels"),
+        params["n_kernels"],
+    )
+    n_patches = None
+    if not readout and source.kind != "iterable":
+        n_patches = source.n_samples * map_shape[0] * map_shape[1]
+    _checks.check_model_size(params, map_shape, n_patches)
+    return source

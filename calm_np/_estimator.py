@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import math
 import time
-import warnings
 
 import numpy as np
 
@@ -28,7 +27,7 @@ from . import _checks, _persist, _readouts
 from ._base import ParamsMixin, restore_on_error
 from ._checks import FEATURES  # noqa: F401  (the CLI reads _estimator.FEATURES)
 from ._dask import is_dask_array
-from ._data import ImageSource, progress_bar
+from ._data import checked_source, progress_bar
 from ._em import (
     log_likelihood,
     m_step,
@@ -38,8 +37,14 @@ from ._em import (
     running_statistics,
 )
 from ._init import check_random_state, kernels_for
-from ._moves import STARVED_SHARE, Moves, starved
+from ._moves import Moves
 from ._persist import FORMAT_VERSION  # noqa: F401  (kept importable from here)
+from ._warnings import (
+    ConvergenceWarning,
+    DeadKernelWarning,
+    NotFittedError,
+    warn_after_fit,
+)
 from ._xp import to_numpy
 
 __all__ = [
@@ -50,30 +55,10 @@ __all__ = [
 ]
 
 
-class ConvergenceWarning(UserWarning):
-    """EM stopped at ``max_iter`` before the objective changed less than ``tol``."""
-
-
-class DeadKernelWarning(UserWarning):
-    """Some kernels received (almost) no posterior mass."""
-
-
-class NotFittedError(ValueError, AttributeError):
-    """The estimator is used before ``fit`` or ``partial_fit``."""
-
-
 # What a fit sets (and restores if it fails).
-_FITTED = (
-    "kernels_",
-    "weights_",
-    "lower_bound_",
-    "lower_bounds_",
-    "n_iter_",
-    "converged_",
-    "n_channels_in_",
-    "kernel_size_",
-    "padding_",
-    "_online",
+_FITTED = tuple(
+    "kernels_ weights_ lower_bound_ lower_bounds_ n_iter_ converged_ "
+    "n_channels_in_ kernel_size_ padding_ _online".split()
 )
 
 
@@ -222,40 +207,14 @@ default="log_joint"
         """Every parameter checked and normalised (``_checks.PARAMS``), a dict."""
         return _checks.check_params(self.get_params())
 
-    def _checked_source(self, X, params, fitted=False):
-        """``X`` as an ``ImageSource``, checked against the model it will fit.
-
-        The one consistency rule for fitted state: a fit that continues the
-        fitted model (``warm_start``, ``partial_fit``, ``fitted=True``) needs
-        the same kernel shape, ``n_kernels``, padding and channel count, or
-        raises a ``ValueError`` naming both values (the model is untouched);
-        a fresh fit starts over whatever the previous shapes.  Also sizes
-        the automatic batch and refuses models the data cannot support.
-        """
-        source = ImageSource(X, params["batch_size"])
-        kernel_size, padding = params["kernel_size"], params["padding"]
-        n_channels = None
-        if fitted:
-            n_channels = self.n_channels_in_
-            fitted_values = dict(
-                n_kernels=int(self.kernels_.shape[0]),
-                kernel_size=tuple(self.kernel_size_),
-                padding=tuple(self.padding_),
-            )
-            for name, value in fitted_values.items():
-                if params[name] != value:
-                    raise ValueError(
-                        f"{name}={params[name]!r} differs from the fitted model's "
-                        f"{value!r}; a warm start or partial_fit continues the "
-                        f"fitted model, so set {name}={value!r}, or fit afresh "
-                        "with warm_start=False"
-                    )
-        map_shape = source.check(kernel_size, padding, n_channels, params["n_kernels"])
-        n_patches = None
-        if source.kind != "iterable":
-            n_patches = source.n_samples * map_shape[0] * map_shape[1]
-        _checks.check_model_size(params, map_shape, n_patches)
-        return source
+    def _fitted_shapes(self):
+        """What a continued fit must keep: ``n_kernels``, shapes, channels."""
+        return dict(
+            n_kernels=int(self.kernels_.shape[0]),
+            kernel_size=tuple(self.kernel_size_),
+            padding=tuple(self.padding_),
+            n_channels=self.n_channels_in_,
+        )
 
     def _check_fitted(self):
         if not hasattr(self, "kernels_"):
@@ -282,7 +241,7 @@ default="log_joint"
         """
         params = self._check_params()
         warm = params["warm_start"] and hasattr(self, "kernels_")
-        source = self._checked_source(X, params, fitted=warm)
+        source = checked_source(X, params, self._fitted_shapes() if warm else None)
         with restore_on_error(self, _FITTED):
             self._fit(source, params["kernel_size"], params["padding"], warm)
         return self
@@ -336,7 +295,7 @@ default="log_joint"
             if best is None or lower_bound > best[0]:
                 best = (lower_bound, kernels, log_w, bounds, stats, converged, change)
         self._set_fitted(best, source, kernel_size, padding)
-        self._warn(best)
+        warn_after_fit(best, self.max_iter, self.tol)
 
     def _e_step(self, source, kernels, log_w, padding, bar, margin=0):
         """Statistics of one pass over ``source`` (window ones if ``margin``)."""
@@ -377,27 +336,6 @@ default="log_joint"
             return False
         self._set_state(kernels, log_w, bounds, len(bounds), source)
         return self.callback(self) is True
-
-    def _warn(self, best):
-        *_, stats, converged, last_change = best
-        if self.max_iter > 0 and not converged:
-            warnings.warn(
-                f"ConvolutionalMixture did not converge in max_iter={self.max_iter} "
-                f"iterations (last change {last_change:.3g} >= "
-                f"tol={self.tol}); increase max_iter or tol, or check that the "
-                "images are scaled to unit noise variance",
-                ConvergenceWarning,
-                stacklevel=4,
-            )
-        dead = starved(stats)
-        if dead:
-            warnings.warn(
-                f"kernels {dead} received almost no posterior mass (less than "
-                f"{STARVED_SHARE:g} of an equal share); they kept their previous "
-                "values. Use fewer n_kernels or reg_kernels > 0",
-                DeadKernelWarning,
-                stacklevel=4,
-            )
 
     def _set_state(self, kernels, log_w, bounds, n_iter, source):
         self.kernels_ = kernels
@@ -440,26 +378,24 @@ default="log_joint"
         self
         """
         params = self._check_params()
-        source = self._checked_source(X, params, fitted=hasattr(self, "kernels_"))
+        source = checked_source(
+            X, params, self._fitted_shapes() if hasattr(self, "kernels_") else None
+        )
         with restore_on_error(self, _FITTED):
             self._partial_fit(source, params["kernel_size"], params["padding"])
         return self
 
-    def _partial_fit(self, source, kernel_size, padding):
+    def _partial_fit(self, source, size, padding):
         xp, dtype, device = source.xp, source.work_dtype, source.device
         if not hasattr(self, "kernels_"):
-            rng = check_random_state(self.random_state)
-            k = self.n_kernels
-            kernels = kernels_for(
-                source, self.init, k, kernel_size, padding, rng, dtype
-            )
+            rng, k = check_random_state(self.random_state), self.n_kernels
+            kernels = kernels_for(source, self.init, k, size, padding, rng, dtype)
             weights = xp.full((k,), 1.0 / k, dtype=dtype, device=device)
             running = None
         else:
             kernels = xp.asarray(self.kernels_, dtype=dtype, device=device)
             weights = xp.asarray(self.weights_, dtype=dtype, device=device)
-            # a loaded model has no running statistics: rebuild them from
-            # its kernels and weights (their fixed point when reg_kernels=0)
+            # a loaded model has none: rebuilt below from kernels and weights
             running = getattr(self, "_online", None)
         stats = self._e_step(source, kernels, xp.log(weights), padding, None)
         if running is None and hasattr(self, "kernels_"):
@@ -469,22 +405,15 @@ default="log_joint"
         bounds = getattr(self, "lower_bounds_", [])
         bounds = [*bounds, objective(stats, kernels, self.reg_kernels)]
         self._set_state(kernels, log_w, bounds, getattr(self, "n_iter_", 0) + 1, source)
-        self.kernel_size_, self.padding_, self.converged_ = kernel_size, padding, False
+        self.kernel_size_, self.padding_, self.converged_ = size, padding, False
 
     # -- using the model -----------------------------------------------------------
     def _source(self, X):
         """``(source, params)`` for reading ``X`` out with the fitted model."""
         self._check_fitted()
-        params = self._check_params()
-        k = int(self.kernels_.shape[0])
-        source = ImageSource(X, params["batch_size"])
-        map_shape = source.check(
-            self.kernel_size_, self.padding_, self.n_channels_in_, k
-        )
-        _checks.check_model_size(
-            {**params, "n_kernels": k, "init": None}, map_shape, None
-        )
-        return source, params
+        params, fitted = self._check_params(), self._fitted_shapes()
+        readout = {**params, "init": None, **fitted}
+        return checked_source(X, readout, fitted, readout=True), params
 
     def score_samples(self, X):
         """The fitted objective of each image, in nats, ``(n_samples,)``.
