@@ -239,7 +239,7 @@ def _run_fit(args, evaluate):
     summary["params"] = _cli_network.json_params(model)
     if evaluate:
         data = (X_train_b, y_train, to_backend(X_test), y_test)
-        summary["evaluation"] = _evaluate(args, model, data, clock)
+        summary["evaluation"] = _evaluate(args, model, data, clock, extras["C"])
     summary["seconds"] = clock.summary()
     _write_outputs(paths, model, summary, log)
     _report(args, model, summary, paths["model"], clock)
@@ -263,7 +263,7 @@ def _loaded(args, params, model, to_backend, n_channels):
     return model
 
 
-def _evaluate(args, model, data, clock):
+def _evaluate(args, model, data, clock, C):
     """Features of the training and test images, the probe: the summary's part."""
     X_train, y_train, X_test, y_test = data
     batch = model.batch_size or 1000
@@ -271,7 +271,7 @@ def _evaluate(args, model, data, clock):
     F_train = evaluation.extract_features(model, X_train, batch, progress=bars)
     F_test = evaluation.extract_features(model, X_test, batch, progress=bars)
     clock.lap("features")
-    accuracy = evaluation.linear_probe(F_train, y_train, F_test, y_test, C=args.C)
+    accuracy = evaluation.linear_probe(F_train, y_train, F_test, y_test, C=C)
     clock.lap("probe")
     return dict(
         accuracy=accuracy,
@@ -279,7 +279,7 @@ def _evaluate(args, model, data, clock):
         n_test=int(F_test.shape[0]),
         n_features=int(F_train.shape[1]),
         probe=evaluation.PROBE,
-        C=args.C,
+        C=C,
         feature_seconds=clock.seconds["features"],
         probe_seconds=clock.seconds["probe"],
     )

@@ -274,9 +274,9 @@ def build_parser():
     g.add_argument(
         "--C",
         type=_positive_float,
-        default=1.0,
         dest="C",
-        help="inverse regularization of the logistic regression (default: 1)",
+        help="inverse regularization of the logistic regression (default: the "
+        "preset's, else 1)",
     )
 
     show = sub.add_parser(
@@ -302,6 +302,7 @@ def _resolve_settings(args):
     extras = dict(
         preprocess=args.preprocess or preset.pop("preprocess"),
         fit_limit=args.fit_limit or preset.pop("fit_limit", None),
+        C=getattr(args, "C", None) or preset.pop("C", 1.0),
         network=_cli_network.settings(args, args.preset),
     )
     names = _estimator_param_names()

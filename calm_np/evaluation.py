@@ -88,7 +88,13 @@ _NATURAL = dict(
 
 PRESETS = {
     # the best linear-probe setting measured by benchmarks/features.py
-    "best": dict(digits=_DIGITS, mnist=_MNIST, stl10=_STL10),
+    "best": dict(
+        digits=_DIGITS,
+        # the probe's C=0.1 (``linear_probe``): 0.9068 in 64 s end to end
+        # against C=1's 0.9036 in 99 s (60k/10k Fashion-MNIST, idle 2 cores)
+        mnist=dict(_MNIST, C=0.1),
+        stl10=_STL10,
+    ),
     # the best measured setting within 256 features
     "best256": dict(
         digits=dict(_DIGITS, n_kernels=16),
@@ -116,7 +122,8 @@ PRESETS = {
     ),
 }
 """Settings by preset name, then data-set family (``digits``, ``mnist``,
-``stl10``, ``natural``). ``best`` is what ``calm-np evaluate`` uses unless
+``stl10``, ``natural``); ``C``, where given, is the linear probe's inverse
+regularization (else 1). ``best`` is what ``calm-np evaluate`` uses unless
 told otherwise; ``paper`` is the CALM paper's MNIST experiment; ``network``
 is layer 1 of a stack whose other layers :data:`NETWORK_PRESETS` gives."""
 NETWORK_PRESETS = {

@@ -285,9 +285,27 @@ def test_cli_best_presets_use_the_measured_readout():
     assert best256["n_kernels"] * best256["pooling"] ** 2 <= 256
     for preset in (best, best256):
         params = {
-            k: v for k, v in preset.items() if k not in ("preprocess", "fit_limit")
+            k: v
+            for k, v in preset.items()
+            if k not in ("preprocess", "fit_limit", "C")
         }
         calm_np.ConvolutionalMixture(**params)._check_params()  # valid settings
+
+
+def test_cli_probe_C_comes_from_the_preset_unless_given():
+    from calm_np import _cli_options
+
+    parser = _cli_options.build_parser()
+
+    def probe_C(*argv):
+        return _cli_options._resolve_settings(parser.parse_args(argv))[1]["C"]
+
+    best = evaluation.PRESETS["best"]["mnist"]["C"]
+    assert probe_C("evaluate", "--dataset", "fashion-mnist") == best != 1.0
+    assert probe_C("evaluate", "--dataset", "fashion-mnist", "--C", "2") == 2.0
+    assert probe_C("evaluate", "--dataset", "digits") == 1.0
+    fashion256 = ("--dataset", "fashion-mnist", "--preset", "best256")
+    assert probe_C("evaluate", *fashion256) == 1.0
 
 
 def test_cli_paper_preset(tmp_path, capsys):

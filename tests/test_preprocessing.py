@@ -228,7 +228,7 @@ def test_presets_are_valid_and_copied():
             params = {
                 k: v
                 for k, v in settings.items()
-                if k not in ("preprocess", "fit_limit")
+                if k not in ("preprocess", "fit_limit", "C")
             }
             calm_np.ConvolutionalMixture(**params)._check_params()
             settings["n_kernels"] = -1  # a copy: the table is unchanged
