@@ -78,3 +78,11 @@ def make_data(p, scale=1.0):
     else:
         log_w = None
     return X, M, log_w
+
+
+def readonly_memmap(X, path):
+    """``X`` written to ``path`` and opened again read-only, as a user's memmap."""
+    mm = np.memmap(path, dtype=X.dtype, mode="w+", shape=X.shape)
+    mm[:] = X
+    mm.flush()
+    return np.memmap(path, dtype=X.dtype, mode="r", shape=X.shape)

@@ -11,7 +11,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from _helpers import assert_close, planted_images
+from _helpers import assert_close, planted_images, readonly_memmap
 from hypothesis import given
 from hypothesis import strategies as st
 from scipy.optimize import linear_sum_assignment
@@ -119,10 +119,7 @@ def test_batch_size_does_not_change_fit(backend, batch_size):
 def test_memmap_and_iterable_give_the_same_model(tmp_path):
     X = noise(4, (25, 1, 8, 8))
     path = tmp_path / "images.dat"
-    mm = np.memmap(path, dtype=np.float64, mode="w+", shape=X.shape)
-    mm[:] = X
-    mm.flush()
-    mm = np.memmap(path, dtype=np.float64, mode="r", shape=X.shape)
+    mm = readonly_memmap(X, path)
     params = dict(n_kernels=3, kernel_size=3, max_iter=5, batch_size=6)
     ref = fit_quiet(quiet(**params), X)
     from_mm = fit_quiet(quiet(**params), mm)

@@ -8,7 +8,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from _helpers import assert_close
+from _helpers import assert_close, readonly_memmap
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -147,10 +147,7 @@ def test_batch_size_does_not_change_the_network(batch_size):
 def test_memmap_iterable_and_array_give_the_same_network(tmp_path):
     X = noise(6, (25, 1, 12, 12))
     path = tmp_path / "images.dat"
-    mm = np.memmap(path, dtype=np.float64, mode="w+", shape=X.shape)
-    mm[:] = X
-    mm.flush()
-    mm = np.memmap(path, dtype=np.float64, mode="r", shape=X.shape)
+    mm = readonly_memmap(X, path)
     ref = net(batch_size=6).fit(X)
 
     class Reiterable:
