@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import __version__, _cli_network, datasets, evaluation
 from ._estimator import ConvolutionalMixture
+from ._fused import _n_threads
 from .evaluation import DATASETS, PRESETS
 from .preprocessing import PREPROCESSORS
 
@@ -351,12 +352,10 @@ def check_paths(args):
     paths : dict of str to Path
         ``show``: ``png``; ``fit``/``evaluate``: :data:`OUTPUTS` in ``--out``.
     """
-    threads = os.environ.get("CALM_NP_NUM_THREADS", "").strip()
-    if threads and not (threads.isdigit() and int(threads) >= 1):
-        raise UserError(
-            f"CALM_NP_NUM_THREADS={threads!r} is not a positive integer (worker "
-            "threads); unset it or set it to e.g. 2"
-        )
+    try:
+        _n_threads()  # the engines' own check of CALM_NP_NUM_THREADS
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     if args.command == "show":
         model = _readable(args.model, "MODEL")
         name = model.with_suffix("").name + "_kernels.png"

@@ -66,16 +66,18 @@ from ._xp import single_threaded_blas as _single_threaded_blas
 
 
 def _n_threads():
-    """Worker threads for the fused path: ``CALM_NP_NUM_THREADS`` or the CPUs."""
-    env = os.environ.get("CALM_NP_NUM_THREADS", "")
-    if env.strip():
-        try:
-            return max(1, int(env))
-        except ValueError:
+    """Worker threads for the fused path: ``CALM_NP_NUM_THREADS`` or the CPUs.
+
+    The one check of that variable (the command line calls this up front).
+    """
+    env = os.environ.get("CALM_NP_NUM_THREADS", "").strip()
+    if env:
+        if not (env.isdigit() and int(env) >= 1):
             raise ValueError(
-                f"CALM_NP_NUM_THREADS={env!r} is not an integer; set it to a "
-                "number of threads (e.g. 4) or unset it"
-            ) from None
+                f"CALM_NP_NUM_THREADS={env!r} is not an integer >= 1 (a positive "
+                "integer number of worker threads); set it to e.g. 2 or unset it"
+            )
+        return int(env)
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - macOS, Windows

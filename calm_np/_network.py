@@ -31,13 +31,12 @@ alone is 1.4 points below).  No stack has yet beaten one layer.
 from __future__ import annotations
 
 import functools
-import numbers
 
 import numpy as np
 
 from . import _persist, _readouts
 from ._base import ParamsMixin, restore_on_error
-from ._checks import check_images, check_params
+from ._checks import _integer, check_images, check_params
 from ._data import ImageSource
 from ._em import _Batch
 from ._estimator import ConvolutionalMixture, NotFittedError
@@ -117,9 +116,9 @@ class ConvolutionalMixtureNetwork(ParamsMixin):
             )
         if not layers:
             raise ValueError("layers must hold at least one ConvolutionalMixture")
-        _check_int("pool_size", self.pool_size, 1)
+        _integer("pool_size", self.pool_size, 1)
         if self.batch_size is not None:
-            _check_int("batch_size", self.batch_size, 1)
+            _integer("batch_size", self.batch_size, 1)
         for name, value, choices in (
             ("activation", self.activation, ACTIVATIONS),
             ("normalize", self.normalize, NORMALIZE),
@@ -262,13 +261,6 @@ class ConvolutionalMixtureNetwork(ParamsMixin):
 
 
 # -- the pieces (module level: picklable for Dask) ------------------------------
-def _check_int(name, value, low):
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
-
-
 def check_stack(layers, image_shape, pool_size):
     """Refuse a stack whose layer ``l+1`` does not fit on layer ``l``'s pooled maps."""
     H, W = image_shape
