@@ -123,10 +123,7 @@ def _block_statistics(
     # task recomputes exactly the same sums
     _register_sizeof()
     kw = dict(log_weights=log_weights, padding=padding, method=method)
-    if latent != "image":
-        kw["latent"] = latent
-    if variance != 1.0:
-        kw["variance"] = variance
+    kw.update(latent=latent, variance=variance)
     if margin:
         from ._em import window_statistics
 

@@ -220,10 +220,7 @@ class ImageSource:
         ``margin > 0`` gives :func:`calm_np._em.window_statistics` instead.
         """
         kw = dict(log_weights=log_weights, padding=padding, method=method)
-        if latent != "image":
-            kw["latent"] = latent
-        if variance != 1.0:
-            kw["variance"] = variance
+        kw.update(latent=latent, variance=variance)
         if margin:
             kw["margin"] = margin
         if self.kind == "dask":

@@ -186,14 +186,8 @@ class _Batch:
 
 
 def log_joint(
-    X,
-    kernels,
-    *,
-    log_weights=None,
-    padding=0,
-    method="auto",
-    latent="image",
-    variance=1.0,
+    X, kernels, *, log_weights=None, padding=0, method="auto", latent="image",
+    variance=1.0
 ):
     r"""Log joint ``A[n, k, u]`` of kernel ``k`` at position ``u`` (up to ``c(X)``).
 
@@ -235,14 +229,8 @@ def log_joint(
 
 
 def posterior(
-    X,
-    kernels,
-    *,
-    log_weights=None,
-    padding=0,
-    method="auto",
-    latent="image",
-    variance=1.0,
+    X, kernels, *, log_weights=None, padding=0, method="auto", latent="image",
+    variance=1.0
 ):
     r"""Posterior ``γ[n, k, u] = p(Z=k, U=u | X_n)``, summing to 1 per image.
 
@@ -260,14 +248,8 @@ def posterior(
 
 
 def log_likelihood(
-    X,
-    kernels,
-    *,
-    log_weights=None,
-    padding=0,
-    method="auto",
-    latent="image",
-    variance=1.0,
+    X, kernels, *, log_weights=None, padding=0, method="auto", latent="image",
+    variance=1.0
 ):
     r"""Exact log-likelihood ``log p(X_n)`` in nats, one value per image.
 
@@ -346,14 +328,8 @@ class SufficientStatistics:
 
 
 def sufficient_statistics(
-    X,
-    kernels,
-    *,
-    log_weights=None,
-    padding=0,
-    method="auto",
-    latent="image",
-    variance=1.0,
+    X, kernels, *, log_weights=None, padding=0, method="auto", latent="image",
+    variance=1.0
 ):
     r"""EM statistics of a batch: ``N_k``, ``S_k``, ``Σ log p(X_n)``, ``Σ‖X_n‖²``.
 
