@@ -383,3 +383,27 @@ def test_dask_statistics_equal_numpy(latent):
     assert got.n_values == ref.n_values and got.n_samples == ref.n_samples
     local = _fit(X, learn_variance=True, max_iter=4, tol=0.0, latent=latent)
     assert math.isclose(fitted.variance_, local.variance_, rel_tol=1e-9)
+
+
+def test_a_fit_that_copies_the_data_stops_at_the_floor():
+    """One kernel the size of the only image fits it exactly: Q = 0, and σ²
+    stops at ``VARIANCE_FLOOR`` times the mean square instead of 0."""
+    X = np.random.default_rng(17).standard_normal((1, 1, 3, 3))
+    m = _fit(X, n_kernels=1, learn_variance=True, max_iter=3, tol=0.0)
+    floor = VARIANCE_FLOOR * float(np.mean(X * X))
+    assert math.isclose(m.variance_, floor, rel_tol=1e-9)
+    assert np.all(np.isfinite(m.lower_bounds_))
+    assert np.all(np.diff(m.lower_bounds_) >= 0)
+
+
+def test_warm_start_continues_from_the_fitted_variance():
+    X = np.random.default_rng(18).standard_normal((20, 1, 8, 8)) * 0.4
+    kw = dict(learn_variance=True, tol=0.0)
+    once = _fit(X, max_iter=6, **kw)
+    twice = _fit(X, max_iter=3, **kw)
+    twice = twice.set_params(warm_start=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        twice.fit(X)
+    assert math.isclose(twice.variance_, once.variance_, rel_tol=1e-9)
+    assert twice.lower_bounds_[0] >= once.lower_bounds_[2] - 1e-9
