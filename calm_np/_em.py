@@ -27,10 +27,12 @@ and the objective is the pseudo-log-likelihood
 ``Σ_u (logsumexp_k A[k, u] − ½‖x_u‖² − (D/2) log 2π)``.  The engines and the
 M-step are shared; only the normalisation differs.
 
-What the EM loop does with the statistics lives here too: :func:`objective`
+What the EM loop does with the statistics lives here too: :class:`Params`
+(kernels, log weights and σ², the one value a fit threads), :func:`objective`
 (the mean per-image objective ``tol`` is applied to), :func:`m_step` (the
-MAP update of kernels and weights) and :func:`online_step` (the stepwise
-blend of ``partial_fit``).  The estimator only sequences them.
+MAP update of kernels and weights, then σ²), :func:`initial_variance` (σ²'s
+start) and :func:`online_step` (the stepwise blend of ``partial_fit``).  The
+estimator only sequences them.
 """
 
 from __future__ import annotations
