@@ -152,6 +152,15 @@ def check_latent(latent):
     return latent
 
 
+def check_variance(variance, name="variance"):
+    """The shared pixel variance σ² (SPEC §2): a finite real number > 0, as a float."""
+    if not isinstance(variance, numbers.Real) or _is_bool(variance):
+        raise TypeError(f"{name} must be a real number, got {variance!r}")
+    if not (math.isfinite(variance) and variance > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {variance!r}")
+    return float(variance)
+
+
 def _four_d(a, name, message):
     """``a`` as 4-D, a channel axis of 1 added to 3-D; ``message(a)`` otherwise."""
     a = as_array(a, name)
@@ -348,6 +357,7 @@ PARAMS = {
     "features": lambda n, v: _choice(n, v, FEATURES),
     "pooling": _pair,
     "learn_weights": _boolean,
+    "learn_variance": _boolean,
     "warm_start": _boolean,
     "random_state": _seed,
 }

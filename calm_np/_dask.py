@@ -100,7 +100,7 @@ def _register_sizeof():
 
     @sizeof.register(SufficientStatistics)
     def _sizeof_statistics(stats):
-        arrays = (stats.counts, stats.sums, stats.log_likelihood)
+        arrays = (stats.counts, stats.sums, stats.log_likelihood, stats.sq_norm)
         return 64 + sum(sizeof(a) for a in arrays)
 
     _SIZEOF_REGISTERED.append(True)
@@ -110,14 +110,20 @@ _SIZEOF_REGISTERED: list = []
 
 
 def _block_statistics(
-    block, kernels, log_weights, padding, method, margin=0, latent="image"
+    block,
+    kernels,
+    log_weights,
+    padding,
+    method,
+    margin=0,
+    latent="image",
+    variance=1.0,
 ):
     # module-level and pure: workers pickle it by reference, and a retried
     # task recomputes exactly the same sums
     _register_sizeof()
     kw = dict(log_weights=log_weights, padding=padding, method=method)
-    if latent != "image":
-        kw["latent"] = latent
+    kw.update(latent=latent, variance=variance)
     if margin:
         from ._em import window_statistics
 
@@ -142,6 +148,7 @@ def statistics(
     latent="image",
     margin=0,
     split_every=SPLIT_EVERY,
+    variance=1.0,
 ):
     r"""EM sufficient statistics of a Dask array of images, summed on the cluster.
 
@@ -177,6 +184,8 @@ def statistics(
         over windows enlarged by ``margin``; the estimator's re-centring).
     split_every : int, default=8
         Fan-in of the reduction tree.
+    variance : float, default=1.0
+        The shared pixel variance σ² (SPEC §2).
 
     Returns
     -------
@@ -210,7 +219,7 @@ def statistics(
     # fail here with calm_np's messages instead of inside a worker.  The
     # result is also the answer for an array without images.
     empty = xp.zeros((0, *X.shape[1:]), dtype=X.dtype)
-    options = (padding, method, margin, latent)
+    options = (padding, method, margin, latent, variance)
     nothing = _block_statistics(empty, kernels, log_weights, *options)
     if X.shape[0] == 0 or X.numblocks[0] == 0:
         return nothing

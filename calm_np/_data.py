@@ -12,6 +12,7 @@ place that dispatches on the kind of input.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterable, Iterator, Mapping
 
 from . import _checks
@@ -212,14 +213,14 @@ class ImageSource:
         progress=None,
         margin=0,
         latent="image",
+        variance=1.0,
     ):
         """Exact statistics of one pass over all the images (SPEC §2).
 
         ``margin > 0`` gives :func:`calm_np._em.window_statistics` instead.
         """
         kw = dict(log_weights=log_weights, padding=padding, method=method)
-        if latent != "image":
-            kw["latent"] = latent
+        kw.update(latent=latent, variance=variance)
         if margin:
             kw["margin"] = margin
         if self.kind == "dask":
@@ -263,6 +264,17 @@ def progress_bar(verbose):
         else:
             return tqdm(total=None, unit="img", leave=False)
     return contextlib.nullcontext()
+
+
+def report(model, it, run, objective, change, t0):
+    """One line per EM iteration of ``model``'s fit, when ``verbose >= 1``."""
+    if model.verbose >= 1:
+        prefix = f"init {run + 1} " if model.n_init > 1 else ""
+        print(
+            f"{prefix}iter {it:4d}  objective {objective:.6f}  "
+            f"change {change:+.3e}  {time.perf_counter() - t0:.2f} s",
+            flush=True,
+        )
 
 
 def _release_pages(X, start, stop):

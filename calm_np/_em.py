@@ -16,16 +16,23 @@ For an image ``X`` zero-padded to ``Xp`` (``P = c·Hp·Wp`` pixels) and
 so the posterior is a softmax of a convolution layer's output and the
 log-likelihood is its logsumexp plus ``c(X)``.
 
+With a shared pixel variance σ² (SPEC §2, ``variance``; 1 is the paper's
+model) the map is scaled, ``A_σ = (Xp ⋆ μ_k − ½‖μ_k‖²)/σ² + log π_k``, and
+``c(X) = −‖X‖²/(2σ²) − (P/2)·log 2πσ² − log |U|``: σ² is the softmax's
+temperature.  The M-step is ECM, kernels at the current σ², then σ².
+
 ``latent="patch"`` (ours, SPEC §1) instead draws *every* patch ``x_u`` from
 ``Σ_k π_k N(μ_k, I)``: the posterior is a softmax over ``k`` at each position
 and the objective is the pseudo-log-likelihood
 ``Σ_u (logsumexp_k A[k, u] − ½‖x_u‖² − (D/2) log 2π)``.  The engines and the
 M-step are shared; only the normalisation differs.
 
-What the EM loop does with the statistics lives here too: :func:`objective`
+What the EM loop does with the statistics lives here too: :class:`Params`
+(kernels, log weights and σ², the one value a fit threads), :func:`objective`
 (the mean per-image objective ``tol`` is applied to), :func:`m_step` (the
-MAP update of kernels and weights) and :func:`online_step` (the stepwise
-blend of ``partial_fit``).  The estimator only sequences them.
+MAP update of kernels and weights, then σ²), :func:`initial_variance` (σ²'s
+start) and :func:`online_step` (the stepwise blend of ``partial_fit``).  The
+estimator only sequences them.
 """
 
 from __future__ import annotations
@@ -54,10 +61,19 @@ class _Batch:
     """A validated batch of images with kernels, weights and an engine."""
 
     def __init__(
-        self, X, kernels, log_weights=None, padding=0, method="auto", latent="image"
+        self,
+        X,
+        kernels,
+        log_weights=None,
+        padding=0,
+        method="auto",
+        latent="image",
+        variance=1.0,
     ):
         _checks.check_latent(latent)
         self.latent = latent
+        self.variance = _checks.check_variance(variance)
+        self.scale = 1.0 / self.variance  # exactly 1 for the paper's model
         X = _checks.as_array(X, "X")
         kernels = _checks.as_array(kernels, "kernels")
         if log_weights is not None:
@@ -87,6 +103,7 @@ class _Batch:
             method = choose_method(xp, *shapes, latent=latent)
         self.method = method
         self._engine = None
+        self._sq_norms = None
 
     @property
     def engine(self):
@@ -96,12 +113,14 @@ class _Batch:
         return self._engine
 
     def log_joint(self):
-        return self.engine.log_joint(self.kernels, self.log_weights)
+        return self.engine.log_joint(self.kernels, self.log_weights, self.scale)
 
-    def readout(self, func):
+    def readout(self, func, scale=None):
         """``func(A, start, stop)`` over the log joint, a few images at a
-        time where the engine can (``Engine.readout``)."""
-        return self.engine.readout(self.kernels, self.log_weights, func)
+        time where the engine can (``Engine.readout``); ``scale`` (default
+        ``1/σ²``) is the map's (1 reads distances, σ² or not)."""
+        scale = self.scale if scale is None else scale
+        return self.engine.readout(self.kernels, self.log_weights, func, scale)
 
     def log_normalizer(self, A):
         """``logsumexp`` of ``A`` over the latent axes (keepdims)."""
@@ -117,20 +136,43 @@ class _Batch:
             return cast(log_norm[:, 0, 0, 0]) + cast(self.log_const())
         c, (kh, kw) = self.X.shape[1], self.kernel_shape
         D = c * kh * kw
-        per_patch = cast(log_norm[:, 0, ...]) - 0.5 * cast(self.patch_sq_norms())
-        return xp.sum(per_patch, axis=(1, 2)) - 0.5 * D * LOG_2PI * (
+        sq = cast(self.sq_norms()) / self.variance
+        per_patch = cast(log_norm[:, 0, ...]) - 0.5 * sq
+        return xp.sum(per_patch, axis=(1, 2)) - 0.5 * D * self._log_2pi_var() * (
             per_patch.shape[1] * per_patch.shape[2]
         )
 
+    def _log_2pi_var(self):
+        return LOG_2PI + math.log(self.variance)  # exactly LOG_2PI when σ² = 1
+
     def log_const(self):
         """``c(X)`` per image, ``(n,)``."""
-        xp = self.xp
         n, c, _, _ = self.X.shape
         Hp, Wp = self.padded_shape
         kh, kw = self.kernel_shape
         n_pos = (Hp - kh + 1) * (Wp - kw + 1)
-        const = -0.5 * c * Hp * Wp * LOG_2PI - math.log(n_pos)
-        return -0.5 * xp.sum(self.X * self.X, axis=(1, 2, 3)) + const
+        const = -0.5 * c * Hp * Wp * self._log_2pi_var() - math.log(n_pos)
+        return -0.5 * (self.sq_norms() / self.variance) + const
+
+    def n_values(self):
+        """Gaussian values the model explains per image: ``P`` (image) or
+        ``|U|·D`` (patch), the denominator of σ²'s M-step."""
+        (Hp, Wp), (kh, kw) = self.padded_shape, self.kernel_shape
+        c = self.X.shape[1]
+        if self.latent == "image":
+            return c * Hp * Wp
+        return (Hp - kh + 1) * (Wp - kw + 1) * c * kh * kw
+
+    def sq_norms(self):
+        """``‖X_n‖²`` (n,) for ``latent="image"``, or ``‖x_u‖²`` (n, Ho, Wo)
+        (:meth:`patch_sq_norms`) for ``"patch"``; computed once per batch."""
+        if self._sq_norms is None:
+            xp = self.xp
+            if self.latent == "image":
+                self._sq_norms = xp.sum(self.X * self.X, axis=(1, 2, 3))
+            else:
+                self._sq_norms = self.patch_sq_norms()
+        return self._sq_norms
 
     def patch_sq_norms(self):
         """``‖x_u‖²`` of every patch, ``(n, Ho, Wo)``: window sums of the
@@ -146,11 +188,13 @@ class _Batch:
 
 
 def log_joint(
-    X, kernels, *, log_weights=None, padding=0, method="auto", latent="image"
+    X, kernels, *, log_weights=None, padding=0, method="auto", latent="image",
+    variance=1.0
 ):
     r"""Log joint ``A[n, k, u]`` of kernel ``k`` at position ``u`` (up to ``c(X)``).
 
-    :math:`A_{nku} = (X_n \star \mu_k)_u - \tfrac12\|\mu_k\|^2 + \log\pi_k`
+    :math:`A_{nku} = ((X_n \star \mu_k)_u - \tfrac12\|\mu_k\|^2)/\sigma^2
+    + \log\pi_k`
 
     Parameters
     ----------
@@ -169,6 +213,8 @@ def log_joint(
         One (kernel, position) per image (the paper), or every patch an
         independent draw from the mixture.  ``log_joint`` is the same for
         both; ``posterior``, ``log_likelihood`` and the statistics differ.
+    variance : float, default=1.0
+        The shared pixel variance ``σ²`` (SPEC §2); 1 is the paper's model.
 
     Returns
     -------
@@ -180,11 +226,13 @@ def log_joint(
     Tested on NumPy, array-api-strict (with and without fft), PyTorch (CPU)
     and, on a machine with a GPU, CuPy.
     """
-    return _Batch(X, kernels, log_weights, padding, method, latent).log_joint()
+    args = (log_weights, padding, method, latent, variance)
+    return _Batch(X, kernels, *args).log_joint()
 
 
 def posterior(
-    X, kernels, *, log_weights=None, padding=0, method="auto", latent="image"
+    X, kernels, *, log_weights=None, padding=0, method="auto", latent="image",
+    variance=1.0
 ):
     r"""Posterior ``γ[n, k, u] = p(Z=k, U=u | X_n)``, summing to 1 per image.
 
@@ -196,18 +244,19 @@ def posterior(
     -------
     posterior : array of shape (n_samples, n_kernels, Ho, Wo)
     """
-    batch = _Batch(X, kernels, log_weights, padding, method, latent)
+    batch = _Batch(X, kernels, log_weights, padding, method, latent, variance)
     A = batch.log_joint()
     return batch.xp.exp(A - batch.log_normalizer(A))
 
 
 def log_likelihood(
-    X, kernels, *, log_weights=None, padding=0, method="auto", latent="image"
+    X, kernels, *, log_weights=None, padding=0, method="auto", latent="image",
+    variance=1.0
 ):
     r"""Exact log-likelihood ``log p(X_n)`` in nats, one value per image.
 
     :math:`\log p(X_n) = \operatorname{logsumexp}_{k,u} A_{nku} + c(X_n)`,
-    :math:`c(X) = -\tfrac12\|X\|^2 - \tfrac{P}{2}\log 2\pi - \log|U|`
+    :math:`c(X) = -\|X\|^2/(2\sigma^2) - \tfrac{P}{2}\log 2\pi\sigma^2 - \log|U|`
 
     Parameters and Notes as for :func:`log_joint`.
 
@@ -215,7 +264,7 @@ def log_likelihood(
     -------
     log_likelihood : array of shape (n_samples,)
     """
-    batch = _Batch(X, kernels, log_weights, padding, method, latent)
+    batch = _Batch(X, kernels, log_weights, padding, method, latent, variance)
     log_norm = batch.readout(lambda A, start, stop: batch.log_normalizer(A))
     return batch.log_likelihood(log_norm)
 
@@ -234,6 +283,11 @@ class SufficientStatistics:
         ``Σ_n log p(X_n)``, exact and normalized.
     n_samples : int
         Number of images summed.
+    sq_norm : array of shape ()
+        ``Σ_n ‖X_n‖²`` (image latent) or ``Σ_n Σ_u ‖x_{n,u}‖²`` (patch): with
+        ``n_values`` what σ²'s M-step needs besides ``N_k``, ``S_k``.
+    n_values : int
+        Gaussian values explained: ``Σ_n P`` (image) or ``Σ_n |U|·D`` (patch).
 
     The arrays are in the input's namespace and on its device, accumulated in
     float64 where the device has it (float32 input included), so that sums
@@ -244,6 +298,8 @@ class SufficientStatistics:
     sums: Any
     log_likelihood: Any
     n_samples: int
+    sq_norm: Any = 0.0
+    n_values: int = 0
 
     def __add__(self, other):
         if not isinstance(other, SufficientStatistics):
@@ -253,17 +309,19 @@ class SufficientStatistics:
             self.sums + other.sums,
             self.log_likelihood + other.log_likelihood,
             self.n_samples + other.n_samples,
+            self.sq_norm + other.sq_norm,
+            self.n_values + other.n_values,
         )
 
-    def m_step(self, reg_kernels=0.0):
-        """MAP kernel update ``μ_k = S_k / (N_k + λ)`` (SPEC §2).
+    def m_step(self, reg_kernels=0.0, variance=1.0):
+        """MAP kernel update ``μ_k = S_k / (N_k + λσ²)`` (SPEC §2).
 
         Kernels whose update is undefined (``N_k + λ`` not above the float
         resolution) come back as NaN-free zeros *and* a boolean mask, so the
         caller can keep their previous values.
         """
         xp = get_namespace(self.counts)[0]
-        denom = self.counts + reg_kernels
+        denom = self.counts + reg_kernels * variance
         tiny = xp.finfo(denom.dtype).smallest_normal
         ok = denom > tiny * 1e3
         safe = xp.where(ok, denom, xp.ones_like(denom))
@@ -272,9 +330,10 @@ class SufficientStatistics:
 
 
 def sufficient_statistics(
-    X, kernels, *, log_weights=None, padding=0, method="auto", latent="image"
+    X, kernels, *, log_weights=None, padding=0, method="auto", latent="image",
+    variance=1.0
 ):
-    r"""EM sufficient statistics of a batch: ``N_k``, ``S_k`` and ``Σ log p(X_n)``.
+    r"""EM statistics of a batch: ``N_k``, ``S_k``, ``Σ log p(X_n)``, ``Σ‖X_n‖²``.
 
     :math:`N_k = \sum_{n,u}\gamma_{nku},\quad
     S_k = \sum_{n,u}\gamma_{nku}\,x_{n,u}`
@@ -288,7 +347,7 @@ def sufficient_statistics(
     -------
     stats : SufficientStatistics
     """
-    batch = _Batch(X, kernels, log_weights, padding, method, latent)
+    batch = _Batch(X, kernels, log_weights, padding, method, latent, variance)
     return _statistics(batch, kernels_ndim=_checks.as_array(kernels, "k").ndim)
 
 
@@ -310,15 +369,47 @@ def _statistics(batch, kernels_ndim=4, margin=0):
     wide = wide_float(xp, batch.device)
     # the engine's E+M pass (fused, chunked and threaded on NumPy)
     counts, sums, log_norm = batch.engine.statistics(
-        batch.kernels, batch.log_weights, wide, batch.latent, margin
+        batch.kernels, batch.log_weights, wide, batch.latent, margin, batch.scale
     )
     if kernels_ndim == 3:
         sums = sums[:, 0, ...]
     ll = xp.sum(batch.log_likelihood(log_norm, wide))
-    return SufficientStatistics(counts, sums, ll, batch.X.shape[0])
+    sq = xp.sum(xp.astype(batch.sq_norms(), wide))
+    n = batch.X.shape[0]
+    return SufficientStatistics(counts, sums, ll, n, sq, n * batch.n_values())
 
 
 # -- what the EM loop does with the statistics ---------------------------------
+# σ² is at least this fraction of the mean squared value (pixel, or patch
+# entry) of the data: a degenerate fit (kernels that copy the data) stays
+# finite.  The σ² objective is unimodal, so the clamp keeps ECM monotone.
+VARIANCE_FLOOR = 1e-6
+# Images sampled (evenly spaced, no random draw) for the initial σ².
+VARIANCE_INIT_IMAGES = 1024
+
+
+@dataclass(frozen=True)
+class Params:
+    """What EM updates, threaded through a fit as one value.
+
+    ``kernels`` (k, c, kh, kw) and ``log_weights`` (k,) in the data's
+    namespace; ``variance`` the shared pixel variance σ², a Python float
+    (exactly 1.0, the paper's model, unless learned).
+    """
+
+    kernels: Any
+    log_weights: Any
+    variance: float = 1.0
+
+    def m_step(self, stats, reg_kernels, learn_weights, learn_variance):
+        """The next :class:`Params` (ECM: :func:`m_step`)."""
+        variance = self.variance if learn_variance else None
+        new = m_step(
+            stats, self.kernels, self.log_weights, reg_kernels, learn_weights, variance
+        )
+        return Params(*new)
+
+
 def objective(stats, kernels, reg_kernels=0.0):
     """Mean per-image log-likelihood minus the prior penalty, a Python float.
 
@@ -339,36 +430,100 @@ def objective(stats, kernels, reg_kernels=0.0):
     return value
 
 
-def m_step(stats, kernels, log_weights, reg_kernels=0.0, learn_weights=False):
+def m_step(
+    stats, kernels, log_weights, reg_kernels=0.0, learn_weights=False, variance=None
+):
     """MAP update ``(kernels, log_weights)``; kernels without mass keep their value.
 
-    ``μ_k = S_k / (N_k + λ)`` and, with ``learn_weights``, ``π_k = N_k / n``;
-    otherwise the weights stay as they are.
+    ``μ_k = S_k / (N_k + λσ²)`` and, with ``learn_weights``, ``π_k = N_k / n``;
+    otherwise the weights stay as they are.  ``variance=None`` is the
+    paper's model (σ² = 1, not learned); a float is the current σ², learned:
+    then the new σ² (:func:`variance_step`, with the new kernels: ECM) comes
+    back too, ``(kernels, log_weights, variance)``.
     """
     xp = get_namespace(kernels)[0]
     dtype = kernels.dtype
-    new, ok = stats.m_step(reg_kernels)
+    new, ok = stats.m_step(reg_kernels, 1.0 if variance is None else variance)
     mask = xp.reshape(ok, (-1, 1, 1, 1))
     new = xp.where(mask, xp.astype(new, dtype), kernels)
     if learn_weights:
         total = xp.sum(stats.counts)
         log_weights = xp.astype(xp.log(stats.counts / total), dtype)
-    return new, log_weights
+    if variance is None:
+        return new, log_weights
+    return new, log_weights, variance_step(stats, new, variance)
+
+
+def variance_step(stats, kernels, variance=1.0):
+    """σ²'s M-step given the kernels: ``Q / n_values`` (SPEC §2), a float.
+
+    ``Q = Σ‖X_n‖² − 2 Σ_k μ_k·S_k + Σ_k N_k ‖μ_k‖²`` (in the statistics'
+    wide type), at least ``VARIANCE_FLOOR`` times ``Σ‖X_n‖²``; ``variance``
+    comes back unchanged when there is nothing to estimate it from (no
+    values, or all-zero data).
+    """
+    xp = get_namespace(stats.counts)[0]
+    k = stats.counts.shape[0]
+    mu = xp.reshape(xp.astype(kernels, stats.counts.dtype), (k, -1))
+    S = xp.reshape(stats.sums, (k, -1))
+    fit = 2.0 * xp.sum(mu * S) - xp.sum(stats.counts * xp.sum(mu * mu, axis=1))
+    sq = float(stats.sq_norm)
+    Q = max(sq - float(fit), VARIANCE_FLOOR * sq)
+    if not (Q > 0 and stats.n_values > 0 and math.isfinite(Q)):
+        return float(variance)
+    return Q / stats.n_values
+
+
+def initial_variance(source, kernels, padding, method, latent):
+    """σ² to start a fit from: the hard-assignment residual of ``kernels``.
+
+    The mean over values of ``‖x − μ_k‖²`` for each image's best (kernel,
+    position) (``latent="image"``, the background counted) or each patch's
+    nearest kernel (``"patch"``), on up to ``VARIANCE_INIT_IMAGES`` evenly
+    spaced images of ``source``; floored like :func:`variance_step`.  It puts
+    the first E-step's temperature on the data's scale.
+    """
+    import numpy as np
+
+    n = source.n_samples
+    idx = np.unique(np.linspace(0, n - 1, min(n, VARIANCE_INIT_IMAGES)).astype(int))
+    batch = _Batch(source.take(idx), kernels, None, padding, method, latent)
+    xp = batch.xp
+    axes = LATENT_AXES[latent]
+    # A = x_u·μ_k − ½‖μ_k‖² − log k; ‖x − μ_k‖² = ‖x‖² − 2 (A + log k)
+    best = batch.readout(lambda A, start, stop: xp.max(A, axis=axes))
+    wide = wide_float(xp, batch.device)
+    sq = float(xp.sum(xp.astype(batch.sq_norms(), wide)))
+    fit = 2.0 * float(xp.sum(xp.astype(best, wide))) + 2.0 * math.log(
+        kernels.shape[0]
+    ) * math.prod(best.shape)
+    Q = max(sq - fit, VARIANCE_FLOOR * sq)
+    n_values = len(idx) * batch.n_values()
+    return Q / n_values if Q > 0 else 1.0
 
 
 def running_statistics(stats, t=0):
-    """Per-image statistics ``N_k / n``, ``S_k / n`` as online EM carries them."""
+    """Per-image statistics ``N_k / n``, ``S_k / n``, ``Σ‖X‖² / n`` and the
+    values per image, as online EM carries them."""
     n = stats.n_samples
-    return dict(counts=stats.counts / n, sums=stats.sums / n, n_seen=n, t=t)
+    return dict(
+        counts=stats.counts / n,
+        sums=stats.sums / n,
+        sq_norm=stats.sq_norm / n,
+        n_values=stats.n_values / n,
+        n_seen=n,
+        t=t,
+    )
 
 
-def running_from_model(stats, kernels, weights, t):
-    """Running statistics rebuilt from a model's ``kernels`` and ``weights``.
+def running_from_model(stats, kernels, weights, t, variance=1.0):
+    """Running statistics rebuilt from a model's ``kernels``, ``weights``, σ².
 
     For a model without them (one read by ``load``): ``N̄_k = π_k m`` and
     ``S̄_k = μ_k N̄_k`` per image, with ``m`` the latent draws per image (the
-    batch's ``Σ_k N_k / n``: 1, or the positions for ``latent="patch"``), so
-    the M-step of the rebuilt state gives the model back when
+    batch's ``Σ_k N_k / n``: 1, or the positions for ``latent="patch"``),
+    and ``Σ‖X‖²`` per image ``σ² v + Σ_k N̄_k ‖μ_k‖²`` (``v`` values per
+    image), so the M-step of the rebuilt state gives the model back when
     ``reg_kernels=0``.  ``n_seen`` starts at 0 and ``t`` at ``t``.
     """
     xp = get_namespace(stats.counts)[0]
@@ -376,8 +531,14 @@ def running_from_model(stats, kernels, weights, t):
     per_image = xp.sum(stats.counts) / stats.n_samples
     counts = xp.astype(weights, wide) * per_image
     shape = (-1,) + (1,) * (stats.sums.ndim - 1)
-    sums = xp.astype(kernels, wide) * xp.reshape(counts, shape)
-    return dict(counts=counts, sums=sums, n_seen=0, t=t)
+    mu = xp.astype(kernels, wide)
+    sums = mu * xp.reshape(counts, shape)
+    values = stats.n_values / stats.n_samples
+    energy = xp.sum(counts * xp.sum(xp.reshape(mu * mu, (counts.shape[0], -1)), axis=1))
+    sq_norm = variance * values + energy
+    return dict(
+        counts=counts, sums=sums, sq_norm=sq_norm, n_values=values, n_seen=0, t=t
+    )
 
 
 def online_step(running, stats):
@@ -394,14 +555,19 @@ def online_step(running, stats):
     else:
         n = stats.n_samples
         eta = (running["t"] + 2) ** -ONLINE_KAPPA
-        new = dict(
-            counts=(1 - eta) * running["counts"] + eta * (stats.counts / n),
-            sums=(1 - eta) * running["sums"] + eta * (stats.sums / n),
-            n_seen=running["n_seen"] + n,
-            t=running["t"] + 1,
-        )
+        per_image = running_statistics(stats)
+        new = {
+            key: (1 - eta) * running[key] + eta * per_image[key]
+            for key in ("counts", "sums", "sq_norm", "n_values")
+        }
+        new.update(n_seen=running["n_seen"] + n, t=running["t"] + 1)
     n_seen = new["n_seen"]
     blended = SufficientStatistics(
-        new["counts"] * n_seen, new["sums"] * n_seen, 0.0, n_seen
+        new["counts"] * n_seen,
+        new["sums"] * n_seen,
+        0.0,
+        n_seen,
+        new["sq_norm"] * n_seen,
+        new["n_values"] * n_seen,
     )
     return new, blended

@@ -17,12 +17,17 @@ subclasses :class:`Engine` and provides
 
 and inherits
 
-    log_joint(kernels, log_weights)
-                        -> (n, k, Ho, Wo)   A = correlate + bias
-    statistics(kernels, log_weights, wide, latent, margin)
+    log_joint(kernels, log_weights, scale)
+                        -> (n, k, Ho, Wo)   A = scale·(correlate − ½‖μ‖²) + log π
+    statistics(kernels, log_weights, wide, latent, margin, scale)
                         -> (N_k, S_k, log_norm)  one fused E- and M-step
-    readout(kernels, log_weights, func)
+    readout(kernels, log_weights, func, scale)
                         -> func(A, start, stop) per group of images, joined
+
+``scale = 1/σ²`` (SPEC §2, a learned shared variance) multiplies the map,
+never the data: the kernels are scaled before the correlation and the
+statistics ``N_k``, ``S_k`` stay unscaled; ``scale=1`` is the paper's model,
+with exactly the old arithmetic.
 
 so the EM code never needs to know which one it holds.  Everything in this
 module is generic array-API code: ``statistics`` chains the two
@@ -100,13 +105,16 @@ class Engine:
         """``(k, c, kh, kw)``: ``Σ_n Σ_u resp[n, k, u] · x_{n,u}``."""
         raise NotImplementedError
 
-    def log_joint(self, kernels, log_weights):
-        """``A = Xp ⋆ μ_k − ½‖μ_k‖² + log π_k``, ``(n, k, Ho, Wo)``."""
+    def log_joint(self, kernels, log_weights, scale=1.0):
+        """``A = (Xp ⋆ μ_k − ½‖μ_k‖²)·scale + log π_k``, ``(n, k, Ho, Wo)``."""
         xp = self.xp
-        bias = -0.5 * xp.sum(kernels * kernels, axis=(1, 2, 3)) + log_weights
+        bias = -0.5 * xp.sum(kernels * kernels, axis=(1, 2, 3))
+        if scale != 1.0:
+            bias, kernels = bias * scale, kernels * scale
+        bias = bias + log_weights
         return self.correlate(kernels) + bias[None, :, None, None]
 
-    def readout(self, kernels, log_weights, func):
+    def readout(self, kernels, log_weights, func, scale=1.0):
         """``func(A, start, stop)`` of the log joint ``A`` of images
         ``[start, stop)``, concatenated along the images.
 
@@ -117,10 +125,12 @@ class Engine:
         """
         fast = _fast_path(self.xp)
         if fast is not None and self.n > 0:
-            return fast.readout(self, kernels, log_weights, func)
-        return func(self.log_joint(kernels, log_weights), 0, self.n)
+            return fast.readout(self, kernels, log_weights, func, scale)
+        return func(self.log_joint(kernels, log_weights, scale), 0, self.n)
 
-    def statistics(self, kernels, log_weights, wide, latent="image", margin=0):
+    def statistics(
+        self, kernels, log_weights, wide, latent="image", margin=0, scale=1.0
+    ):
         """``(N_k, S_k, log_norm)`` of the batch under ``kernels`` (E + M step).
 
         ``N_k`` (k,) and ``S_k`` (k, c, kh + 2·margin, kw + 2·margin) are in
@@ -128,12 +138,14 @@ class Engine:
         position (zeros beyond the padded images).  ``log_norm`` is the
         logsumexp of ``A`` over the latent: ``(k, u)`` per image, shape
         (n, 1, 1, 1), for ``latent="image"``; ``k`` per position, shape
-        (n, 1, Ho, Wo), for ``"patch"``; in the kernels' dtype.
+        (n, 1, Ho, Wo), for ``"patch"``; in the kernels' dtype.  ``A`` is
+        the log joint at ``scale`` (``N_k``, ``S_k`` are not scaled).
         """
         fast = _fast_path(self.xp)
+        args = (self, kernels, log_weights, wide, latent, margin, scale)
         if fast is not None and self.n > 0:
-            return fast.statistics(self, kernels, log_weights, wide, latent, margin)
-        return generic_statistics(self, kernels, log_weights, wide, latent, margin)
+            return fast.statistics(*args)
+        return generic_statistics(*args)
 
     def widened(self, margin):
         """The same engine on images padded by ``margin`` more, with windows
@@ -148,10 +160,12 @@ class Engine:
 LATENT_AXES = {"image": (1, 2, 3), "patch": (1,)}
 
 
-def generic_statistics(engine, kernels, log_weights, wide, latent="image", margin=0):
+def generic_statistics(
+    engine, kernels, log_weights, wide, latent="image", margin=0, scale=1.0
+):
     """:meth:`Engine.statistics` on any namespace: E-step, softmax, M-step."""
     xp = engine.xp
-    A = engine.log_joint(kernels, log_weights)
+    A = engine.log_joint(kernels, log_weights, scale)
     log_norm = logsumexp(A, axis=LATENT_AXES[latent], keepdims=True)
     resp = xp.exp(A - log_norm)
     counts = xp.sum(xp.astype(xp.sum(resp, axis=(2, 3)), wide), axis=0)

@@ -27,10 +27,11 @@ from . import _checks, _persist, _readouts
 from ._base import ParamsMixin, restore_on_error
 from ._checks import FEATURES  # noqa: F401  (the CLI reads _estimator.FEATURES)
 from ._dask import is_dask_array
-from ._data import checked_source, progress_bar
+from ._data import checked_source, progress_bar, report
 from ._em import (
+    Params,
+    initial_variance,
     log_likelihood,
-    m_step,
     objective,
     online_step,
     running_from_model,
@@ -57,7 +58,7 @@ __all__ = [
 
 # What a fit sets (and restores if it fails).
 _FITTED = tuple(
-    "kernels_ weights_ lower_bound_ lower_bounds_ n_iter_ converged_ "
+    "kernels_ weights_ variance_ lower_bound_ lower_bounds_ n_iter_ converged_ "
     "n_channels_in_ kernel_size_ padding_ _online".split()
 )
 
@@ -86,6 +87,8 @@ class ConvolutionalMixture(ParamsMixin):
         M-step is ``μ_k = S_k / (N_k + λ)`` (MAP).
     learn_weights : bool, default=False
         Learn the mixture weights ``π_k = N_k / n``; otherwise uniform.
+    learn_variance : bool, default=False
+        Learn a shared pixel variance σ² (SPEC §2; ECM) instead of σ² = 1.
     init : {"kmeans++", "random_patches", "random"} or array, default="kmeans++"
         Initial kernels: k-means++ (D²) sampling over patches of the data,
         uniformly drawn patches, Gaussian noise scaled to the data, or an
@@ -143,6 +146,9 @@ default="log_joint"
     kernels_ : array of shape (n_kernels, n_channels, kh, kw)
     weights_ : array of shape (n_kernels,)
         Mixture weights, summing to 1 (uniform unless ``learn_weights``).
+    variance_ : float
+        σ², exactly 1.0 unless ``learn_variance``; the scores and the
+        log-joint and posterior features use it.
     lower_bound_ : float
         Objective of the fitted model, in nats per image: the mean of
         :meth:`score_samples` (log-likelihood, or pseudo-log-likelihood for
@@ -169,6 +175,7 @@ default="log_joint"
         padding=0,
         reg_kernels=0.0,
         learn_weights=False,
+        learn_variance=False,
         init="kmeans++",
         n_init=1,
         max_iter=100,
@@ -188,6 +195,7 @@ default="log_joint"
         self.padding = padding
         self.reg_kernels = reg_kernels
         self.learn_weights = learn_weights
+        self.learn_variance = learn_variance
         self.init = init
         self.n_init = n_init
         self.max_iter = max_iter
@@ -259,7 +267,7 @@ default="log_joint"
         for run in range(1 if warm else self.n_init):
             if stopped:  # the callback asked to stop the whole fit
                 break
-            kernels, log_w = self._start(source, kernel_size, padding, rng, warm)
+            params = self._start(source, kernel_size, padding, rng, warm)
             moves = Moves(
                 source, kernel_size, padding, rng, self.reg_kernels, self.learn_weights
             )
@@ -268,86 +276,87 @@ default="log_joint"
                 e_step = functools.partial(
                     self._e_step, source, padding=padding, bar=bar
                 )
-                stats = e_step(kernels, log_w)
-                lower_bound = objective(stats, kernels, self.reg_kernels)
+                stats = e_step(params)
+                lower_bound = objective(stats, params.kernels, self.reg_kernels)
                 for n_iter in range(1, self.max_iter + 1):
                     t0 = time.perf_counter()
-                    kernels, log_w = self._m_step(stats, kernels, log_w)
-                    stats = e_step(kernels, log_w)
-                    new = objective(stats, kernels, self.reg_kernels)
+                    params = self._m_step(stats, params)
+                    stats = e_step(params)
+                    new = objective(stats, params.kernels, self.reg_kernels)
                     change, lower_bound = new - lower_bound, new
                     moved = None
                     if abs(change) < self.tol and n_iter < self.max_iter:
                         moved = moves.try_move(
-                            e_step, stats, kernels, log_w, lower_bound, self.tol
+                            e_step, stats, params, lower_bound, self.tol
                         )
                     if moved is not None:
-                        kernels, log_w, stats, new = moved
+                        params, stats, new = moved
                         change, lower_bound = change + (new - lower_bound), new
                     bounds.append(lower_bound)
-                    self._report(n_iter, run, lower_bound, change, t0)
-                    if self._callback_stops(kernels, log_w, bounds, source):
+                    report(self, n_iter, run, lower_bound, change, t0)
+                    if self._callback_stops(params, bounds, source):
                         stopped = True
                         break
                     if abs(change) < self.tol and moved is None:
                         converged = True
                         break
             if best is None or lower_bound > best[0]:
-                best = (lower_bound, kernels, log_w, bounds, stats, converged, change)
+                best = (lower_bound, params, bounds, stats, converged, change)
         self._set_fitted(best, source, kernel_size, padding)
         warn_after_fit(best, self.max_iter, self.tol)
 
-    def _e_step(self, source, kernels, log_w, padding, bar, margin=0):
+    def _e_step(self, source, params, padding, bar, margin=0):
         """Statistics of one pass over ``source`` (window ones if ``margin``)."""
         progress = None
         if bar is not None:
             bar.reset(total=source.n_samples)
             progress = bar.update
-        return source.statistics(
-            kernels, log_w, padding, self.method, progress, margin, self.latent
-        )
+        args = (padding, self.method, progress, margin, self.latent, params.variance)
+        return source.statistics(params.kernels, params.log_weights, *args)
 
-    def _m_step(self, stats, kernels, log_w):
-        return m_step(stats, kernels, log_w, self.reg_kernels, self.learn_weights)
+    def _m_step(self, stats, params):
+        args = (self.reg_kernels, self.learn_weights, self.learn_variance)
+        return params.m_step(stats, *args)
 
-    def _start(self, source, kernel_size, padding, rng, warm):
-        """Initial ``(kernels, log_weights)``: the fitted ones, or new ones."""
+    def _start(self, source, size, padding, rng, warm):
+        """Initial :class:`~calm_np._em.Params`: the fitted ones, or new ones."""
         xp, dtype, device = source.xp, source.work_dtype, source.device
         if warm:
             kernels = xp.asarray(self.kernels_, dtype=dtype, device=device)
             log_w = xp.log(xp.asarray(self.weights_, dtype=dtype, device=device))
-            return kernels, log_w
-        k = self.n_kernels
-        kernels = kernels_for(source, self.init, k, kernel_size, padding, rng, dtype)
-        return kernels, xp.full((k,), -math.log(k), dtype=dtype, device=device)
+        else:
+            k = self.n_kernels
+            kernels = kernels_for(source, self.init, k, size, padding, rng, dtype)
+            log_w = xp.full((k,), -math.log(k), dtype=dtype, device=device)
+        variance = self._variance(source, kernels, padding, new=not warm)
+        return Params(kernels, log_w, variance)
 
-    def _report(self, it, run, objective, change, t0):
-        if self.verbose >= 1:
-            prefix = f"init {run + 1} " if self.n_init > 1 else ""
-            print(
-                f"{prefix}iter {it:4d}  objective {objective:.6f}  "
-                f"change {change:+.3e}  {time.perf_counter() - t0:.2f} s",
-                flush=True,
-            )
+    def _variance(self, source, kernels, padding, new=False):
+        """σ² to start from: 1 unless learned, the fitted one, or for ``new``
+        kernels their hard-assignment residual (``_em.initial_variance``)."""
+        if self.learn_variance and new:
+            return initial_variance(source, kernels, padding, self.method, self.latent)
+        return float(getattr(self, "variance_", 1.0)) if self.learn_variance else 1.0
 
-    def _callback_stops(self, kernels, log_w, bounds, source):
+    def _callback_stops(self, params, bounds, source):
         """Show the current state to ``callback``; True if it asks to stop."""
         if self.callback is None:
             return False
-        self._set_state(kernels, log_w, bounds, len(bounds), source)
+        self._set_state(params, bounds, len(bounds), source)
         return self.callback(self) is True
 
-    def _set_state(self, kernels, log_w, bounds, n_iter, source):
-        self.kernels_ = kernels
-        self.weights_ = source.xp.exp(log_w)
+    def _set_state(self, params, bounds, n_iter, source):
+        self.kernels_ = params.kernels
+        self.weights_ = source.xp.exp(params.log_weights)
+        self.variance_ = float(params.variance)
         self.lower_bounds_ = list(bounds)
         self.lower_bound_ = bounds[-1] if bounds else None
         self.n_iter_ = n_iter
         self.n_channels_in_ = source.n_channels
 
     def _set_fitted(self, best, source, kernel_size, padding):
-        lower_bound, kernels, log_w, bounds, stats, converged, _ = best
-        self._set_state(kernels, log_w, bounds, len(bounds), source)
+        lower_bound, params, bounds, stats, converged, _ = best
+        self._set_state(params, bounds, len(bounds), source)
         self.lower_bound_ = lower_bound  # also right when max_iter=0
         self.kernel_size_, self.padding_, self.converged_ = (
             kernel_size,
@@ -387,7 +396,8 @@ default="log_joint"
 
     def _partial_fit(self, source, size, padding):
         xp, dtype, device = source.xp, source.work_dtype, source.device
-        if not hasattr(self, "kernels_"):
+        fitted = hasattr(self, "kernels_")
+        if not fitted:
             rng, k = check_random_state(self.random_state), self.n_kernels
             kernels = kernels_for(source, self.init, k, size, padding, rng, dtype)
             weights = xp.full((k,), 1.0 / k, dtype=dtype, device=device)
@@ -395,16 +405,20 @@ default="log_joint"
         else:
             kernels = xp.asarray(self.kernels_, dtype=dtype, device=device)
             weights = xp.asarray(self.weights_, dtype=dtype, device=device)
-            # a loaded model has none: rebuilt below from kernels and weights
+            # a loaded model has none: rebuilt below from the model
             running = getattr(self, "_online", None)
-        stats = self._e_step(source, kernels, xp.log(weights), padding, None)
-        if running is None and hasattr(self, "kernels_"):
-            running = running_from_model(stats, kernels, weights, self.n_iter_)
+        variance = self._variance(source, kernels, padding, new=not fitted)
+        params = Params(kernels, xp.log(weights), variance)
+        stats = self._e_step(source, params, padding, None)
+        if running is None and fitted:
+            running = running_from_model(
+                stats, kernels, weights, self.n_iter_, variance
+            )
         self._online, blended = online_step(running, stats)
-        kernels, log_w = self._m_step(blended, kernels, xp.log(weights))
+        params = self._m_step(blended, params)
         bounds = getattr(self, "lower_bounds_", [])
-        bounds = [*bounds, objective(stats, kernels, self.reg_kernels)]
-        self._set_state(kernels, log_w, bounds, getattr(self, "n_iter_", 0) + 1, source)
+        bounds = [*bounds, objective(stats, params.kernels, self.reg_kernels)]
+        self._set_state(params, bounds, getattr(self, "n_iter_", 0) + 1, source)
         self.kernel_size_, self.padding_, self.converged_ = size, padding, False
 
     # -- using the model -----------------------------------------------------------
@@ -427,14 +441,7 @@ default="log_joint"
         ``latent``.  Lazily, as a Dask array, for Dask input.
         """
         source, _ = self._source(X)
-        func = _readouts.bind(
-            log_likelihood,
-            self.kernels_,
-            self.weights_,
-            padding=self.padding_,
-            method=self.method,
-            latent=self.latent,
-        )
+        func = _readouts.bind_model(log_likelihood, self)
         return source.map(func, kind="score")
 
     def score(self, X, y=None):
@@ -462,16 +469,8 @@ default="log_joint"
         """
         source, params = self._source(X)
         ph, pw = params["pooling"]
-        func = _readouts.bind(
-            _readouts.pooled_features,
-            self.kernels_,
-            self.weights_,
-            padding=self.padding_,
-            method=self.method,
-            latent=self.latent,
-            features=self.features,
-            pooling=(ph, pw),
-        )
+        options = dict(features=self.features, pooling=(ph, pw))
+        func = _readouts.bind_model(_readouts.pooled_features, self, **options)
         n_features = self.kernels_.shape[0] * ph * pw
         return source.map(func, kind="transform", n_features=n_features)
 

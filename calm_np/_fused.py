@@ -3,10 +3,10 @@
 ``_engines._fast_path`` (the one switch) hands NumPy batches here; this
 module provides what the switch needs and nothing generic:
 
-    statistics(engine, kernels, log_weights, wide, latent, margin)
+    statistics(engine, kernels, log_weights, wide, latent, margin, scale)
                                         -> (N_k, S_k, log_norm)
         ``Engine.statistics`` for NumPy, by the plan ``PLANS[engine.name]``
-    readout(engine, kernels, log_weights, func)
+    readout(engine, kernels, log_weights, func, scale)
         ``Engine.readout`` for NumPy: ``func`` of each chunk's log joint
     choose_method(n_channels, n_kernels, padded_shape, kernel_shape, latent)
         ``method="auto"`` on NumPy, by a timing model of the two plans
@@ -161,19 +161,26 @@ def _softmax_over_kernels(maps, axis, np):
     return np.squeeze(mx + np.log(Z), axis=axis)
 
 
-def _plan(engine, kernels, log_weights, latent="image", margin=0):
-    """``(Xp, plan, prepared)``: NumPy images and a prepared plan for them."""
+def _plan(engine, kernels, log_weights, latent="image", margin=0, scale=1.0):
+    """``(Xp, plan, prepared)``: NumPy images and a prepared plan for them.
+
+    ``scale = 1/σ²`` goes into the kernels and the bias (``M·scale``,
+    ``scale·(−½‖μ‖²) + log π``); the images are never scaled.
+    """
     import numpy as np
 
     Xp = np.asarray(engine.Xp)
     M = np.asarray(kernels)
     dtype = M.dtype
-    bias = -0.5 * np.sum(M * M, axis=(1, 2, 3), dtype=dtype) + np.asarray(log_weights)
+    bias = -0.5 * np.sum(M * M, axis=(1, 2, 3), dtype=dtype)
+    if scale != 1.0:
+        bias, M = (bias * scale).astype(dtype), (M * scale).astype(dtype)
+    bias = bias + np.asarray(log_weights)
     plan = PLANS[engine.name](Xp.shape, M.shape, dtype, latent, margin)
     return Xp, plan, plan.prepare(M, bias)
 
 
-def statistics(engine, kernels, log_weights, wide, latent="image", margin=0):
+def statistics(engine, kernels, log_weights, wide, latent="image", margin=0, scale=1.0):
     """``Engine.statistics`` on NumPy: the fused, chunked, threaded pass.
 
     The plan for ``engine.name`` (:data:`PLANS`) does the work per chunk of
@@ -182,7 +189,7 @@ def statistics(engine, kernels, log_weights, wide, latent="image", margin=0):
     """
     import numpy as np
 
-    Xp, plan, prepared = _plan(engine, kernels, log_weights, latent, margin)
+    Xp, plan, prepared = _plan(engine, kernels, log_weights, latent, margin, scale)
     dtype = plan.dtype
     n = Xp.shape[0]
     per_image = (plan.Ho, plan.Wo) if latent == "patch" else (1, 1)
@@ -198,7 +205,7 @@ def statistics(engine, kernels, log_weights, wide, latent="image", margin=0):
     return counts, sums, log_norm
 
 
-def readout(engine, kernels, log_weights, func):
+def readout(engine, kernels, log_weights, func, scale=1.0):
     """``Engine.readout`` on NumPy: ``func(A, start, stop)`` per chunk, threaded.
 
     ``A`` is the chunk's log joint (m, k, Ho, Wo), a scratch array that the
@@ -207,7 +214,7 @@ def readout(engine, kernels, log_weights, func):
     """
     import numpy as np
 
-    Xp, plan, prepared = _plan(engine, kernels, log_weights)
+    Xp, plan, prepared = _plan(engine, kernels, log_weights, scale=scale)
     results = {}
 
     def work(start, stop, buffers):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._em import objective
+from ._em import Params, objective
 from ._init import d2_sample, sample_images, sample_patches, similarity
 from ._xp import device_of, to_numpy
 
@@ -64,32 +64,34 @@ class Moves:
             images, self.padding, self.kernel_size, n, self.rng, self.source.xp, dtype
         )
 
-    def try_move(self, e_step, stats, kernels, log_w, current, tol):
-        """Re-centre and re-seed; ``(kernels, log_w, stats, objective)`` or None.
+    def try_move(self, e_step, stats, params, current, tol):
+        """Re-centre and re-seed; ``(params, stats, objective)`` or None.
 
-        ``e_step(kernels, log_w, margin=0)`` gives the statistics of a pass;
-        ``current`` is the objective of ``(stats, kernels)``.
+        ``e_step(params, margin=0)`` gives the statistics of a pass;
+        ``current`` is the objective of ``(stats, params)``.  σ² is kept.
         """
         if self.left <= 0:
             return None
         self.left -= 1
         xp = self.source.xp
+        kernels, log_w = params.kernels, params.log_weights
         k, _, kh, kw = kernels.shape
         if self.pool is None:
             self.pool = self._patch_pool(k, kernels.dtype)
         margin = max(1, min(kh, kw) // 4)
-        ext = e_step(kernels, log_w, margin=margin)
-        new = recentre(ext, kernels, margin, self.reg, xp)
+        ext = e_step(params, margin=margin)
+        new = recentre(ext, kernels, margin, self.reg * params.variance, xp)
         bad = self._bad(stats, new, margin)
         if bad:
             new, log_w = self._reseed(new, log_w, bad, kernels.dtype)
         if bool(xp.all(new == kernels)):
             return None
-        stats_new = e_step(new, log_w)
+        moved = Params(new, log_w, params.variance)
+        stats_new = e_step(moved)
         value = objective(stats_new, new, self.reg)
         if not value > current + tol:
             return None
-        return new, log_w, stats_new, value
+        return moved, stats_new, value
 
     def _bad(self, stats, kernels, margin):
         """Starved kernels and the lighter of each duplicate pair, sorted."""
@@ -128,7 +130,8 @@ def recentre(ext, kernels, margin, reg, xp):
     (kw + 2m)`` neighbourhoods of kernel ``k``'s positions.  For a fixed
     posterior, the kernel shifted by ``d`` has M-step value
     ``S_d / (N_k + λ)`` and gains ``½‖S_d‖² / (N_k + λ)`` in the EM lower
-    bound, so the best shift maximises ``‖S_d‖²``.  Kernels with no mass
+    bound, so the best shift maximises ``‖S_d‖²``.  (With a variance σ²,
+    ``reg`` is ``λσ²``: the best shift is the same.)  Kernels with no mass
     stay as they are.
     """
     k, c, kh, kw = kernels.shape

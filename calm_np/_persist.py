@@ -1,7 +1,7 @@
 """Persistence: a fitted model as an ``.npz`` file, and the checks on reading one.
 
 The file holds plain arrays (kernels, weights, objective history) and a JSON
-header (format version, hyper-parameters, dtype, shapes): no pickles, so a
+header (format version, hyper-parameters, dtype, shapes, σ²): no pickles, so a
 file from an untrusted source cannot run code, and a model saved from CuPy
 or PyTorch loads on a machine with only NumPy.  ``ConvolutionalMixture.save``
 and ``.load`` are thin wrappers over :func:`save` and :func:`load`.
@@ -13,7 +13,8 @@ parameters that pass ``_checks.check_params``, consistent shapes); each
 member's declared size against what the header's shapes imply (so a "zip
 bomb" is refused before anything is decompressed); each array's own ``.npy``
 header (shape, real floating dtype, no objects); then the values (finite,
-weights non-negative, summing to 1, one per kernel).
+weights non-negative, summing to 1, one per kernel; σ² finite and > 0, 1
+in files written before it was learned).
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ def save(model, path):
         n_iter=int(model.n_iter_),
         converged=bool(model.converged_),
         lower_bound=float(model.lower_bound_),
+        variance=float(getattr(model, "variance_", 1.0)),
     )
     blob = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
     with open(path, "wb") as fh:
@@ -126,6 +128,7 @@ def load(cls, path, *, xp=None, device=None):
     model.n_channels_in_ = header["n_channels_in"]
     model.kernel_size_ = tuple(header["kernel_size"])
     model.padding_ = tuple(header["padding"])
+    model.variance_ = _variance(header, path)
     return model
 
 
@@ -279,6 +282,14 @@ def _header(blob, path):
             f"{MAX_ARRAY_BYTES} calm_np reads; refusing to read it"
         )
     return header
+
+
+def _variance(header, path):
+    """σ², checked; files written before σ² was learned have none: 1.0."""
+    try:
+        return _checks.check_variance(header.get("variance", 1.0), "its variance")
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path} is corrupt: {exc}") from exc
 
 
 def _int(value):

@@ -27,7 +27,7 @@ from ._checks import FEATURES
 from ._em import _Batch
 from ._xp import get_namespace, interval_sums, logsumexp, relu
 
-__all__ = ["FEATURES", "bind", "pooled_features"]
+__all__ = ["FEATURES", "bind", "bind_model", "pooled_features"]
 
 
 def pooled_features(
@@ -40,14 +40,17 @@ def pooled_features(
     latent="image",
     features="log_joint",
     pooling=1,
+    variance=1.0,
 ):
     """Pooled posterior features ``(n_samples, n_kernels * ph * pw)``.
 
     Parameters are those of :func:`calm_np.log_joint`, plus ``features``
     (one of ``FEATURES``) and ``pooling`` (an int or a pair: the grid of
-    cells).  ``latent`` sets what the posterior is normalised over.
+    cells).  ``latent`` sets what the posterior is normalised over.  The
+    log-joint and posterior features use the log joint at ``variance``
+    (σ², SPEC §2); the triangle's distances do not depend on it.
     """
-    batch = _Batch(X, kernels, log_weights, padding, method, latent)
+    batch = _Batch(X, kernels, log_weights, padding, method, latent, variance)
     grid = _checks.check_padding(pooling)
     sq_norms = None
     if features == "triangle":
@@ -69,7 +72,7 @@ def pooled_features(
             log_post = pool(A - batch.log_normalizer(A), grid, xp)
         return log_post if features == "log_posterior" else xp.exp(log_post)
 
-    return batch.readout(read)
+    return batch.readout(read, scale=1.0 if features == "triangle" else None)
 
 
 def bind(func, kernels, weights, **options):
@@ -81,6 +84,15 @@ def bind(func, kernels, weights, **options):
     arrays are captured now: a later refit does not change a lazy result.
     """
     return functools.partial(_apply_bound, func, kernels, weights, options)
+
+
+def bind_model(func, model, **options):
+    """:func:`bind` with a fitted model's kernels, weights, padding, method,
+    latent and σ² (``variance_``; 1 for a model that has none)."""
+    variance = float(getattr(model, "variance_", 1.0))
+    fitted = dict(padding=model.padding_, method=model.method, latent=model.latent)
+    options = {**fitted, "variance": variance, **options}
+    return bind(func, model.kernels_, model.weights_, **options)
 
 
 def _apply_bound(func, kernels, weights, options, batch):
