@@ -120,6 +120,16 @@ def _choices(name, fallback):
     return tuple(table.get(name, fallback))
 
 
+# the estimator's boolean parameters, as --flag / --no-flag
+_FLAGS = {
+    "--learn-weights": "learn the mixture weights (default: uniform)",
+    "--learn-variance": "learn a shared pixel variance σ² (default: σ² = 1, the "
+    "paper's model)",
+    "--whiten": "normalise and ZCA-whiten every patch inside the model "
+    "(latent patch only; default: off)",
+}
+
+
 def _add_estimator_options(p):
     g = p.add_argument_group(
         "model (ConvolutionalMixture parameters; unset ones come from --preset)"
@@ -128,12 +138,11 @@ def _add_estimator_options(p):
     g.add_argument("--kernel-size", type=_size(1), metavar="S|HxW")
     g.add_argument("--padding", type=_size(0), metavar="P|PHxPW")
     g.add_argument("--reg-kernels", type=_non_negative_float, metavar="LAMBDA")
-    g.add_argument(
-        "--learn-weights",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="learn the mixture weights (default: uniform)",
-    )
+    for flag, text in _FLAGS.items():
+        if flag[2:].replace("-", "_") in _estimator_param_names():
+            g.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, help=text
+            )
     inits = _choices("init", ("kmeans++", "random_patches", "random"))
     g.add_argument(
         "--init",
