@@ -110,7 +110,14 @@ _SIZEOF_REGISTERED: list = []
 
 
 def _block_statistics(
-    block, kernels, log_weights, padding, method, margin=0, latent="image"
+    block,
+    kernels,
+    log_weights,
+    padding,
+    method,
+    margin=0,
+    latent="image",
+    whitening=None,
 ):
     # module-level and pure: workers pickle it by reference, and a retried
     # task recomputes exactly the same sums
@@ -118,6 +125,8 @@ def _block_statistics(
     kw = dict(log_weights=log_weights, padding=padding, method=method)
     if latent != "image":
         kw["latent"] = latent
+    if whitening is not None:
+        kw["whitening"] = whitening
     if margin:
         from ._em import window_statistics
 
@@ -142,6 +151,7 @@ def statistics(
     latent="image",
     margin=0,
     split_every=SPLIT_EVERY,
+    whitening=None,
 ):
     r"""EM sufficient statistics of a Dask array of images, summed on the cluster.
 
@@ -177,6 +187,9 @@ def statistics(
         over windows enlarged by ``margin``; the estimator's re-centring).
     split_every : int, default=8
         Fan-in of the reduction tree.
+    whitening : Whitening or None, default=None
+        Whiten the patches first (``calm_np.sufficient_statistics``); sent
+        with the kernels, one graph key.
 
     Returns
     -------
@@ -211,7 +224,7 @@ def statistics(
     # result is also the answer for an array without images.
     empty = xp.zeros((0, *X.shape[1:]), dtype=X.dtype)
     options = (padding, method, margin, latent)
-    nothing = _block_statistics(empty, kernels, log_weights, *options)
+    nothing = _block_statistics(empty, kernels, log_weights, *options, whitening)
     if X.shape[0] == 0 or X.numblocks[0] == 0:
         return nothing
 
@@ -221,7 +234,9 @@ def statistics(
     # lineage and is lost with its worker; a graph key is recomputable.)
     kernels_key = dask.delayed(kernels, pure=True)
     weights_key = None if log_weights is None else dask.delayed(log_weights, pure=True)
-    token = dask.base.tokenize(X.name, kernels, log_weights, *options)
+    token = dask.base.tokenize(X.name, kernels, log_weights, *options, whitening)
+    if whitening is not None:  # its arrays as one more key, after the options
+        options = (*options, dask.delayed(tuple(whitening), pure=True))
     # A blockwise map that keeps every axis (one statistics object per chunk
     # as a 1x1x1(x1) "block") fuses with the layers that produce the chunk
     # (reading it from disk, scaling it), so each chunk is read and reduced

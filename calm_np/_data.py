@@ -212,6 +212,7 @@ class ImageSource:
         progress=None,
         margin=0,
         latent="image",
+        whitening=None,
     ):
         """Exact statistics of one pass over all the images (SPEC §2).
 
@@ -220,6 +221,8 @@ class ImageSource:
         kw = dict(log_weights=log_weights, padding=padding, method=method)
         if latent != "image":
             kw["latent"] = latent
+        if whitening is not None:
+            kw["whitening"] = whitening
         if margin:
             kw["margin"] = margin
         if self.kind == "dask":

@@ -36,6 +36,7 @@ from typing import Any
 
 from . import _checks
 from ._engines import ENGINES, LATENT_AXES, choose_method
+from ._whiten import on_namespace
 from ._xp import LOG_2PI, get_namespace, interval_sums, logsumexp, pad_zeros, wide_float
 
 __all__ = [
@@ -54,7 +55,14 @@ class _Batch:
     """A validated batch of images with kernels, weights and an engine."""
 
     def __init__(
-        self, X, kernels, log_weights=None, padding=0, method="auto", latent="image"
+        self,
+        X,
+        kernels,
+        log_weights=None,
+        padding=0,
+        method="auto",
+        latent="image",
+        whitening=None,
     ):
         _checks.check_latent(latent)
         self.latent = latent
@@ -80,6 +88,13 @@ class _Batch:
         self.X, self.kernels, self.padding = X, kernels, padding
         self.kernel_shape = kernel_shape
         self.padded_shape = (Hp, Wp)
+        D = kernels.shape[1] * kernel_shape[0] * kernel_shape[1]
+        whitening = _checks.check_whitening(whitening, D, latent, method)
+        self.whitening = on_namespace(whitening, xp, dtype, device)
+        if whitening is not None:
+            _checks.check_finite(self.whitening.matrix, "whitening", xp)
+            _checks.check_finite(self.whitening.mean, "whitening", xp)
+            method = "im2col"  # the one engine that whitens (see _whiten)
         if X.shape[0] == 0:
             method = "im2col"  # nothing to transform (torch's FFT refuses n=0)
         elif method == "auto":
@@ -92,7 +107,8 @@ class _Batch:
     def engine(self):
         if self._engine is None:
             Xp = pad_zeros(self.X, self.padding, self.xp)
-            self._engine = ENGINES[self.method](Xp, self.kernel_shape, self.xp)
+            engine = ENGINES[self.method]
+            self._engine = engine(Xp, self.kernel_shape, self.xp, self.whitening)
         return self._engine
 
     def log_joint(self):
@@ -135,8 +151,11 @@ class _Batch:
     def patch_sq_norms(self):
         """``‖x_u‖²`` of every patch, ``(n, Ho, Wo)``: window sums of the
         squared pixels (zeros in the padding), as two GEMMs with 0/1 band
-        matrices (sums of positive terms: no cancellation)."""
+        matrices (sums of positive terms: no cancellation).  With whitening,
+        ``‖z_u‖²`` of the whitened patches (``_whiten``)."""
         xp = self.xp
+        if self.whitening is not None:
+            return self.engine.sq_norms()
         sq = xp.sum(self.X * self.X, axis=1)  # (n, H, W)
         (ph, pw), (kh, kw) = self.padding, self.kernel_shape
         Hp, Wp = self.padded_shape
@@ -146,7 +165,14 @@ class _Batch:
 
 
 def log_joint(
-    X, kernels, *, log_weights=None, padding=0, method="auto", latent="image"
+    X,
+    kernels,
+    *,
+    log_weights=None,
+    padding=0,
+    method="auto",
+    latent="image",
+    whitening=None,
 ):
     r"""Log joint ``A[n, k, u]`` of kernel ``k`` at position ``u`` (up to ``c(X)``).
 
@@ -169,6 +195,11 @@ def log_joint(
         One (kernel, position) per image (the paper), or every patch an
         independent draw from the mixture.  ``log_joint`` is the same for
         both; ``posterior``, ``log_likelihood`` and the statistics differ.
+    whitening : Whitening or None, default=None
+        A fitted model's ``whitening_`` (``latent="patch"`` only): every
+        patch is normalised and whitened before it meets the kernels, which
+        live in whitened patch space (see ``ConvolutionalMixture``'s
+        ``whiten``).  Needs the im2col engine (``method="auto"`` picks it).
 
     Returns
     -------
@@ -180,11 +211,19 @@ def log_joint(
     Tested on NumPy, array-api-strict (with and without fft), PyTorch (CPU)
     and, on a machine with a GPU, CuPy.
     """
-    return _Batch(X, kernels, log_weights, padding, method, latent).log_joint()
+    batch = _Batch(X, kernels, log_weights, padding, method, latent, whitening)
+    return batch.log_joint()
 
 
 def posterior(
-    X, kernels, *, log_weights=None, padding=0, method="auto", latent="image"
+    X,
+    kernels,
+    *,
+    log_weights=None,
+    padding=0,
+    method="auto",
+    latent="image",
+    whitening=None,
 ):
     r"""Posterior ``γ[n, k, u] = p(Z=k, U=u | X_n)``, summing to 1 per image.
 
@@ -196,13 +235,20 @@ def posterior(
     -------
     posterior : array of shape (n_samples, n_kernels, Ho, Wo)
     """
-    batch = _Batch(X, kernels, log_weights, padding, method, latent)
+    batch = _Batch(X, kernels, log_weights, padding, method, latent, whitening)
     A = batch.log_joint()
     return batch.xp.exp(A - batch.log_normalizer(A))
 
 
 def log_likelihood(
-    X, kernels, *, log_weights=None, padding=0, method="auto", latent="image"
+    X,
+    kernels,
+    *,
+    log_weights=None,
+    padding=0,
+    method="auto",
+    latent="image",
+    whitening=None,
 ):
     r"""Exact log-likelihood ``log p(X_n)`` in nats, one value per image.
 
@@ -215,7 +261,7 @@ def log_likelihood(
     -------
     log_likelihood : array of shape (n_samples,)
     """
-    batch = _Batch(X, kernels, log_weights, padding, method, latent)
+    batch = _Batch(X, kernels, log_weights, padding, method, latent, whitening)
     log_norm = batch.readout(lambda A, start, stop: batch.log_normalizer(A))
     return batch.log_likelihood(log_norm)
 
@@ -272,7 +318,14 @@ class SufficientStatistics:
 
 
 def sufficient_statistics(
-    X, kernels, *, log_weights=None, padding=0, method="auto", latent="image"
+    X,
+    kernels,
+    *,
+    log_weights=None,
+    padding=0,
+    method="auto",
+    latent="image",
+    whitening=None,
 ):
     r"""EM sufficient statistics of a batch: ``N_k``, ``S_k`` and ``Σ log p(X_n)``.
 
@@ -288,7 +341,7 @@ def sufficient_statistics(
     -------
     stats : SufficientStatistics
     """
-    batch = _Batch(X, kernels, log_weights, padding, method, latent)
+    batch = _Batch(X, kernels, log_weights, padding, method, latent, whitening)
     return _statistics(batch, kernels_ndim=_checks.as_array(kernels, "k").ndim)
 
 

@@ -53,6 +53,7 @@ import functools
 import math
 
 from . import _fused
+from ._whiten import whiten_columns
 from ._xp import (
     extract_patches,
     flush_tiny,
@@ -84,9 +85,10 @@ class Engine:
 
     name = None
 
-    def __init__(self, Xp, kernel_shape, xp):
+    def __init__(self, Xp, kernel_shape, xp, whitening=None):
         self.xp = xp
         self.Xp = Xp
+        self.whitening = whitening  # a _whiten.Whitening: patches are whitened
         n, c, Hp, Wp = Xp.shape
         kh, kw = kernel_shape
         self.n, self.c, self.kh, self.kw = n, c, kh, kw
@@ -140,6 +142,11 @@ class Engine:
         ``2·margin`` larger: the same positions, seen through bigger patches."""
         if not margin:
             return self
+        if self.whitening is not None:
+            raise ValueError(
+                "window statistics (margin > 0) are in image space; they are "
+                "not defined for whitened patches (whitening must be None)"
+            )
         Xp = pad_zeros(self.Xp, (margin, margin), self.xp)
         return type(self)(Xp, (self.kh + 2 * margin, self.kw + 2 * margin), self.xp)
 
@@ -162,6 +169,9 @@ def generic_statistics(engine, kernels, log_weights, wide, latent="image", margi
 class Im2col(Engine):
     """Patch matrix ``P`` of shape ``(n, c·kh·kw, Ho·Wo)``; both steps are GEMMs.
 
+    With ``whitening`` the columns of ``P`` are the whitened patches ``z_u``
+    (``_whiten.whiten_columns``), so both steps work in whitened space.
+
     Memory is ``n·c·kh·kw·Ho·Wo`` elements: fast for small kernels.  The
     matrix is built on first use, so the fused NumPy :meth:`statistics`
     (which builds it a few images at a time) never holds it whole.
@@ -171,7 +181,18 @@ class Im2col(Engine):
 
     @functools.cached_property
     def patches(self):
-        return extract_patches(self.Xp, self.kh, self.kw, self.xp)
+        P = extract_patches(self.Xp, self.kh, self.kw, self.xp)
+        if self.whitening is not None:
+            P = whiten_columns(P, self.whitening, self.xp)
+        return P
+
+    def sq_norms(self):
+        """``‖z_u‖²`` of every (whitened) patch, ``(n, Ho, Wo)``."""
+        xp, fast = self.xp, _fast_path(self.xp)
+        if fast is not None and self.n > 0:
+            return fast.sq_norms(self)
+        P = self.patches
+        return xp.reshape(xp.sum(P * P, axis=1), (self.n, self.Ho, self.Wo))
 
     def correlate(self, kernels):
         xp = self.xp
@@ -215,7 +236,11 @@ class FFT(Engine):
 
     name = "fft"
 
-    def __init__(self, Xp, kernel_shape, xp):
+    def __init__(self, Xp, kernel_shape, xp, whitening=None):
+        if whitening is not None:
+            raise ValueError(
+                "method='fft' cannot whiten patches; use method='im2col' or 'auto'"
+            )
         super().__init__(Xp, kernel_shape, xp)
         self.shape = plan_shapes(tuple(Xp.shape[2:]), kernel_shape)
 

@@ -58,7 +58,7 @@ __all__ = [
 # What a fit sets (and restores if it fails).
 _FITTED = tuple(
     "kernels_ weights_ lower_bound_ lower_bounds_ n_iter_ converged_ "
-    "n_channels_in_ kernel_size_ padding_ _online".split()
+    "n_channels_in_ kernel_size_ padding_ _online whitening_".split()
 )
 
 
@@ -137,6 +137,12 @@ default="log_joint"
         One (kernel, position) per image (the paper), or every patch drawn
         from the mixture (EM for an identity-covariance Gaussian mixture over
         all patches; the objective is the pseudo-log-likelihood).
+    whiten : bool, default=False
+        ``latent="patch"`` only: normalise each patch (mean 0, divided by
+        ``sqrt(var + ε_n)``) and ZCA-whiten it by a map fitted at
+        initialisation (``whitening_``); kernels, mixture and readouts are
+        then in whitened patch space (Coates et al. 2011).  im2col only; a
+        stalled fit re-seeds kernels but does not re-centre them.
 
     Attributes
     ----------
@@ -153,6 +159,8 @@ default="log_joint"
     n_iter_ : int
     converged_ : bool
     n_channels_in_ : int
+    whitening_ : Whitening (mean, matrix, eps) or None
+        ``z = matrix @ ((x − x̄) / sqrt(var(x) + eps) − mean)`` per patch ``x``.
 
     Notes
     -----
@@ -182,6 +190,7 @@ default="log_joint"
         features="log_joint",
         pooling=1,
         latent="image",
+        whiten=False,
     ):
         self.n_kernels = n_kernels
         self.kernel_size = kernel_size
@@ -201,6 +210,7 @@ default="log_joint"
         self.features = features
         self.pooling = pooling
         self.latent = latent
+        self.whiten = whiten
 
     # -- validation ----------------------------------------------------------
     def _check_params(self):
@@ -260,9 +270,8 @@ default="log_joint"
             if stopped:  # the callback asked to stop the whole fit
                 break
             kernels, log_w = self._start(source, kernel_size, padding, rng, warm)
-            moves = Moves(
-                source, kernel_size, padding, rng, self.reg_kernels, self.learn_weights
-            )
+            options = (self.reg_kernels, self.learn_weights, self.whitening_)
+            moves = Moves(source, kernel_size, padding, rng, *options)
             bounds, converged, change = [], False, math.inf
             with progress_bar(self.verbose) as bar:
                 e_step = functools.partial(
@@ -294,6 +303,8 @@ default="log_joint"
                         break
             if best is None or lower_bound > best[0]:
                 best = (lower_bound, kernels, log_w, bounds, stats, converged, change)
+                best_whitening = self.whitening_
+        self.whitening_ = best_whitening  # the kept run's
         self._set_fitted(best, source, kernel_size, padding)
         warn_after_fit(best, self.max_iter, self.tol)
 
@@ -303,22 +314,22 @@ default="log_joint"
         if bar is not None:
             bar.reset(total=source.n_samples)
             progress = bar.update
-        return source.statistics(
-            kernels, log_w, padding, self.method, progress, margin, self.latent
-        )
+        options = (progress, margin, self.latent, self.whitening_)
+        return source.statistics(kernels, log_w, padding, self.method, *options)
 
     def _m_step(self, stats, kernels, log_w):
         return m_step(stats, kernels, log_w, self.reg_kernels, self.learn_weights)
 
     def _start(self, source, kernel_size, padding, rng, warm):
-        """Initial ``(kernels, log_weights)``: the fitted ones, or new ones."""
+        """Initial ``(kernels, log_weights)``: the fitted ones, or new ones;
+        sets ``whitening_`` (kept, or fitted with the new kernels)."""
         xp, dtype, device = source.xp, source.work_dtype, source.device
         if warm:
             kernels = xp.asarray(self.kernels_, dtype=dtype, device=device)
             log_w = xp.log(xp.asarray(self.weights_, dtype=dtype, device=device))
             return kernels, log_w
-        k = self.n_kernels
-        kernels = kernels_for(source, self.init, k, kernel_size, padding, rng, dtype)
+        k, args = self.n_kernels, (self.init, self.n_kernels, kernel_size, padding)
+        kernels, self.whitening_ = kernels_for(source, *args, rng, dtype, self.whiten)
         return kernels, xp.full((k,), -math.log(k), dtype=dtype, device=device)
 
     def _report(self, it, run, objective, change, t0):
@@ -349,11 +360,8 @@ default="log_joint"
         lower_bound, kernels, log_w, bounds, stats, converged, _ = best
         self._set_state(kernels, log_w, bounds, len(bounds), source)
         self.lower_bound_ = lower_bound  # also right when max_iter=0
-        self.kernel_size_, self.padding_, self.converged_ = (
-            kernel_size,
-            padding,
-            converged,
-        )
+        self.kernel_size_, self.padding_ = kernel_size, padding
+        self.converged_ = converged
         # running per-image statistics for partial_fit after fit
         self._online = running_statistics(stats, t=len(bounds))
 
@@ -389,7 +397,8 @@ default="log_joint"
         xp, dtype, device = source.xp, source.work_dtype, source.device
         if not hasattr(self, "kernels_"):
             rng, k = check_random_state(self.random_state), self.n_kernels
-            kernels = kernels_for(source, self.init, k, size, padding, rng, dtype)
+            args = (self.init, k, size, padding, rng, dtype, self.whiten)
+            kernels, self.whitening_ = kernels_for(source, *args)
             weights = xp.full((k,), 1.0 / k, dtype=dtype, device=device)
             running = None
         else:
@@ -415,6 +424,19 @@ default="log_joint"
         readout = {**params, "init": None, **fitted}
         return checked_source(X, readout, fitted, readout=True), params
 
+    def _bound(self, func, **options):
+        """``func(batch)`` under the fitted model (``_readouts.bind``)."""
+        return _readouts.bind(
+            func,
+            self.kernels_,
+            self.weights_,
+            padding=self.padding_,
+            method=self.method,
+            latent=self.latent,
+            whitening=getattr(self, "whitening_", None),
+            **options,
+        )
+
     def score_samples(self, X):
         """The fitted objective of each image, in nats, ``(n_samples,)``.
 
@@ -427,15 +449,7 @@ default="log_joint"
         ``latent``.  Lazily, as a Dask array, for Dask input.
         """
         source, _ = self._source(X)
-        func = _readouts.bind(
-            log_likelihood,
-            self.kernels_,
-            self.weights_,
-            padding=self.padding_,
-            method=self.method,
-            latent=self.latent,
-        )
-        return source.map(func, kind="score")
+        return source.map(self._bound(log_likelihood), kind="score")
 
     def score(self, X, y=None):
         """Mean of :meth:`score_samples` (nats per image), a Python float.
@@ -462,16 +476,8 @@ default="log_joint"
         """
         source, params = self._source(X)
         ph, pw = params["pooling"]
-        func = _readouts.bind(
-            _readouts.pooled_features,
-            self.kernels_,
-            self.weights_,
-            padding=self.padding_,
-            method=self.method,
-            latent=self.latent,
-            features=self.features,
-            pooling=(ph, pw),
-        )
+        pooling = dict(features=self.features, pooling=(ph, pw))
+        func = self._bound(_readouts.pooled_features, **pooling)
         n_features = self.kernels_.shape[0] * ph * pw
         return source.map(func, kind="transform", n_features=n_features)
 
@@ -480,21 +486,13 @@ default="log_joint"
 
     # -- persistence -------------------------------------------------------------------
     def save(self, path):
-        """Write the fitted model to ``path`` (``.npz``, no pickles).
-
-        The file holds the kernels, weights and objective history as plain
-        arrays and a JSON header (format version, hyper-parameters, dtype,
-        shapes).  :meth:`load` gives back the same arrays bit for bit.
-        """
+        """Write the fitted model to ``path`` (``.npz``, no pickles; see
+        ``_persist``); :meth:`load` gives back the same arrays bit for bit."""
         self._check_fitted()
         _persist.save(self, path)
 
     @classmethod
     def load(cls, path, *, xp=None, device=None):
-        """Read a model written by :meth:`save`.
-
-        Arrays come back as NumPy arrays (a model saved from CuPy loads on a
-        machine without a GPU) unless ``xp`` (a namespace) and ``device``
-        say where to put them.
-        """
+        """Read a model written by :meth:`save`: NumPy arrays (a model saved
+        from CuPy loads without a GPU), or on ``xp`` and ``device`` if given."""
         return _persist.load(cls, path, xp=xp, device=device)

@@ -61,6 +61,7 @@ import os
 import threading
 
 from ._fused_timing import choose_method  # noqa: F401  (the fast path's pick)
+from ._whiten import whiten_columns
 from ._xp import _BLAS, flush_threshold  # noqa: F401  (tests reach _BLAS here)
 from ._xp import single_threaded_blas as _single_threaded_blas
 
@@ -170,6 +171,9 @@ def _plan(engine, kernels, log_weights, latent="image", margin=0):
     dtype = M.dtype
     bias = -0.5 * np.sum(M * M, axis=(1, 2, 3), dtype=dtype) + np.asarray(log_weights)
     plan = PLANS[engine.name](Xp.shape, M.shape, dtype, latent, margin)
+    if engine.whitening is not None:
+        engine.widened(margin)  # refuses window statistics of whitened patches
+        plan.whitening = engine.whitening
     return Xp, plan, plan.prepare(M, bias)
 
 
@@ -215,10 +219,27 @@ def readout(engine, kernels, log_weights, func):
         maps = plan.maps(A, stop - start, buffers)
         results[start] = func(maps, start, stop)
 
-    _parallel_chunks(
-        Xp.shape[0], plan.chunk_size, work, lambda: _Buffers(plan.dtype)
-    )
+    _parallel_chunks(Xp.shape[0], plan.chunk_size, work, lambda: _Buffers(plan.dtype))
     return np.concatenate([results[s] for s in sorted(results)], axis=0)
+
+
+def sq_norms(engine):
+    """``Im2col.sq_norms`` on NumPy: ``‖z_u‖²`` of the whitened patches,
+    ``(n, Ho, Wo)``, a few images at a time (threaded)."""
+    import numpy as np
+
+    Xp = np.asarray(engine.Xp)
+    n, c = Xp.shape[:2]
+    plan = _Im2colPlan(Xp.shape, (1, c, engine.kh, engine.kw), Xp.dtype)
+    plan.whitening = engine.whitening
+    out = np.empty((n, plan.L), dtype=Xp.dtype)
+
+    def work(start, stop, buffers):
+        P = plan.whitened(Xp[start:stop], buffers)
+        out[start:stop] = np.einsum("dl,dl->l", P, P).reshape(stop - start, plan.L)
+
+    _parallel_chunks(n, plan.chunk_size, work, lambda: _Buffers(Xp.dtype))
+    return out.reshape(n, plan.Ho, plan.Wo)
 
 
 class _Buffers:
@@ -255,8 +276,13 @@ class _Im2colPlan:
     """Fused im2col: per chunk, patches (D, m·L); two GEMMs around a softmax.
 
     With a margin the M-step multiplies a second patch matrix, of the
-    images padded by ``margin`` and windows ``2·margin`` larger.
+    images padded by ``margin`` and windows ``2·margin`` larger.  With a
+    ``whitening`` (set by :func:`_plan`) the chunk's patch matrix is
+    whitened (``_whiten.whiten_columns``: a GEMM with the D×D matrix, about
+    D/k of the E-step's) before both steps.
     """
+
+    whitening = None
 
     def __init__(self, image_shape, kernel_shape, dtype, latent="image", margin=0):
         _, c, Hp, Wp = image_shape
@@ -298,12 +324,21 @@ class _Im2colPlan:
         P[...] = view.transpose(1, 4, 5, 0, 2, 3)
         return P.reshape(-1, m * self.L)
 
+    def whitened(self, Xc, buffers):
+        """The chunk's ``(D, m·L)`` patch matrix, whitened if the plan whitens."""
+        import numpy as np
+
+        P = self.patches(Xc, (self.kh, self.kw), buffers, "P")
+        if self.whitening is not None:
+            P = whiten_columns(P, self.whitening, np)
+        return P
+
     def e_step(self, Xc, prepared, buffers):
         """Log joint ``(k, m·L)`` of a chunk, and its patch matrix."""
         import numpy as np
 
         Mf, bias = prepared
-        P = self.patches(Xc, (self.kh, self.kw), buffers, "P")
+        P = self.whitened(Xc, buffers)
         A = np.matmul(Mf, P, out=buffers.get("A", (self.k, Xc.shape[0] * self.L)))
         A += bias[:, None]
         return A, P
@@ -550,4 +585,4 @@ class _RowDFT:
 
 PLANS = {"im2col": _Im2colPlan, "fft": _RowDFT}
 
-__all__ = ["PLANS", "choose_method", "readout", "statistics"]
+__all__ = ["PLANS", "choose_method", "readout", "sq_norms", "statistics"]

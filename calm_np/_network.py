@@ -306,12 +306,14 @@ def _activation_maps(batch, layer, activation, readout=False):
     network's features equal its layers' features exactly.
     """
     options = dict(padding=layer.padding_, method=layer.method, activation=activation)
+    if getattr(layer, "whitening_", None) is not None:
+        options.update(latent=layer.latent, whitening=layer.whitening_)
     maps = _readouts.bind(_maps_of, layer.kernels_, layer.weights_, **options)(batch)
     return maps, (layer.transform(batch) if readout else None)
 
 
-def _maps_of(X, kernels, *, log_weights, padding, method, activation):
-    batch = _Batch(X, kernels, log_weights, padding, method)
+def _maps_of(X, kernels, *, log_weights, padding, method, activation, **whitened):
+    batch = _Batch(X, kernels, log_weights, padding, method, **whitened)
     if activation == "triangle":
         batch.log_weights = _readouts.distance_log_weights(batch.log_weights, batch.xp)
     xp, A = batch.xp, batch.log_joint()

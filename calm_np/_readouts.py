@@ -40,14 +40,16 @@ def pooled_features(
     latent="image",
     features="log_joint",
     pooling=1,
+    whitening=None,
 ):
     """Pooled posterior features ``(n_samples, n_kernels * ph * pw)``.
 
-    Parameters are those of :func:`calm_np.log_joint`, plus ``features``
+    Parameters are those of :func:`calm_np.log_joint` (``whitening``
+    included), plus ``features``
     (one of ``FEATURES``) and ``pooling`` (an int or a pair: the grid of
     cells).  ``latent`` sets what the posterior is normalised over.
     """
-    batch = _Batch(X, kernels, log_weights, padding, method, latent)
+    batch = _Batch(X, kernels, log_weights, padding, method, latent, whitening)
     grid = _checks.check_padding(pooling)
     sq_norms = None
     if features == "triangle":
