@@ -146,17 +146,18 @@ def check_method(method, xp=None):
     return method
 
 
-def check_whiten(whiten, latent, method):
-    """``whiten=True`` needs ``latent="patch"`` and an engine that whitens."""
+def check_whiten(whiten, latent, method, name="whiten=True"):
+    """Whitening (``name``) needs ``latent="patch"`` and an engine that whitens."""
+    off = "whiten=False" if name == "whiten=True" else "whitening=None"
     if whiten and latent != "patch":
         raise ValueError(
-            f"whiten=True needs latent='patch' (the mixture is over whitened "
-            f"patches), got latent={latent!r}; set latent='patch' or whiten=False"
+            f"{name} needs latent='patch' (the mixture is over whitened "
+            f"patches), got latent={latent!r}; set latent='patch' or {off}"
         )
     if whiten and method == "fft":
         raise ValueError(
-            "whiten=True cannot run with method='fft' (the Fourier engines see "
-            "no patches to whiten); use method='im2col' or 'auto', or whiten=False"
+            f"{name} cannot run with method='fft' (the Fourier engines see "
+            f"no patches to whiten); use method='im2col' or 'auto', or {off}"
         )
 
 
@@ -164,7 +165,7 @@ def check_whitening(whitening, n_dims, latent, method):
     """A fitted whitening (``_whiten.Whitening``) checked against the patches."""
     if whitening is None:
         return None
-    check_whiten(True, latent, method)
+    check_whiten(True, latent, method, "whitening")
     try:
         mean, matrix, eps = whitening
         shapes = tuple(mean.shape), tuple(matrix.shape)

@@ -234,6 +234,9 @@ PARAM_CASES = [
     ("pooling", (1, 7), ValueError, r"use pooling <= \(6, 6\)"),
     ("latent", "pixel", ValueError, "latent must be one of"),
     ("latent", None, ValueError, "latent must be one of"),
+    ("whiten", "yes", TypeError, "whiten must be True or False"),
+    ("whiten", 1, TypeError, "whiten must be True or False"),
+    ("whiten", True, ValueError, "whiten=True needs latent='patch'"),
 ]
 
 
@@ -348,6 +351,18 @@ FUNC_CASES = [
     (dict(padding="same"), TypeError, "padding must be an int or a pair"),
     (dict(method="magic"), ValueError, "method must be one of"),
     (dict(latent="pixel"), ValueError, "latent must be one of"),
+    (dict(whitening=(np.zeros(9), np.eye(9), 1.0)), ValueError, "whitening needs"),
+    (
+        dict(latent="patch", method="fft", whitening=(np.zeros(9), np.eye(9), 1.0)),
+        ValueError,
+        "whitening cannot run with method='fft'",
+    ),
+    (dict(latent="patch", whitening=(np.zeros(9), np.eye(9), 0.0)), ValueError, "eps"),
+    (
+        dict(latent="patch", whitening=(np.zeros(9), np.full((9, 9), np.nan), 1.0)),
+        ValueError,
+        "whitening contains NaN",
+    ),
 ]
 
 
