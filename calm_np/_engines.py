@@ -186,13 +186,21 @@ class Im2col(Engine):
             P = whiten_columns(P, self.whitening, self.xp)
         return P
 
+    # ‖z_u‖² (n, Ho, Wo) once computed: by sq_norms, or by a fused pass
+    # that had the whitened patches at hand
+    known_sq_norms = None
+
     def sq_norms(self):
         """``‖z_u‖²`` of every (whitened) patch, ``(n, Ho, Wo)``."""
         xp, fast = self.xp, _fast_path(self.xp)
-        if fast is not None and self.n > 0:
-            return fast.sq_norms(self)
-        P = self.patches
-        return xp.reshape(xp.sum(P * P, axis=1), (self.n, self.Ho, self.Wo))
+        if self.known_sq_norms is None:
+            if fast is not None and self.n > 0:
+                self.known_sq_norms = fast.sq_norms(self)
+            else:
+                P = self.patches
+                sq = xp.sum(P * P, axis=1)
+                self.known_sq_norms = xp.reshape(sq, (self.n, self.Ho, self.Wo))
+        return self.known_sq_norms
 
     def correlate(self, kernels):
         xp = self.xp

@@ -192,13 +192,20 @@ def statistics(engine, kernels, log_weights, wide, latent="image", margin=0):
     per_image = (plan.Ho, plan.Wo) if latent == "patch" else (1, 1)
     log_norm = np.empty((n, 1, *per_image), dtype=dtype)
 
+    whitened = getattr(plan, "whitening", None) is not None
+    sq = np.empty((n, plan.L), dtype=dtype) if whitened else None
+
     def work(start, stop, acc):
         log_norm[start:stop] = plan.chunk(Xp[start:stop], prepared, acc).reshape(
             stop - start, 1, *per_image
         )
+        if sq is not None:  # ‖z_u‖², kept for the objective (Im2col.sq_norms)
+            sq[start:stop] = acc["sq_norms"].reshape(stop - start, plan.L)
 
     accs = _parallel_chunks(n, plan.chunk_size, work, plan.new_accumulator)
     counts, sums = plan.finish(accs, wide)
+    if sq is not None:
+        engine.known_sq_norms = sq.reshape(n, plan.Ho, plan.Wo)
     return counts, sums, log_norm
 
 
@@ -355,6 +362,8 @@ class _Im2colPlan:
         m = Xc.shape[0]
         L, k, q = self.L, self.k, self.margin
         A, P = self.e_step(Xc, prepared, buffers)
+        if self.whitening is not None:
+            acc["sq_norms"] = np.einsum("dl,dl->l", P, P)
         A3 = A.reshape(k, m, L)
         if self.latent == "patch":
             log_norm = _softmax_over_kernels(A3, 0, np)  # (m, L)

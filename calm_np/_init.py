@@ -12,7 +12,7 @@ import numpy as np
 from . import _checks, _whiten
 from ._checks import INITS  # noqa: F401  (the CLI reads _init.INITS)
 from ._engines import Im2col
-from ._xp import device_of, pad_zeros, to_numpy
+from ._xp import device_of, pad_zeros, single_threaded_blas, to_numpy
 
 
 def check_random_state(seed):
@@ -180,23 +180,23 @@ def kernels_for(
     when ``whiten`` (and the kernels drawn among the whitened patches), else
     None."""
     xp = source.xp
-    if not isinstance(init, str) and not whiten:
+    given = not isinstance(init, str)
+    if given:
         kernels = check_init_array(
             init, n_kernels, source.n_channels, kernel_size, xp, dtype, source.device
         )
-        return kernels, None
+        if not whiten:
+            return kernels, None
     images = sample_images(source, max(1000, 4 * n_kernels), rng)
     # the sample is checked like every batch: same message, no warnings
     _checks.check_finite(xp.astype(images, dtype), "X", xp)
-    sample = None
-    if whiten:
+    args = (images, n_kernels, padding, kernel_size, rng, xp, dtype)
+    if not whiten:
+        return initial_kernels(init, *args), None
+    # D² sampling over the (large) whitened sample is a series of skinny
+    # matrix-vector products: far faster on one BLAS thread
+    with single_threaded_blas():
         sample = whitened_sample(images, padding, kernel_size, rng, xp, dtype)
-    if not isinstance(init, str):
-        kernels = check_init_array(
-            init, n_kernels, source.n_channels, kernel_size, xp, dtype, source.device
-        )
-        return kernels, sample[0]
-    kernels = initial_kernels(
-        init, images, n_kernels, padding, kernel_size, rng, xp, dtype, sample
-    )
-    return kernels, None if sample is None else sample[0]
+        if not given:
+            kernels = initial_kernels(init, *args, sample)
+    return kernels, sample[0]

@@ -101,23 +101,28 @@ def _is_native(a, xp):
         return False
 
 
+def _normalised(P, whitening, axis, xp):
+    """``(x − x̄)/sqrt(var(x) + ε_n) − m`` of each patch along ``axis`` (−2
+    for columns, −1 for rows)."""
+    D = P.shape[axis]
+    centred = P - xp.mean(P, axis=axis, keepdims=True)
+    var = xp.sum(centred * centred, axis=axis, keepdims=True) / D
+    mean = xp.reshape(whitening.mean, (D, 1) if axis == -2 else (1, D))
+    return centred / xp.sqrt(var + whitening.eps) - mean
+
+
 def whiten_columns(P, whitening, xp):
     """Whitened patch matrix: ``P`` (..., D, L), one patch per column.
 
     Returns a new array of the same shape (``P`` is not changed): every
     column normalised, the mean subtracted, then one GEMM with ``W``.
     """
-    D = P.shape[-2]
-    centred = P - xp.mean(P, axis=-2, keepdims=True)
-    var = xp.sum(centred * centred, axis=-2, keepdims=True) / D
-    Y = centred / xp.sqrt(var + whitening.eps)
-    Y = Y - xp.reshape(whitening.mean, (D, 1))
-    return xp.matmul(whitening.matrix, Y)
+    return xp.matmul(whitening.matrix, _normalised(P, whitening, -2, xp))
 
 
 def whiten_patches(patches, whitening, xp):
-    """Whitened patches ``(p, c, kh, kw)`` of raw ones of the same shape."""
-    p = patches.shape[0]
-    flat = xp.reshape(patches, (p, -1))
-    Z = whiten_columns(xp.matrix_transpose(flat), whitening, xp)
-    return xp.reshape(xp.matrix_transpose(Z), patches.shape)
+    """Whitened patches ``(p, c, kh, kw)`` of raw ones of the same shape
+    (rows times ``W``, which is symmetric: contiguous rows for D² sampling)."""
+    flat = xp.reshape(patches, (patches.shape[0], -1))
+    Z = xp.matmul(_normalised(flat, whitening, -1, xp), whitening.matrix)
+    return xp.reshape(Z, patches.shape)

@@ -417,3 +417,13 @@ def test_functions_refuse_a_whitening_of_the_wrong_size():
         calm_np.log_joint(X, M, latent="patch", whitening=w)
     with pytest.raises(TypeError, match="whitening must be None or a"):
         calm_np.log_joint(X, M, latent="patch", whitening="zca")
+
+
+def test_an_init_array_is_taken_as_whitened_kernels():
+    X = images(seed=19, n=8)
+    init = np.random.default_rng(19).standard_normal((4, 1, 3, 3))
+    m = fitted_model(X, init=init, max_iter=0)
+    np.testing.assert_array_equal(m.kernels_, init)
+    ref = fitted_model(X, init="random_patches", max_iter=0)
+    for a, b in zip(m.whitening_, ref.whitening_, strict=True):
+        np.testing.assert_array_equal(a, b)  # fitted on the same sample
