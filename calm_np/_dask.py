@@ -123,10 +123,9 @@ def _block_statistics(
     # task recomputes exactly the same sums
     _register_sizeof()
     kw = dict(log_weights=log_weights, padding=padding, method=method)
+    kw["whitening"] = whitening
     if latent != "image":
         kw["latent"] = latent
-    if whitening is not None:
-        kw["whitening"] = whitening
     if margin:
         from ._em import window_statistics
 

@@ -219,10 +219,9 @@ class ImageSource:
         ``margin > 0`` gives :func:`calm_np._em.window_statistics` instead.
         """
         kw = dict(log_weights=log_weights, padding=padding, method=method)
+        kw["whitening"] = whitening
         if latent != "image":
             kw["latent"] = latent
-        if whitening is not None:
-            kw["whitening"] = whitening
         if margin:
             kw["margin"] = margin
         if self.kind == "dask":

@@ -165,15 +165,9 @@ class _Batch:
 
 
 def log_joint(
-    X,
-    kernels,
-    *,
-    log_weights=None,
-    padding=0,
-    method="auto",
-    latent="image",
+    X, kernels, *, log_weights=None, padding=0, method="auto", latent="image",
     whitening=None,
-):
+):  # fmt: skip
     r"""Log joint ``A[n, k, u]`` of kernel ``k`` at position ``u`` (up to ``c(X)``).
 
     :math:`A_{nku} = (X_n \star \mu_k)_u - \tfrac12\|\mu_k\|^2 + \log\pi_k`
@@ -216,15 +210,9 @@ def log_joint(
 
 
 def posterior(
-    X,
-    kernels,
-    *,
-    log_weights=None,
-    padding=0,
-    method="auto",
-    latent="image",
+    X, kernels, *, log_weights=None, padding=0, method="auto", latent="image",
     whitening=None,
-):
+):  # fmt: skip
     r"""Posterior ``γ[n, k, u] = p(Z=k, U=u | X_n)``, summing to 1 per image.
 
     :math:`\gamma_{nku} = \exp(A_{nku}) / \sum_{k'u'} \exp(A_{nk'u'})`
@@ -241,15 +229,9 @@ def posterior(
 
 
 def log_likelihood(
-    X,
-    kernels,
-    *,
-    log_weights=None,
-    padding=0,
-    method="auto",
-    latent="image",
+    X, kernels, *, log_weights=None, padding=0, method="auto", latent="image",
     whitening=None,
-):
+):  # fmt: skip
     r"""Exact log-likelihood ``log p(X_n)`` in nats, one value per image.
 
     :math:`\log p(X_n) = \operatorname{logsumexp}_{k,u} A_{nku} + c(X_n)`,
@@ -318,15 +300,9 @@ class SufficientStatistics:
 
 
 def sufficient_statistics(
-    X,
-    kernels,
-    *,
-    log_weights=None,
-    padding=0,
-    method="auto",
-    latent="image",
+    X, kernels, *, log_weights=None, padding=0, method="auto", latent="image",
     whitening=None,
-):
+):  # fmt: skip
     r"""EM sufficient statistics of a batch: ``N_k``, ``S_k`` and ``Σ log p(X_n)``.
 
     :math:`N_k = \sum_{n,u}\gamma_{nku},\quad

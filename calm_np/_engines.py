@@ -7,8 +7,10 @@ Layout (the one layout of the package):
     maps    A, resp  (n, k, Ho, Wo)   Ho = Hp - kh + 1, Wo = Wp - kw + 1
 
 An engine is built once per batch of images by the shared constructor
-``Engine(Xp, kernel_shape, xp)`` and keeps what both EM steps share (the
-patch matrix, or the images' spectra), computed on first use.  A new engine
+``Engine(Xp, kernel_shape, xp, whitening=None)`` and keeps what both EM
+steps share (the patch matrix, or the images' spectra), computed on first
+use.  With a ``whitening`` (``_whiten``) the patches are whitened first;
+only ``Im2col`` can (``FFT`` refuses one).  A new engine
 subclasses :class:`Engine` and provides
 
     name                    the ``method`` value that selects it (``ENGINES``)
