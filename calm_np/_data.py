@@ -323,15 +323,15 @@ def checked_source(X, params, fitted=None, readout=False):
     ``params`` are the checked parameters (``_checks.check_params``).  The one
     consistency rule for fitted state: a fit that continues a fitted model
     (``warm_start``, ``partial_fit``; ``fitted`` is then its ``n_kernels``,
-    ``kernel_size``, ``padding`` and ``n_channels``) needs the same values, or
-    raises a ``ValueError`` naming both (the model is untouched); a fresh fit
-    (``fitted=None``) starts over whatever the previous shapes.  Also sizes
-    the automatic batch and refuses models the data cannot support
+    ``kernel_size``, ``padding``, ``whiten`` and ``n_channels``) needs the same
+    values, or raises a ``ValueError`` naming both (the model is untouched); a
+    fresh fit (``fitted=None``) starts over whatever the previous shapes.
+    Also sizes the automatic batch and refuses models the data cannot support
     (``readout=True``: reading out a fitted model, no initialisation).
     """
     source = ImageSource(X, params["batch_size"])
     fitted = fitted or {}
-    for name in ("n_kernels", "kernel_size", "padding"):
+    for name in ("n_kernels", "kernel_size", "padding", "whiten"):
         if name in fitted and params[name] != fitted[name]:
             value = fitted[name]
             raise ValueError(

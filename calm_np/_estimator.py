@@ -218,12 +218,13 @@ default="log_joint"
         return _checks.check_params(self.get_params())
 
     def _fitted_shapes(self):
-        """What a continued fit must keep: ``n_kernels``, shapes, channels."""
+        """What a continued fit keeps: ``n_kernels``, shapes, channels, ``whiten``."""
         return dict(
             n_kernels=int(self.kernels_.shape[0]),
             kernel_size=tuple(self.kernel_size_),
             padding=tuple(self.padding_),
             n_channels=self.n_channels_in_,
+            whiten=getattr(self, "whitening_", None) is not None,
         )
 
     def _check_fitted(self):

@@ -191,7 +191,6 @@ def statistics(engine, kernels, log_weights, wide, latent="image", margin=0):
     n = Xp.shape[0]
     per_image = (plan.Ho, plan.Wo) if latent == "patch" else (1, 1)
     log_norm = np.empty((n, 1, *per_image), dtype=dtype)
-
     whitened = getattr(plan, "whitening", None) is not None
     sq = np.empty((n, plan.L), dtype=dtype) if whitened else None
 
@@ -226,7 +225,9 @@ def readout(engine, kernels, log_weights, func):
         maps = plan.maps(A, stop - start, buffers)
         results[start] = func(maps, start, stop)
 
-    _parallel_chunks(Xp.shape[0], plan.chunk_size, work, lambda: _Buffers(plan.dtype))
+    _parallel_chunks(
+        Xp.shape[0], plan.chunk_size, work, lambda: _Buffers(plan.dtype)
+    )
     return np.concatenate([results[s] for s in sorted(results)], axis=0)
 
 

@@ -433,3 +433,15 @@ def test_an_init_array_is_taken_as_whitened_kernels():
     ref = fitted_model(X, init="random_patches", max_iter=0)
     for a, b in zip(m.whitening_, ref.whitening_, strict=True):
         np.testing.assert_array_equal(a, b)  # fitted on the same sample
+
+
+@pytest.mark.parametrize("fitted_whiten", [True, False])
+def test_a_continued_fit_keeps_whiten(fitted_whiten):
+    X = images(seed=20, n=8)
+    m = fitted_model(X, whiten=fitted_whiten)
+    m.set_params(whiten=not fitted_whiten, warm_start=True)
+    match = f"whiten={not fitted_whiten} differs from the fitted model's"
+    with pytest.raises(ValueError, match=match):
+        m.fit(X)
+    with pytest.raises(ValueError, match=match):
+        m.partial_fit(X)
