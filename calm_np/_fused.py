@@ -61,7 +61,6 @@ import os
 import threading
 
 from ._fused_timing import choose_method  # noqa: F401  (the fast path's pick)
-from ._whiten import whiten_columns
 from ._xp import _BLAS, flush_threshold  # noqa: F401  (tests reach _BLAS here)
 from ._xp import single_threaded_blas as _single_threaded_blas
 
@@ -333,13 +332,24 @@ class _Im2colPlan:
         return P.reshape(-1, m * self.L)
 
     def whitened(self, Xc, buffers):
-        """The chunk's ``(D, m·L)`` patch matrix, whitened if the plan whitens."""
+        """The chunk's ``(D, m·L)`` patch matrix, whitened if the plan whitens.
+
+        ``_whiten.whiten_columns`` in place, in the chunk's buffers:
+        ``W(y − m) = W y − W m`` with ``y`` the normalised columns, so the
+        patches are read four times and nothing is allocated.
+        """
         import numpy as np
 
         P = self.patches(Xc, (self.kh, self.kw), buffers, "P")
-        if self.whitening is not None:
-            P = whiten_columns(P, self.whitening, np)
-        return P
+        if self.whitening is None:
+            return P
+        mean, W, eps = self.whitening
+        P -= P.mean(axis=0)
+        var = np.einsum("dl,dl->l", P, P) / self.D
+        P *= (1.0 / np.sqrt(var + eps)).astype(P.dtype)
+        Z = np.matmul(W, P, out=buffers.get("Z", P.shape))
+        Z -= (W @ mean)[:, None]
+        return Z
 
     def e_step(self, Xc, prepared, buffers):
         """Log joint ``(k, m·L)`` of a chunk, and its patch matrix."""
