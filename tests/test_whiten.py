@@ -359,7 +359,7 @@ def test_dask_input_gives_the_same_fit_and_features():
     np.testing.assert_allclose(F, a.transform(X), rtol=1e-9, atol=1e-9)
 
 
-def test_network_layer_reads_its_whitening():
+def test_network_layer_reads_its_whitening(tmp_path):
     from calm_np import ConvolutionalMixtureNetwork
 
     X = images(seed=17, n=16, H=12, W=12)
@@ -387,6 +387,10 @@ def test_network_layer_reads_its_whitening():
     K = to_numpy(first.kernels_)
     *_, Z = brute_force(X, K, None, (0, 0), first.whitening_)
     np.testing.assert_allclose(to_numpy(maps), triangle_by_hand(Z, K), atol=1e-8)
+    # a saved network keeps its layers' whitening
+    net.save(tmp_path / "net.npz")
+    again = ConvolutionalMixtureNetwork.load(tmp_path / "net.npz")
+    np.testing.assert_array_equal(again.transform(X), F)
 
 
 # -- backends --------------------------------------------------------------------------
