@@ -61,6 +61,7 @@ import os
 import threading
 
 from ._fused_timing import choose_method  # noqa: F401  (the fast path's pick)
+from ._whiten import whiten_in_place
 from ._xp import _BLAS, flush_threshold  # noqa: F401  (tests reach _BLAS here)
 from ._xp import single_threaded_blas as _single_threaded_blas
 
@@ -231,22 +232,20 @@ def readout(engine, kernels, log_weights, func):
 
 
 def sq_norms(engine):
-    """``Im2col.sq_norms`` on NumPy: ``‖z_u‖²`` of the whitened patches,
-    ``(n, Ho, Wo)``, a few images at a time (threaded)."""
+    """``Im2col.sq_norms`` on NumPy: ``‖z_u‖²`` (n, Ho, Wo), chunked, threaded."""
     import numpy as np
 
     Xp = np.asarray(engine.Xp)
-    n, c = Xp.shape[:2]
-    plan = _Im2colPlan(Xp.shape, (1, c, engine.kh, engine.kw), Xp.dtype)
+    plan = _Im2colPlan(Xp.shape, (1, Xp.shape[1], engine.kh, engine.kw), Xp.dtype)
     plan.whitening = engine.whitening
-    out = np.empty((n, plan.L), dtype=Xp.dtype)
+    out = np.empty((len(Xp), plan.L), dtype=Xp.dtype)
 
     def work(start, stop, buffers):
         P = plan.whitened(Xp[start:stop], buffers)
-        out[start:stop] = np.einsum("dl,dl->l", P, P).reshape(stop - start, plan.L)
+        out[start:stop] = np.einsum("dl,dl->l", P, P).reshape(stop - start, -1)
 
-    _parallel_chunks(n, plan.chunk_size, work, lambda: _Buffers(Xp.dtype))
-    return out.reshape(n, plan.Ho, plan.Wo)
+    _parallel_chunks(len(Xp), plan.chunk_size, work, lambda: _Buffers(Xp.dtype))
+    return out.reshape(len(Xp), plan.Ho, plan.Wo)
 
 
 class _Buffers:
@@ -283,10 +282,8 @@ class _Im2colPlan:
     """Fused im2col: per chunk, patches (D, m·L); two GEMMs around a softmax.
 
     With a margin the M-step multiplies a second patch matrix, of the
-    images padded by ``margin`` and windows ``2·margin`` larger.  With a
-    ``whitening`` (set by :func:`_plan`) the chunk's patch matrix is
-    whitened (``_whiten.whiten_columns``: a GEMM with the D×D matrix, about
-    D/k of the E-step's) before both steps.
+    images padded by ``margin`` and windows ``2·margin`` larger.  A
+    ``whitening`` (set by :func:`_plan`) whitens each chunk's patches first.
     """
 
     whitening = None
@@ -332,24 +329,11 @@ class _Im2colPlan:
         return P.reshape(-1, m * self.L)
 
     def whitened(self, Xc, buffers):
-        """The chunk's ``(D, m·L)`` patch matrix, whitened if the plan whitens.
-
-        ``_whiten.whiten_columns`` in place, in the chunk's buffers:
-        ``W(y − m) = W y − W m`` with ``y`` the normalised columns, so the
-        patches are read four times and nothing is allocated.
-        """
-        import numpy as np
-
+        """The chunk's ``(D, m·L)`` patch matrix, whitened if the plan whitens."""
         P = self.patches(Xc, (self.kh, self.kw), buffers, "P")
         if self.whitening is None:
             return P
-        mean, W, eps = self.whitening
-        P -= P.mean(axis=0)
-        var = np.einsum("dl,dl->l", P, P) / self.D
-        P *= (1.0 / np.sqrt(var + eps)).astype(P.dtype)
-        Z = np.matmul(W, P, out=buffers.get("Z", P.shape))
-        Z -= (W @ mean)[:, None]
-        return Z
+        return whiten_in_place(P, self.whitening, buffers.get("Z", P.shape))
 
     def e_step(self, Xc, prepared, buffers):
         """Log joint ``(k, m·L)`` of a chunk, and its patch matrix."""

@@ -120,6 +120,22 @@ def whiten_columns(P, whitening, xp):
     return xp.matmul(whitening.matrix, _normalised(P, whitening, -2, xp))
 
 
+def whiten_in_place(P, whitening, out):
+    """NumPy's :func:`whiten_columns` of ``P`` (D, L) into ``out`` (D, L);
+    ``P`` is overwritten.  ``W(y − m) = W y − W m`` with ``y`` the normalised
+    columns: four passes over the patches and no allocation (the fused
+    pass's branch; ``tests/test_whiten.py`` keeps it equal to the generic)."""
+    import numpy as np
+
+    mean, W, eps = whitening
+    P -= P.mean(axis=0)
+    var = np.einsum("dl,dl->l", P, P) / P.shape[0]
+    P *= (1.0 / np.sqrt(var + eps)).astype(P.dtype)
+    np.matmul(W, P, out=out)
+    out -= (W @ mean)[:, None]
+    return out
+
+
 def whiten_patches(patches, whitening, xp):
     """Whitened patches ``(p, c, kh, kw)`` of raw ones of the same shape
     (rows times ``W``, which is symmetric: contiguous rows for D² sampling)."""
