@@ -11,8 +11,9 @@ whitened by a fixed linear map fitted once on a sample of patches::
 sample; ``W`` is symmetric.  With whitening the patch mixture
 ``Σ_k π_k N(μ_k, I)`` is over ``z_u``: the kernels live in whitened patch
 space.  It is a linear map of the im2col patch matrix, applied where the
-patches are built (``_engines.Im2col.patches``, ``_fused._Im2colPlan``)
-by :func:`whiten_columns`; the Fourier engines cannot apply it.
+patches are built: :func:`whiten_columns` in ``_engines.Im2col.patches``
+(any namespace), :func:`whiten_in_place` per chunk in NumPy's fused
+``_fused._Im2colPlan``; the Fourier engines cannot apply it.
 
 The constants are scale-free: ``ε_n`` is :data:`EPS_NORM_FRACTION` of the
 sample's mean per-patch variance (≈ 10 for 0–255 Fashion-MNIST 7×7
