@@ -29,7 +29,7 @@ from calm_np._whiten import (
     whiten_patches,
 )
 from calm_np._xp import native_paths, to_numpy
-from tests._helpers import assert_close, make_data, problems
+from _helpers import assert_close, make_data, problems
 
 LOG_2PI = math.log(2 * math.pi)
 
