@@ -15,6 +15,7 @@ import warnings
 
 import numpy as np
 import pytest
+from _helpers import assert_close, make_data, problems
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -29,7 +30,6 @@ from calm_np._whiten import (
     whiten_patches,
 )
 from calm_np._xp import native_paths, to_numpy
-from _helpers import assert_close, make_data, problems
 
 LOG_2PI = math.log(2 * math.pi)
 
