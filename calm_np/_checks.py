@@ -146,6 +146,45 @@ def check_method(method, xp=None):
     return method
 
 
+def check_whiten(whiten, latent, method, name="whiten=True"):
+    """Whitening (``name``) needs ``latent="patch"`` and an engine that whitens."""
+    off = "whiten=False" if name == "whiten=True" else "whitening=None"
+    if whiten and latent != "patch":
+        raise ValueError(
+            f"{name} needs latent='patch' (the mixture is over whitened "
+            f"patches), got latent={latent!r}; set latent='patch' or {off}"
+        )
+    if whiten and method == "fft":
+        raise ValueError(
+            f"{name} cannot run with method='fft' (the Fourier engines see "
+            f"no patches to whiten); use method='im2col' or 'auto', or {off}"
+        )
+
+
+def check_whitening(whitening, n_dims, latent, method):
+    """A fitted whitening (``_whiten.Whitening``) checked against the patches."""
+    if whitening is None:
+        return None
+    check_whiten(True, latent, method, "whitening")
+    try:
+        mean, matrix, eps = whitening
+        shapes = tuple(mean.shape), tuple(matrix.shape)
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise TypeError(
+            "whitening must be None or a (mean, matrix, eps) Whitening, as in a "
+            "fitted model's whitening_"
+        ) from exc
+    if shapes != ((n_dims,), (n_dims, n_dims)):
+        raise ValueError(
+            f"whitening has mean {shapes[0]} and matrix {shapes[1]}, but the "
+            f"patches have D = c·kh·kw = {n_dims} values; pass the whitening "
+            "fitted with these kernels"
+        )
+    if not (isinstance(eps, numbers.Real) and math.isfinite(eps) and eps > 0):
+        raise ValueError(f"whitening's eps must be a finite number > 0, got {eps!r}")
+    return whitening
+
+
 def check_latent(latent):
     if not isinstance(latent, str) or latent not in LATENTS:
         raise ValueError(f"latent must be one of {LATENTS}, got {latent!r}")
@@ -360,6 +399,7 @@ PARAMS = {
     "learn_variance": _boolean,
     "warm_start": _boolean,
     "random_state": _seed,
+    "whiten": _boolean,
 }
 
 
@@ -369,7 +409,9 @@ def check_params(params):
     NumPy scalars come back as Python ``int``/``float``/``bool`` (what a
     model file stores), pairs as tuples.
     """
-    return {name: check(name, params[name]) for name, check in PARAMS.items()}
+    checked = {name: check(name, params[name]) for name, check in PARAMS.items()}
+    check_whiten(checked["whiten"], checked["latent"], checked["method"])
+    return checked
 
 
 # Largest log-joint maps of one image (n_kernels × Ho × Wo × 8 bytes) a model

@@ -118,12 +118,13 @@ def _block_statistics(
     margin=0,
     latent="image",
     variance=1.0,
+    whitening=None,
 ):
     # module-level and pure: workers pickle it by reference, and a retried
     # task recomputes exactly the same sums
     _register_sizeof()
     kw = dict(log_weights=log_weights, padding=padding, method=method)
-    kw.update(latent=latent, variance=variance)
+    kw.update(latent=latent, variance=variance, whitening=whitening)
     if margin:
         from ._em import window_statistics
 
@@ -149,6 +150,7 @@ def statistics(
     margin=0,
     split_every=SPLIT_EVERY,
     variance=1.0,
+    whitening=None,
 ):
     r"""EM sufficient statistics of a Dask array of images, summed on the cluster.
 
@@ -186,6 +188,9 @@ def statistics(
         Fan-in of the reduction tree.
     variance : float, default=1.0
         The shared pixel variance σ² (SPEC §2).
+    whitening : Whitening or None, default=None
+        Whiten the patches first (``calm_np.sufficient_statistics``); sent
+        with the kernels, one graph key.
 
     Returns
     -------
@@ -220,7 +225,7 @@ def statistics(
     # result is also the answer for an array without images.
     empty = xp.zeros((0, *X.shape[1:]), dtype=X.dtype)
     options = (padding, method, margin, latent, variance)
-    nothing = _block_statistics(empty, kernels, log_weights, *options)
+    nothing = _block_statistics(empty, kernels, log_weights, *options, whitening)
     if X.shape[0] == 0 or X.numblocks[0] == 0:
         return nothing
 
@@ -230,7 +235,10 @@ def statistics(
     # lineage and is lost with its worker; a graph key is recomputable.)
     kernels_key = dask.delayed(kernels, pure=True)
     weights_key = None if log_weights is None else dask.delayed(log_weights, pure=True)
-    token = dask.base.tokenize(X.name, kernels, log_weights, *options)
+    token = dask.base.tokenize(X.name, kernels, log_weights, *options, whitening)
+    # the whitening's arrays as one more key, after the options
+    whitening_key = whitening and dask.delayed(tuple(whitening), pure=True)
+    options = (*options, whitening_key)
     # A blockwise map that keeps every axis (one statistics object per chunk
     # as a 1x1x1(x1) "block") fuses with the layers that produce the chunk
     # (reading it from disk, scaling it), so each chunk is read and reduced

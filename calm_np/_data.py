@@ -214,13 +214,14 @@ class ImageSource:
         margin=0,
         latent="image",
         variance=1.0,
+        whitening=None,
     ):
         """Exact statistics of one pass over all the images (SPEC §2).
 
         ``margin > 0`` gives :func:`calm_np._em.window_statistics` instead.
         """
         kw = dict(log_weights=log_weights, padding=padding, method=method)
-        kw.update(latent=latent, variance=variance)
+        kw.update(latent=latent, variance=variance, whitening=whitening)
         if margin:
             kw["margin"] = margin
         if self.kind == "dask":
@@ -333,15 +334,15 @@ def checked_source(X, params, fitted=None, readout=False):
     ``params`` are the checked parameters (``_checks.check_params``).  The one
     consistency rule for fitted state: a fit that continues a fitted model
     (``warm_start``, ``partial_fit``; ``fitted`` is then its ``n_kernels``,
-    ``kernel_size``, ``padding`` and ``n_channels``) needs the same values, or
-    raises a ``ValueError`` naming both (the model is untouched); a fresh fit
-    (``fitted=None``) starts over whatever the previous shapes.  Also sizes
-    the automatic batch and refuses models the data cannot support
+    ``kernel_size``, ``padding``, ``whiten`` and ``n_channels``) needs the same
+    values, or raises a ``ValueError`` naming both (the model is untouched); a
+    fresh fit (``fitted=None``) starts over whatever the previous shapes.
+    Also sizes the automatic batch and refuses models the data cannot support
     (``readout=True``: reading out a fitted model, no initialisation).
     """
     source = ImageSource(X, params["batch_size"])
     fitted = fitted or {}
-    for name in ("n_kernels", "kernel_size", "padding"):
+    for name in ("n_kernels", "kernel_size", "padding", "whiten"):
         if name in fitted and params[name] != fitted[name]:
             value = fitted[name]
             raise ValueError(

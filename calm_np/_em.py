@@ -43,6 +43,7 @@ from typing import Any
 
 from . import _checks
 from ._engines import ENGINES, LATENT_AXES, choose_method
+from ._whiten import on_namespace
 from ._xp import LOG_2PI, get_namespace, interval_sums, logsumexp, pad_zeros, wide_float
 
 __all__ = [
@@ -69,6 +70,7 @@ class _Batch:
         method="auto",
         latent="image",
         variance=1.0,
+        whitening=None,
     ):
         _checks.check_latent(latent)
         self.latent = latent
@@ -96,6 +98,13 @@ class _Batch:
         self.X, self.kernels, self.padding = X, kernels, padding
         self.kernel_shape = kernel_shape
         self.padded_shape = (Hp, Wp)
+        D = kernels.shape[1] * kernel_shape[0] * kernel_shape[1]
+        whitening = _checks.check_whitening(whitening, D, latent, method)
+        self.whitening = on_namespace(whitening, xp, dtype, device)
+        if whitening is not None:
+            _checks.check_finite(self.whitening.matrix, "whitening", xp)
+            _checks.check_finite(self.whitening.mean, "whitening", xp)
+            method = "im2col"  # the one engine that whitens (see _whiten)
         if X.shape[0] == 0:
             method = "im2col"  # nothing to transform (torch's FFT refuses n=0)
         elif method == "auto":
@@ -109,7 +118,8 @@ class _Batch:
     def engine(self):
         if self._engine is None:
             Xp = pad_zeros(self.X, self.padding, self.xp)
-            self._engine = ENGINES[self.method](Xp, self.kernel_shape, self.xp)
+            engine = ENGINES[self.method]
+            self._engine = engine(Xp, self.kernel_shape, self.xp, self.whitening)
         return self._engine
 
     def log_joint(self):
@@ -177,8 +187,11 @@ class _Batch:
     def patch_sq_norms(self):
         """``‖x_u‖²`` of every patch, ``(n, Ho, Wo)``: window sums of the
         squared pixels (zeros in the padding), as two GEMMs with 0/1 band
-        matrices (sums of positive terms: no cancellation)."""
+        matrices (sums of positive terms: no cancellation).  With whitening,
+        ``‖z_u‖²`` of the whitened patches (``_whiten``)."""
         xp = self.xp
+        if self.whitening is not None:
+            return self.engine.sq_norms()
         sq = xp.sum(self.X * self.X, axis=1)  # (n, H, W)
         (ph, pw), (kh, kw) = self.padding, self.kernel_shape
         Hp, Wp = self.padded_shape
@@ -189,8 +202,8 @@ class _Batch:
 
 def log_joint(
     X, kernels, *, log_weights=None, padding=0, method="auto", latent="image",
-    variance=1.0
-):
+    variance=1.0, whitening=None,
+):  # fmt: skip
     r"""Log joint ``A[n, k, u]`` of kernel ``k`` at position ``u`` (up to ``c(X)``).
 
     :math:`A_{nku} = ((X_n \star \mu_k)_u - \tfrac12\|\mu_k\|^2)/\sigma^2
@@ -215,6 +228,11 @@ def log_joint(
         both; ``posterior``, ``log_likelihood`` and the statistics differ.
     variance : float, default=1.0
         The shared pixel variance ``σ²`` (SPEC §2); 1 is the paper's model.
+    whitening : Whitening or None, default=None
+        A fitted model's ``whitening_`` (``latent="patch"`` only): every
+        patch is normalised and whitened before it meets the kernels, which
+        live in whitened patch space (see ``ConvolutionalMixture``'s
+        ``whiten``).  Needs the im2col engine (``method="auto"`` picks it).
 
     Returns
     -------
@@ -226,14 +244,14 @@ def log_joint(
     Tested on NumPy, array-api-strict (with and without fft), PyTorch (CPU)
     and, on a machine with a GPU, CuPy.
     """
-    args = (log_weights, padding, method, latent, variance)
+    args = (log_weights, padding, method, latent, variance, whitening)
     return _Batch(X, kernels, *args).log_joint()
 
 
 def posterior(
     X, kernels, *, log_weights=None, padding=0, method="auto", latent="image",
-    variance=1.0
-):
+    variance=1.0, whitening=None,
+):  # fmt: skip
     r"""Posterior ``γ[n, k, u] = p(Z=k, U=u | X_n)``, summing to 1 per image.
 
     :math:`\gamma_{nku} = \exp(A_{nku}) / \sum_{k'u'} \exp(A_{nk'u'})`
@@ -244,15 +262,16 @@ def posterior(
     -------
     posterior : array of shape (n_samples, n_kernels, Ho, Wo)
     """
-    batch = _Batch(X, kernels, log_weights, padding, method, latent, variance)
+    args = (log_weights, padding, method, latent, variance, whitening)
+    batch = _Batch(X, kernels, *args)
     A = batch.log_joint()
     return batch.xp.exp(A - batch.log_normalizer(A))
 
 
 def log_likelihood(
     X, kernels, *, log_weights=None, padding=0, method="auto", latent="image",
-    variance=1.0
-):
+    variance=1.0, whitening=None,
+):  # fmt: skip
     r"""Exact log-likelihood ``log p(X_n)`` in nats, one value per image.
 
     :math:`\log p(X_n) = \operatorname{logsumexp}_{k,u} A_{nku} + c(X_n)`,
@@ -264,7 +283,8 @@ def log_likelihood(
     -------
     log_likelihood : array of shape (n_samples,)
     """
-    batch = _Batch(X, kernels, log_weights, padding, method, latent, variance)
+    args = (log_weights, padding, method, latent, variance, whitening)
+    batch = _Batch(X, kernels, *args)
     log_norm = batch.readout(lambda A, start, stop: batch.log_normalizer(A))
     return batch.log_likelihood(log_norm)
 
@@ -331,8 +351,8 @@ class SufficientStatistics:
 
 def sufficient_statistics(
     X, kernels, *, log_weights=None, padding=0, method="auto", latent="image",
-    variance=1.0
-):
+    variance=1.0, whitening=None,
+):  # fmt: skip
     r"""EM statistics of a batch: ``N_k``, ``S_k``, ``Σ log p(X_n)``, ``Σ‖X_n‖²``.
 
     :math:`N_k = \sum_{n,u}\gamma_{nku},\quad
@@ -347,7 +367,8 @@ def sufficient_statistics(
     -------
     stats : SufficientStatistics
     """
-    batch = _Batch(X, kernels, log_weights, padding, method, latent, variance)
+    args = (log_weights, padding, method, latent, variance, whitening)
+    batch = _Batch(X, kernels, *args)
     return _statistics(batch, kernels_ndim=_checks.as_array(kernels, "k").ndim)
 
 
@@ -474,7 +495,7 @@ def variance_step(stats, kernels, variance=1.0):
     return Q / stats.n_values
 
 
-def initial_variance(source, kernels, padding, method, latent):
+def initial_variance(source, kernels, padding, method, latent, whitening=None):
     """σ² to start a fit from: the hard-assignment residual of ``kernels``.
 
     The mean over values of ``‖x − μ_k‖²`` for each image's best (kernel,
@@ -487,7 +508,8 @@ def initial_variance(source, kernels, padding, method, latent):
 
     n = source.n_samples
     idx = np.unique(np.linspace(0, n - 1, min(n, VARIANCE_INIT_IMAGES)).astype(int))
-    batch = _Batch(source.take(idx), kernels, None, padding, method, latent)
+    args = (None, padding, method, latent, 1.0, whitening)
+    batch = _Batch(source.take(idx), kernels, *args)
     xp = batch.xp
     axes = LATENT_AXES[latent]
     # A = x_u·μ_k − ½‖μ_k‖² − log k; ‖x − μ_k‖² = ‖x‖² − 2 (A + log k)

@@ -7,8 +7,10 @@ Layout (the one layout of the package):
     maps    A, resp  (n, k, Ho, Wo)   Ho = Hp - kh + 1, Wo = Wp - kw + 1
 
 An engine is built once per batch of images by the shared constructor
-``Engine(Xp, kernel_shape, xp)`` and keeps what both EM steps share (the
-patch matrix, or the images' spectra), computed on first use.  A new engine
+``Engine(Xp, kernel_shape, xp, whitening=None)`` and keeps what both EM
+steps share (the patch matrix, or the images' spectra), computed on first
+use.  With a ``whitening`` (``_whiten``) the patches are whitened first;
+only ``Im2col`` can (``FFT`` refuses one).  A new engine
 subclasses :class:`Engine` and provides
 
     name                    the ``method`` value that selects it (``ENGINES``)
@@ -58,6 +60,7 @@ import functools
 import math
 
 from . import _fused
+from ._whiten import whiten_columns
 from ._xp import (
     extract_patches,
     flush_tiny,
@@ -89,9 +92,10 @@ class Engine:
 
     name = None
 
-    def __init__(self, Xp, kernel_shape, xp):
+    def __init__(self, Xp, kernel_shape, xp, whitening=None):
         self.xp = xp
         self.Xp = Xp
+        self.whitening = whitening  # a _whiten.Whitening: patches are whitened
         n, c, Hp, Wp = Xp.shape
         kh, kw = kernel_shape
         self.n, self.c, self.kh, self.kw = n, c, kh, kw
@@ -152,6 +156,11 @@ class Engine:
         ``2·margin`` larger: the same positions, seen through bigger patches."""
         if not margin:
             return self
+        if self.whitening is not None:
+            raise ValueError(
+                "window statistics (margin > 0) are in image space; they are "
+                "not defined for whitened patches (whitening must be None)"
+            )
         Xp = pad_zeros(self.Xp, (margin, margin), self.xp)
         return type(self)(Xp, (self.kh + 2 * margin, self.kw + 2 * margin), self.xp)
 
@@ -176,6 +185,9 @@ def generic_statistics(
 class Im2col(Engine):
     """Patch matrix ``P`` of shape ``(n, c·kh·kw, Ho·Wo)``; both steps are GEMMs.
 
+    With ``whitening`` the columns of ``P`` are the whitened patches ``z_u``
+    (``_whiten.whiten_columns``), so both steps work in whitened space.
+
     Memory is ``n·c·kh·kw·Ho·Wo`` elements: fast for small kernels.  The
     matrix is built on first use, so the fused NumPy :meth:`statistics`
     (which builds it a few images at a time) never holds it whole.
@@ -185,7 +197,26 @@ class Im2col(Engine):
 
     @functools.cached_property
     def patches(self):
-        return extract_patches(self.Xp, self.kh, self.kw, self.xp)
+        P = extract_patches(self.Xp, self.kh, self.kw, self.xp)
+        if self.whitening is not None:
+            P = whiten_columns(P, self.whitening, self.xp)
+        return P
+
+    # ‖z_u‖² (n, Ho, Wo) once computed: by sq_norms, or by a fused pass
+    # that had the whitened patches at hand
+    known_sq_norms = None
+
+    def sq_norms(self):
+        """``‖z_u‖²`` of every (whitened) patch, ``(n, Ho, Wo)``."""
+        xp, fast = self.xp, _fast_path(self.xp)
+        if self.known_sq_norms is None:
+            if fast is not None and self.n > 0:
+                self.known_sq_norms = fast.sq_norms(self)
+            else:
+                P = self.patches
+                sq = xp.sum(P * P, axis=1)
+                self.known_sq_norms = xp.reshape(sq, (self.n, self.Ho, self.Wo))
+        return self.known_sq_norms
 
     def correlate(self, kernels):
         xp = self.xp
@@ -229,7 +260,11 @@ class FFT(Engine):
 
     name = "fft"
 
-    def __init__(self, Xp, kernel_shape, xp):
+    def __init__(self, Xp, kernel_shape, xp, whitening=None):
+        if whitening is not None:
+            raise ValueError(
+                "method='fft' cannot whiten patches; use method='im2col' or 'auto'"
+            )
         super().__init__(Xp, kernel_shape, xp)
         self.shape = plan_shapes(tuple(Xp.shape[2:]), kernel_shape)
 

@@ -59,7 +59,7 @@ __all__ = [
 # What a fit sets (and restores if it fails).
 _FITTED = tuple(
     "kernels_ weights_ variance_ lower_bound_ lower_bounds_ n_iter_ converged_ "
-    "n_channels_in_ kernel_size_ padding_ _online".split()
+    "n_channels_in_ kernel_size_ padding_ _online whitening_".split()
 )
 
 
@@ -100,18 +100,14 @@ class ConvolutionalMixture(ParamsMixin):
     tol : float, default=1e-4
         Stop when the mean per-image objective changes by less than ``tol``.
     batch_size : int or None, default=None
-        Images per minibatch of a pass (and of ``transform`` and the
-        scores); ``None`` picks one so that a batch's maps take about 8 MB
-        (``n_kernels × Ho × Wo × 8`` bytes per image), and at least 16
-        images.  Batching changes the result only by rounding: the
-        statistics are exact sums.
+        Images per minibatch of a pass (and of ``transform`` and the scores);
+        ``None``: maps of about 8 MB, at least 16 images.  Batching changes
+        the result only by rounding: the statistics are exact sums.
     method : {"auto", "im2col", "fft"}, default="auto"
         Convolution engine; ``"auto"`` picks the cheaper one from the shapes.
     warm_start : bool, default=False
-        Start ``fit`` from the fitted kernels instead of a new initialisation.
-        The data and parameters must then match the fitted model (kernel
-        size, ``n_kernels``, padding, channels), else ``ValueError``; with
-        ``warm_start=False`` a fit starts over whatever was fitted before.
+        Start ``fit`` from the fitted model (data and shapes must match it,
+        else ``ValueError``); otherwise a fit starts over.
     random_state : int, RandomState, Generator or None, default=None
         Seeds initialisation and re-seeding.
     verbose : int, default=0
@@ -140,6 +136,12 @@ default="log_joint"
         One (kernel, position) per image (the paper), or every patch drawn
         from the mixture (EM for an identity-covariance Gaussian mixture over
         all patches; the objective is the pseudo-log-likelihood).
+    whiten : bool, default=False
+        ``latent="patch"`` only: normalise each patch (mean 0, divided by
+        ``sqrt(var + ε_n)``) and ZCA-whiten it by a map fitted at
+        initialisation (``whitening_``); kernels, mixture and readouts are
+        then in whitened patch space (Coates et al. 2011).  im2col only; a
+        stalled fit re-seeds kernels but does not re-centre them.
 
     Attributes
     ----------
@@ -159,6 +161,8 @@ default="log_joint"
     n_iter_ : int
     converged_ : bool
     n_channels_in_ : int
+    whitening_ : Whitening (mean, matrix, eps) or None
+        ``z = matrix @ ((x − x̄) / sqrt(var(x) + eps) − mean)`` per patch ``x``.
 
     Notes
     -----
@@ -189,6 +193,7 @@ default="log_joint"
         features="log_joint",
         pooling=1,
         latent="image",
+        whiten=False,
     ):
         self.n_kernels = n_kernels
         self.kernel_size = kernel_size
@@ -209,6 +214,7 @@ default="log_joint"
         self.features = features
         self.pooling = pooling
         self.latent = latent
+        self.whiten = whiten
 
     # -- validation ----------------------------------------------------------
     def _check_params(self):
@@ -216,12 +222,13 @@ default="log_joint"
         return _checks.check_params(self.get_params())
 
     def _fitted_shapes(self):
-        """What a continued fit must keep: ``n_kernels``, shapes, channels."""
+        """What a continued fit keeps: ``n_kernels``, shapes, channels, ``whiten``."""
         return dict(
             n_kernels=int(self.kernels_.shape[0]),
             kernel_size=tuple(self.kernel_size_),
             padding=tuple(self.padding_),
             n_channels=self.n_channels_in_,
+            whiten=getattr(self, "whitening_", None) is not None,
         )
 
     def _check_fitted(self):
@@ -268,9 +275,8 @@ default="log_joint"
             if stopped:  # the callback asked to stop the whole fit
                 break
             params = self._start(source, kernel_size, padding, rng, warm)
-            moves = Moves(
-                source, kernel_size, padding, rng, self.reg_kernels, self.learn_weights
-            )
+            options = (self.reg_kernels, self.learn_weights, self.whitening_)
+            moves = Moves(source, kernel_size, padding, rng, *options)
             bounds, converged, change = [], False, math.inf
             with progress_bar(self.verbose) as bar:
                 e_step = functools.partial(
@@ -302,6 +308,8 @@ default="log_joint"
                         break
             if best is None or lower_bound > best[0]:
                 best = (lower_bound, params, bounds, stats, converged, change)
+                best_whitening = self.whitening_
+        self.whitening_ = best_whitening  # the kept run's
         self._set_fitted(best, source, kernel_size, padding)
         warn_after_fit(best, self.max_iter, self.tol)
 
@@ -312,21 +320,23 @@ default="log_joint"
             bar.reset(total=source.n_samples)
             progress = bar.update
         args = (padding, self.method, progress, margin, self.latent, params.variance)
-        return source.statistics(params.kernels, params.log_weights, *args)
+        kernels, log_w = params.kernels, params.log_weights
+        return source.statistics(kernels, log_w, *args, self.whitening_)
 
     def _m_step(self, stats, params):
         args = (self.reg_kernels, self.learn_weights, self.learn_variance)
         return params.m_step(stats, *args)
 
     def _start(self, source, size, padding, rng, warm):
-        """Initial :class:`~calm_np._em.Params`: the fitted ones, or new ones."""
+        """Initial :class:`~calm_np._em.Params`: the fitted ones, or new ones;
+        sets ``whitening_`` (kept, or fitted with the new kernels)."""
         xp, dtype, device = source.xp, source.work_dtype, source.device
         if warm:
             kernels = xp.asarray(self.kernels_, dtype=dtype, device=device)
             log_w = xp.log(xp.asarray(self.weights_, dtype=dtype, device=device))
         else:
-            k = self.n_kernels
-            kernels = kernels_for(source, self.init, k, size, padding, rng, dtype)
+            k, args = self.n_kernels, (self.init, self.n_kernels, size, padding, rng)
+            kernels, self.whitening_ = kernels_for(source, *args, dtype, self.whiten)
             log_w = xp.full((k,), -math.log(k), dtype=dtype, device=device)
         variance = self._variance(source, kernels, padding, new=not warm)
         return Params(kernels, log_w, variance)
@@ -335,7 +345,8 @@ default="log_joint"
         """σ² to start from: 1 unless learned, the fitted one, or for ``new``
         kernels their hard-assignment residual (``_em.initial_variance``)."""
         if self.learn_variance and new:
-            return initial_variance(source, kernels, padding, self.method, self.latent)
+            args = (padding, self.method, self.latent, self.whitening_)
+            return initial_variance(source, kernels, *args)
         return float(getattr(self, "variance_", 1.0)) if self.learn_variance else 1.0
 
     def _callback_stops(self, params, bounds, source):
@@ -358,11 +369,8 @@ default="log_joint"
         lower_bound, params, bounds, stats, converged, _ = best
         self._set_state(params, bounds, len(bounds), source)
         self.lower_bound_ = lower_bound  # also right when max_iter=0
-        self.kernel_size_, self.padding_, self.converged_ = (
-            kernel_size,
-            padding,
-            converged,
-        )
+        self.kernel_size_, self.padding_ = kernel_size, padding
+        self.converged_ = converged
         # running per-image statistics for partial_fit after fit
         self._online = running_statistics(stats, t=len(bounds))
 
@@ -399,7 +407,8 @@ default="log_joint"
         fitted = hasattr(self, "kernels_")
         if not fitted:
             rng, k = check_random_state(self.random_state), self.n_kernels
-            kernels = kernels_for(source, self.init, k, size, padding, rng, dtype)
+            args = (self.init, k, size, padding, rng, dtype, self.whiten)
+            kernels, self.whitening_ = kernels_for(source, *args)
             weights = xp.full((k,), 1.0 / k, dtype=dtype, device=device)
             running = None
         else:
@@ -479,21 +488,13 @@ default="log_joint"
 
     # -- persistence -------------------------------------------------------------------
     def save(self, path):
-        """Write the fitted model to ``path`` (``.npz``, no pickles).
-
-        The file holds the kernels, weights and objective history as plain
-        arrays and a JSON header (format version, hyper-parameters, dtype,
-        shapes).  :meth:`load` gives back the same arrays bit for bit.
-        """
+        """Write the fitted model to ``path`` (``.npz``, no pickles; see
+        ``_persist``); :meth:`load` gives back the same arrays bit for bit."""
         self._check_fitted()
         _persist.save(self, path)
 
     @classmethod
     def load(cls, path, *, xp=None, device=None):
-        """Read a model written by :meth:`save`.
-
-        Arrays come back as NumPy arrays (a model saved from CuPy loads on a
-        machine without a GPU) unless ``xp`` (a namespace) and ``device``
-        say where to put them.
-        """
+        """Read a model written by :meth:`save`: NumPy arrays (a model saved
+        from CuPy loads without a GPU), or on ``xp`` and ``device`` if given."""
         return _persist.load(cls, path, xp=xp, device=device)

@@ -61,6 +61,7 @@ import os
 import threading
 
 from ._fused_timing import choose_method  # noqa: F401  (the fast path's pick)
+from ._whiten import whiten_in_place
 from ._xp import _BLAS, flush_threshold  # noqa: F401  (tests reach _BLAS here)
 from ._xp import single_threaded_blas as _single_threaded_blas
 
@@ -177,6 +178,9 @@ def _plan(engine, kernels, log_weights, latent="image", margin=0, scale=1.0):
         bias, M = (bias * scale).astype(dtype), (M * scale).astype(dtype)
     bias = bias + np.asarray(log_weights)
     plan = PLANS[engine.name](Xp.shape, M.shape, dtype, latent, margin)
+    if engine.whitening is not None:
+        engine.widened(margin)  # refuses window statistics of whitened patches
+        plan.whitening = engine.whitening
     return Xp, plan, plan.prepare(M, bias)
 
 
@@ -194,14 +198,20 @@ def statistics(engine, kernels, log_weights, wide, latent="image", margin=0, sca
     n = Xp.shape[0]
     per_image = (plan.Ho, plan.Wo) if latent == "patch" else (1, 1)
     log_norm = np.empty((n, 1, *per_image), dtype=dtype)
+    whitened = getattr(plan, "whitening", None) is not None
+    sq = np.empty((n, plan.L), dtype=dtype) if whitened else None
 
     def work(start, stop, acc):
         log_norm[start:stop] = plan.chunk(Xp[start:stop], prepared, acc).reshape(
             stop - start, 1, *per_image
         )
+        if sq is not None:  # ‖z_u‖², kept for the objective (Im2col.sq_norms)
+            sq[start:stop] = acc["sq_norms"].reshape(stop - start, plan.L)
 
     accs = _parallel_chunks(n, plan.chunk_size, work, plan.new_accumulator)
     counts, sums = plan.finish(accs, wide)
+    if sq is not None:
+        engine.known_sq_norms = sq.reshape(n, plan.Ho, plan.Wo)
     return counts, sums, log_norm
 
 
@@ -226,6 +236,23 @@ def readout(engine, kernels, log_weights, func, scale=1.0):
         Xp.shape[0], plan.chunk_size, work, lambda: _Buffers(plan.dtype)
     )
     return np.concatenate([results[s] for s in sorted(results)], axis=0)
+
+
+def sq_norms(engine):
+    """``Im2col.sq_norms`` on NumPy: ``‖z_u‖²`` (n, Ho, Wo), chunked, threaded."""
+    import numpy as np
+
+    Xp = np.asarray(engine.Xp)
+    plan = _Im2colPlan(Xp.shape, (1, Xp.shape[1], engine.kh, engine.kw), Xp.dtype)
+    plan.whitening = engine.whitening
+    out = np.empty((len(Xp), plan.L), dtype=Xp.dtype)
+
+    def work(start, stop, buffers):
+        P = plan.whitened(Xp[start:stop], buffers)
+        out[start:stop] = np.einsum("dl,dl->l", P, P).reshape(stop - start, -1)
+
+    _parallel_chunks(len(Xp), plan.chunk_size, work, lambda: _Buffers(Xp.dtype))
+    return out.reshape(len(Xp), plan.Ho, plan.Wo)
 
 
 class _Buffers:
@@ -262,8 +289,11 @@ class _Im2colPlan:
     """Fused im2col: per chunk, patches (D, m·L); two GEMMs around a softmax.
 
     With a margin the M-step multiplies a second patch matrix, of the
-    images padded by ``margin`` and windows ``2·margin`` larger.
+    images padded by ``margin`` and windows ``2·margin`` larger.  A
+    ``whitening`` (set by :func:`_plan`) whitens each chunk's patches first.
     """
+
+    whitening = None
 
     def __init__(self, image_shape, kernel_shape, dtype, latent="image", margin=0):
         _, c, Hp, Wp = image_shape
@@ -305,12 +335,19 @@ class _Im2colPlan:
         P[...] = view.transpose(1, 4, 5, 0, 2, 3)
         return P.reshape(-1, m * self.L)
 
+    def whitened(self, Xc, buffers):
+        """The chunk's ``(D, m·L)`` patch matrix, whitened if the plan whitens."""
+        P = self.patches(Xc, (self.kh, self.kw), buffers, "P")
+        if self.whitening is None:
+            return P
+        return whiten_in_place(P, self.whitening, buffers.get("Z", P.shape))
+
     def e_step(self, Xc, prepared, buffers):
         """Log joint ``(k, m·L)`` of a chunk, and its patch matrix."""
         import numpy as np
 
         Mf, bias = prepared
-        P = self.patches(Xc, (self.kh, self.kw), buffers, "P")
+        P = self.whitened(Xc, buffers)
         A = np.matmul(Mf, P, out=buffers.get("A", (self.k, Xc.shape[0] * self.L)))
         A += bias[:, None]
         return A, P
@@ -327,6 +364,8 @@ class _Im2colPlan:
         m = Xc.shape[0]
         L, k, q = self.L, self.k, self.margin
         A, P = self.e_step(Xc, prepared, buffers)
+        if self.whitening is not None:
+            acc["sq_norms"] = np.einsum("dl,dl->l", P, P)
         A3 = A.reshape(k, m, L)
         if self.latent == "patch":
             log_norm = _softmax_over_kernels(A3, 0, np)  # (m, L)
@@ -557,4 +596,4 @@ class _RowDFT:
 
 PLANS = {"im2col": _Im2colPlan, "fft": _RowDFT}
 
-__all__ = ["PLANS", "choose_method", "readout", "statistics"]
+__all__ = ["PLANS", "choose_method", "readout", "sq_norms", "statistics"]

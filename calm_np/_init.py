@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _checks
+from . import _checks, _whiten
 from ._checks import INITS  # noqa: F401  (the CLI reads _init.INITS)
 from ._engines import Im2col
-from ._xp import device_of, pad_zeros, to_numpy
+from ._xp import device_of, pad_zeros, single_threaded_blas, to_numpy
 
 
 def check_random_state(seed):
@@ -93,22 +93,42 @@ def d2_sample(patches, n_new, rng, xp, centers=None):
     return xp.stack([patches[i, ...] for i in chosen], axis=0)
 
 
-def initial_kernels(init, images, n_kernels, padding, kernel_shape, rng, xp, dtype):
-    """Kernels ``(k, c, kh, kw)`` by ``init`` from a sample of images."""
+def initial_kernels(
+    init, images, n_kernels, padding, kernel_shape, rng, xp, dtype, whitening=None
+):
+    """Kernels ``(k, c, kh, kw)`` by ``init`` from a sample of images.
+
+    With ``whitening`` (a pair ``(whitening, whitened patches)`` from
+    :func:`whitened_sample`) the kernels are drawn in whitened patch space,
+    from those patches.
+    """
     # at least n_kernels candidates, so random_patches can draw distinct ones
     n_cand = max(min(max(20 * n_kernels, 1000), 10000), n_kernels)
     if init == "random":
-        sample = xp.astype(images, dtype)
+        sample = xp.astype(images, dtype) if whitening is None else whitening[1]
         scale = float(xp.std(sample))
         scale = scale if scale > 0 else 1.0
         c = images.shape[1]
         host = rng.standard_normal((n_kernels, c, *kernel_shape)) * scale
         return xp.asarray(host, dtype=dtype, device=device_of(images))
-    patches = sample_patches(images, padding, kernel_shape, n_cand, rng, xp, dtype)
+    if whitening is None:
+        patches = sample_patches(images, padding, kernel_shape, n_cand, rng, xp, dtype)
+    else:
+        patches = whitening[1]
     if init == "random_patches":
         idx = rng.choice(patches.shape[0], size=n_kernels, replace=False)
         return xp.stack([patches[int(i), ...] for i in idx], axis=0)
     return d2_sample(patches, n_kernels, rng, xp)
+
+
+def whitened_sample(images, padding, kernel_shape, rng, xp, dtype):
+    """``(whitening, patches)``: a whitening fitted on random patches of
+    ``images`` (``_whiten.sample_size`` of them) and those patches whitened."""
+    D = images.shape[1] * kernel_shape[0] * kernel_shape[1]
+    n = _whiten.sample_size(D)
+    raw = sample_patches(images, padding, kernel_shape, n, rng, xp, dtype)
+    whitening = _whiten.fit_whitening(raw, xp, dtype, device_of(images))
+    return whitening, _whiten.whiten_patches(raw, whitening, xp)
 
 
 def similarity(kernels, max_shift, xp):
@@ -152,16 +172,31 @@ def check_init_array(init, n_kernels, n_channels, kernel_size, xp, dtype, device
     return init
 
 
-def kernels_for(source, init, n_kernels, kernel_size, padding, rng, dtype):
-    """The estimator's initial kernels: ``init`` checked, or sampled from ``source``."""
+def kernels_for(
+    source, init, n_kernels, kernel_size, padding, rng, dtype, whiten=False
+):
+    """The estimator's initial ``(kernels, whitening)``: ``init`` checked, or
+    sampled from ``source``; ``whitening`` is fitted on patches of ``source``
+    when ``whiten`` (and the kernels drawn among the whitened patches), else
+    None."""
     xp = source.xp
-    if not isinstance(init, str):
-        return check_init_array(
+    given = not isinstance(init, str)
+    if given:
+        kernels = check_init_array(
             init, n_kernels, source.n_channels, kernel_size, xp, dtype, source.device
         )
+        if not whiten:
+            return kernels, None
     images = sample_images(source, max(1000, 4 * n_kernels), rng)
     # the sample is checked like every batch: same message, no warnings
     _checks.check_finite(xp.astype(images, dtype), "X", xp)
-    return initial_kernels(
-        init, images, n_kernels, padding, kernel_size, rng, xp, dtype
-    )
+    args = (images, n_kernels, padding, kernel_size, rng, xp, dtype)
+    if not whiten:
+        return initial_kernels(init, *args), None
+    # D² sampling over the (large) whitened sample is a series of skinny
+    # matrix-vector products: far faster on one BLAS thread
+    with single_threaded_blas():
+        sample = whitened_sample(images, padding, kernel_size, rng, xp, dtype)
+        if not given:
+            kernels = initial_kernels(init, *args, sample)
+    return kernels, sample[0]

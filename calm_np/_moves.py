@@ -5,7 +5,10 @@ shifted copy of a pattern, a kernel with no posterior mass (starved), or two
 kernels on the same pattern (duplicates).  When the objective stops moving,
 :class:`Moves` re-centres every kernel on the best sub-window of its
 neighbourhood mean (``_em.window_statistics``) and re-seeds starved and
-duplicate kernels by D² sampling (``_init.d2_sample``).  A move is kept only
+duplicate kernels by D² sampling (``_init.d2_sample``).  With whitening
+(``whiten=True``) the kernels live in whitened patch space, where shifting
+a window means nothing: there is no re-centring, and re-seeding draws from
+whitened patches, with duplicates judged without shifts.  A move is kept only
 if the objective goes up by more than ``tol``, so a fit's objective history
 stays monotone.  The estimator drives it; nothing here knows the estimator.
 """
@@ -16,6 +19,7 @@ import numpy as np
 
 from ._em import Params, objective
 from ._init import d2_sample, sample_images, sample_patches, similarity
+from ._whiten import whiten_patches
 from ._xp import device_of, to_numpy
 
 # Fraction of its fair share (n / k) of posterior mass below which a kernel
@@ -51,18 +55,32 @@ class Moves:
         A re-seeded kernel then gets an equal share of weight back.
     """
 
-    def __init__(self, source, kernel_size, padding, rng, reg_kernels, learn_weights):
+    def __init__(
+        self,
+        source,
+        kernel_size,
+        padding,
+        rng,
+        reg_kernels,
+        learn_weights,
+        whitening=None,
+    ):
         self.source, self.kernel_size, self.padding = source, kernel_size, padding
         self.rng, self.reg, self.learn_weights = rng, reg_kernels, learn_weights
+        self.whitening = whitening
         self.left = MAX_MOVES
         self.pool = None
 
     def _patch_pool(self, n_kernels, dtype):
         images = sample_images(self.source, max(500, 2 * n_kernels), self.rng)
         n = min(max(20 * n_kernels, 1000), 10000)
-        return sample_patches(
-            images, self.padding, self.kernel_size, n, self.rng, self.source.xp, dtype
+        xp = self.source.xp
+        pool = sample_patches(
+            images, self.padding, self.kernel_size, n, self.rng, xp, dtype
         )
+        if self.whitening is not None:
+            pool = whiten_patches(pool, self.whitening, xp)
+        return pool
 
     def try_move(self, e_step, stats, params, current, tol):
         """Re-centre and re-seed; ``(params, stats, objective)`` or None.
@@ -78,9 +96,12 @@ class Moves:
         k, _, kh, kw = kernels.shape
         if self.pool is None:
             self.pool = self._patch_pool(k, kernels.dtype)
-        margin = max(1, min(kh, kw) // 4)
-        ext = e_step(params, margin=margin)
-        new = recentre(ext, kernels, margin, self.reg * params.variance, xp)
+        if self.whitening is None:
+            margin = max(1, min(kh, kw) // 4)
+            ext = e_step(params, margin=margin)
+            new = recentre(ext, kernels, margin, self.reg * params.variance, xp)
+        else:  # shifts of whitened patches mean nothing: re-seeding only
+            margin, new = 0, kernels
         bad = self._bad(stats, new, margin)
         if bad:
             new, log_w = self._reseed(new, log_w, bad, kernels.dtype)

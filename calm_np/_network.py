@@ -307,14 +307,16 @@ def _activation_maps(batch, layer, activation, readout=False):
     """
     options = dict(padding=layer.padding_, method=layer.method, activation=activation)
     options["variance"] = float(getattr(layer, "variance_", 1.0))
+    if getattr(layer, "whitening_", None) is not None:
+        options.update(latent=layer.latent, whitening=layer.whitening_)
     maps = _readouts.bind(_maps_of, layer.kernels_, layer.weights_, **options)(batch)
     return maps, (layer.transform(batch) if readout else None)
 
 
-def _maps_of(X, kernels, *, log_weights, padding, method, activation, variance=1.0):
+def _maps_of(X, kernels, *, log_weights, padding, method, activation, **options):
     if activation == "triangle":
-        variance = 1.0  # distances do not depend on σ²
-    batch = _Batch(X, kernels, log_weights, padding, method, variance=variance)
+        options["variance"] = 1.0  # distances do not depend on σ²
+    batch = _Batch(X, kernels, log_weights, padding, method, **options)
     if activation == "triangle":
         batch.log_weights = _readouts.distance_log_weights(batch.log_weights, batch.xp)
     xp, A = batch.xp, batch.log_joint()

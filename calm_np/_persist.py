@@ -27,6 +27,7 @@ import zipfile
 import numpy as np
 
 from . import _checks
+from ._whiten import Whitening, on_namespace
 from ._xp import to_numpy
 
 FORMAT_VERSION = 1
@@ -37,6 +38,9 @@ MAX_ARRAY_BYTES = 2**30
 MAX_HEADER_BYTES = 2**20
 NPY_HEADER_BYTES = 4096
 FLOAT_DTYPES = ("float16", "float32", "float64")
+# The arrays of a fitted whitening (``whiten=True``), with ``whiten_eps`` in
+# the header; files without them (older ones) load with whitening off.
+WHITENING = ("whiten_mean", "whiten_matrix")
 HEADER_KEYS = {
     "format": str,
     "format_version": int,
@@ -94,6 +98,10 @@ def save(model, path):
         lower_bound=float(model.lower_bound_),
         variance=float(getattr(model, "variance_", 1.0)),
     )
+    whitening = {}
+    if getattr(model, "whitening_", None) is not None:
+        mean, matrix, header["whiten_eps"] = model.whitening_
+        whitening = dict(whiten_mean=to_numpy(mean), whiten_matrix=to_numpy(matrix))
     blob = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
     with open(path, "wb") as fh:
         np.savez(
@@ -104,6 +112,7 @@ def save(model, path):
             lower_bounds=np.asarray(
                 [float(b) for b in model.lower_bounds_], dtype=np.float64
             ),
+            **whitening,
         )
 
 
@@ -114,11 +123,13 @@ def load(cls, path, *, xp=None, device=None):
     machine without a GPU) unless ``xp`` (a namespace) and ``device``
     say where to put them.  Every defect is a ``ValueError`` naming ``path``.
     """
-    header, params, kernels, weights, bounds = _read(path, cls)
+    header, params, kernels, weights, bounds, whitening = _read(path, cls)
     model = cls(**params)
     if xp is not None:
         kernels = xp.asarray(kernels, device=device)
         weights = xp.asarray(weights, device=device)
+        whitening = on_namespace(whitening, xp, kernels.dtype, device)
+    model.whitening_ = whitening
     model.kernels_ = kernels
     model.weights_ = weights
     model.lower_bounds_ = [] if bounds is None else bounds.tolist()
@@ -133,7 +144,8 @@ def load(cls, path, *, xp=None, device=None):
 
 
 def _read(path, cls):
-    """``(header, params, kernels, weights, lower_bounds or None)``, all checked."""
+    """``(header, params, kernels, weights, lower_bounds or None, whitening or
+    None)``, all checked."""
     try:
         with open(path, "rb") as fh:
             if fh.read(4) != b"PK\x03\x04":
@@ -142,7 +154,13 @@ def _read(path, cls):
             sizes = _members(zf, path)
             header = _header(_array(zf, "header", sizes, path, None), path)
             params = _params(header, cls, path)
-            expected = _expected(header, path)
+            expected = _expected(header, params, path)
+            extra = sorted(set(sizes) - set(expected) - {"header"})
+            if extra:
+                raise ValueError(
+                    f"{path} is corrupt: it holds {extra} but its header says "
+                    "whiten=False"
+                )
             arrays = {}
             for name, (shape, dtype) in expected.items():
                 if name not in sizes:
@@ -165,7 +183,14 @@ def _read(path, cls):
             f"{path} is truncated or not an .npz file ({exc}); save the model again"
         ) from exc
     _check_values(arrays, header, path)
-    return header, params, arrays["kernels"], arrays["weights"], arrays["lower_bounds"]
+    whitening = None
+    if params.get("whiten"):
+        if arrays["whiten_mean"] is None or arrays["whiten_matrix"] is None:
+            raise ValueError(f"{path} is corrupt: whiten=True but no whitening arrays")
+        mean, matrix = arrays["whiten_mean"], arrays["whiten_matrix"]
+        whitening = Whitening(mean, matrix, header["whiten_eps"])
+    kernels, weights = arrays["kernels"], arrays["weights"]
+    return header, params, kernels, weights, arrays["lower_bounds"], whitening
 
 
 def _members(zf, path):
@@ -173,7 +198,7 @@ def _members(zf, path):
     sizes = {}
     for info in zf.infolist():
         name = info.filename.removesuffix(".npy")
-        if name not in ("header", "kernels", "weights", "lower_bounds"):
+        if name not in ("header", "kernels", "weights", "lower_bounds", *WHITENING):
             raise ValueError(
                 f"{path} is not a calm_np model file (unexpected member "
                 f"{info.filename!r}); write models with ConvolutionalMixture.save"
@@ -323,13 +348,31 @@ def _params(header, cls, path):
     return params
 
 
-def _expected(header, path):
+def _expected(header, params, path):
     shape, dtype = tuple(header["kernels_shape"]), header["dtype"]
-    return dict(
+    expected = dict(
         kernels=(shape, dtype),
         weights=((shape[0],), dtype),
         lower_bounds=((header["n_iter"],), "float64"),
     )
+    if params.get("whiten"):  # the whitening: (D,) and (D, D), D = c·kh·kw
+        eps, D = header.get("whiten_eps"), math.prod(shape[1:])
+        if not (_number(eps) and math.isfinite(eps) and eps > 0):
+            raise ValueError(
+                f"{path} is corrupt: whiten=True needs a header whiten_eps > 0, "
+                f"got {eps!r}"
+            )
+        if D * D * np.dtype(dtype).itemsize > MAX_ARRAY_BYTES:
+            raise ValueError(
+                f"{path} declares a whitening matrix of {D}x{D}, more than the "
+                f"{MAX_ARRAY_BYTES} bytes calm_np reads; refusing to read it"
+            )
+        expected.update(whiten_mean=((D,), dtype), whiten_matrix=((D, D), dtype))
+    return expected
+
+
+def _number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _check_values(arrays, header, path):
@@ -342,6 +385,7 @@ def _check_values(arrays, header, path):
         ("kernels", kernels),
         ("weights", weights),
         ("lower_bounds", bounds),
+        *((name, arrays.get(name)) for name in WHITENING),
     ):
         if a is not None and not np.all(np.isfinite(a)):
             raise ValueError(f"{path} is corrupt: its {name} contain NaN or infinity")

@@ -41,16 +41,19 @@ def pooled_features(
     features="log_joint",
     pooling=1,
     variance=1.0,
+    whitening=None,
 ):
     """Pooled posterior features ``(n_samples, n_kernels * ph * pw)``.
 
-    Parameters are those of :func:`calm_np.log_joint`, plus ``features``
+    Parameters are those of :func:`calm_np.log_joint` (``whitening``
+    included), plus ``features``
     (one of ``FEATURES``) and ``pooling`` (an int or a pair: the grid of
     cells).  ``latent`` sets what the posterior is normalised over.  The
     log-joint and posterior features use the log joint at ``variance``
     (σ², SPEC §2); the triangle's distances do not depend on it.
     """
-    batch = _Batch(X, kernels, log_weights, padding, method, latent, variance)
+    args = (log_weights, padding, method, latent, variance, whitening)
+    batch = _Batch(X, kernels, *args)
     grid = _checks.check_padding(pooling)
     sq_norms = None
     if features == "triangle":
@@ -88,10 +91,12 @@ def bind(func, kernels, weights, **options):
 
 def bind_model(func, model, **options):
     """:func:`bind` with a fitted model's kernels, weights, padding, method,
-    latent and σ² (``variance_``; 1 for a model that has none)."""
-    variance = float(getattr(model, "variance_", 1.0))
+    latent, σ² (``variance_``; 1 for a model that has none) and whitening
+    (``whitening_``; none for a model that has none)."""
     fitted = dict(padding=model.padding_, method=model.method, latent=model.latent)
-    options = {**fitted, "variance": variance, **options}
+    fitted["variance"] = float(getattr(model, "variance_", 1.0))
+    fitted["whitening"] = getattr(model, "whitening_", None)
+    options = {**fitted, **options}
     return bind(func, model.kernels_, model.weights_, **options)
 
 

@@ -237,6 +237,9 @@ PARAM_CASES = [
     ("pooling", (1, 7), ValueError, r"use pooling <= \(6, 6\)"),
     ("latent", "pixel", ValueError, "latent must be one of"),
     ("latent", None, ValueError, "latent must be one of"),
+    ("whiten", "yes", TypeError, "whiten must be True or False"),
+    ("whiten", 1, TypeError, "whiten must be True or False"),
+    ("whiten", True, ValueError, "whiten=True needs latent='patch'"),
 ]
 
 
@@ -359,6 +362,18 @@ FUNC_CASES = [
     (dict(variance="1"), TypeError, "variance must be a real number"),
     (dict(variance=True), TypeError, "variance must be a real number"),
     (dict(variance=None), TypeError, "variance must be a real number"),
+    (dict(whitening=(np.zeros(9), np.eye(9), 1.0)), ValueError, "whitening needs"),
+    (
+        dict(latent="patch", method="fft", whitening=(np.zeros(9), np.eye(9), 1.0)),
+        ValueError,
+        "whitening cannot run with method='fft'",
+    ),
+    (dict(latent="patch", whitening=(np.zeros(9), np.eye(9), 0.0)), ValueError, "eps"),
+    (
+        dict(latent="patch", whitening=(np.zeros(9), np.full((9, 9), np.nan), 1.0)),
+        ValueError,
+        "whitening contains NaN",
+    ),
 ]
 
 
