@@ -14,25 +14,35 @@ Rows:
     raw        the 784 pixels
     kmeans256  Coates, Lee & Ng (2011): 64 k-means centroids of normalized,
                ZCA-whitened 7x7 patches, "triangle" activation at every
-               position, summed over 2x2 cells (256 features), as best256
-               (60k/10k: 0.8899; fit 11 s, features 127 s, probe 16 s)
-    kmeans1152 the same with 128 centroids and 3x3 cells (1152), as best
-               (60k/10k: 0.9103; fit 20 s, features 324 s on 2 loaded cores)
+               position, summed over 2x2 cells (256 features)
+    kmeans252  the same with 28 centroids and 3x3 cells (best256's shape)
+    kmeans1152 the same with 128 centroids and 3x3 cells (1152)
     paper      the CALM paper's MNIST setup: 64 kernels 20x20, padding 2,
                batch 1000, 15 epochs, pixels in [0, 1], image-wide pooled
                log p(Z=k | X) (64 features)
     paper0     the same kernels before EM (the k-means++ initialisation)
     joint      the paper's model and readout family at their best: 128 kernels
                7x7, image latent, log joint pooled over a 3x3 grid
-    best256    the best setting within 256 features: 64 kernels 7x7,
-               latent="patch", local contrast normalization, triangle
-               activation summed over 2x2 cells
-    best       `calm-np evaluate --dataset fashion-mnist`'s defaults: the
-               same with 128 kernels and a 3x3 grid
-    plus the levers (--rows levers), each one change to best256: readout,
+    best       `calm-np evaluate --dataset fashion-mnist`'s defaults: 256
+               kernels 7x7, latent="patch", every patch normalized and
+               ZCA-whitened inside the model (whiten=True), learned shared
+               variance, pixels in [0, 1], triangle activation summed over
+               3x3 cells (2304 features)
+    best256    the best setting within 256 features: the same with 28
+               kernels (252 features)
+    issue 12's levers (--rows whiten), each one change from white1152:
+    white1152  best with 128 kernels (1152 features, kmeans1152's shape)
+    white1152_sigma1 / _weights / _posterior  sigma^2 = 1 fixed (the
+               paper's) / learned mixture weights / posterior readout
+    white256   best with 64 kernels on 2x2 cells (kmeans256's shape)
+    local1152  the previous default: no whitening, sigma^2 = 1, local
+               contrast normalization, 128 kernels 3x3 cells
+    local1152_sigma  the same with a learned sigma^2
+    plus the older levers (--rows levers), each one change to local256
+    (local1152 with 64 kernels on 2x2 cells): readout,
     latent, preprocessing, kernel size and count, pooling grid, no EM,
     and the two-layer network rows (--rows networks; README "Stacked layers"):
-    network         `--preset network`: layer 1 = 64 kernels 7x7 as best256
+    network         `--preset network`: layer 1 = 64 kernels 7x7 as local256
                     but pooled 3x3, layer 2 = 128 kernels 3x3 on layer 1's
                     triangle maps average-pooled 2x2 and standardized per
                     channel; both layers' readouts (1728 features)
@@ -43,6 +53,7 @@ Rows:
     each fitted on the first 1000 training images, 5 EM iterations per layer
 
     python benchmarks/features.py                            # main rows, 60k/10k
+    python benchmarks/features.py --rows whiten --with-init --limit 10000
     python benchmarks/features.py --rows levers --limit 10000 --test-limit 2000
     python benchmarks/features.py --rows raw,kmeans256 --limit 5000
     python benchmarks/features.py --rows networks --limit 5000 --test-limit 2000
@@ -80,6 +91,14 @@ PATCH = 7  # k-means patch side
 
 BEST = evaluation.preset("best", "fashion-mnist")
 BEST256 = evaluation.preset("best256", "fashion-mnist")
+# before whitening: local contrast normalization, sigma^2 = 1, 128 kernels
+# 3x3 / 64 kernels 2x2 (the levers below are changes to LOCAL256)
+LOCAL1152 = dict(BEST, n_kernels=128, whiten=False, learn_variance=False)
+LOCAL1152["preprocess"] = "local"
+LOCAL256 = dict(LOCAL1152, n_kernels=64, pooling=2)
+# whitened, learned sigma^2, at the k-means rows' shapes
+WHITE1152 = dict(BEST, n_kernels=128)
+WHITE256 = dict(BEST, n_kernels=64, pooling=2)
 PAPER = evaluation.preset("paper", "fashion-mnist")
 # the best setting with the paper's model and readout family: image latent,
 # log-joint pooled over a grid, pixels standardized, the default tol
@@ -91,13 +110,24 @@ del JOINT["tol"]
 
 def calm(base=None, **changes):
     """A CALM row: estimator parameters plus ``preprocess`` and ``fit_limit``."""
-    return {**(base or BEST256), **changes}
+    return {**(base or LOCAL256), **changes}
 
 
 # the k-means rows: (centroids, pooling grid), as the CALM rows they face
-KMEANS = {"kmeans256": (64, 2), "kmeans1152": (128, 3)}
+KMEANS = {"kmeans256": (64, 2), "kmeans252": (28, 3), "kmeans1152": (128, 3)}
 
 MAIN_ROWS = ("raw", *KMEANS, "paper", "paper0", "joint", "best256", "best")
+# issue 12's levers, one change at a time from white1152 (and the shapes of
+# the k-means rows); run with --with-init for each row's initialisation
+WHITE_ROWS = {
+    "local1152": calm(LOCAL1152),
+    "local1152_sigma": calm(LOCAL1152, learn_variance=True),
+    "white1152": calm(WHITE1152),
+    "white1152_sigma1": calm(WHITE1152, learn_variance=False),
+    "white1152_weights": calm(WHITE1152, learn_weights=True),
+    "white1152_posterior": calm(WHITE1152, features="posterior"),
+    "white256": calm(WHITE256),
+}
 
 ROWS = {
     "paper": calm(PAPER),
@@ -126,6 +156,7 @@ ROWS = {
     "untrained": calm(max_iter=0),
 }
 LEVERS = tuple(k for k in ROWS if k not in MAIN_ROWS)
+ROWS["local256"] = calm(LOCAL256)
 
 # two stacked layers: layer 1's settings, and the network's in "network";
 # fitted on 1000 images, 5 EM iterations per layer (a stack's cost on 2 cores)
@@ -139,6 +170,7 @@ NETWORK_ROWS = {
     "network_single128": dict(QUICK, n_kernels=128),
 }
 ROWS.update(NETWORK_ROWS)
+ROWS.update(WHITE_ROWS)
 
 
 # ---------------------------------------------------------------------------
@@ -324,6 +356,7 @@ def describe(name, setting):
         f"prep {s['preprocess']}",
         f"{s.get('max_iter')} it",
     ]
+    parts += [p for p in ("whiten", "learn_variance", "learn_weights") if s.get(p)]
     if s.get("fit_limit"):
         parts.append(f"fit on {s['fit_limit']}")
     if s.get("network"):
@@ -391,7 +424,11 @@ def main(argv=None):
     PROBE_C["C"] = args.C
     rows = []
     for name in args.rows.split(","):
-        groups = {"levers": LEVERS, "networks": tuple(NETWORK_ROWS)}
+        groups = {
+            "levers": LEVERS,
+            "networks": tuple(NETWORK_ROWS),
+            "whiten": tuple(WHITE_ROWS),
+        }
         rows.extend(groups.get(name, [name]))
     baselines = ("raw", *KMEANS)
     unknown = [r for r in rows if r not in ROWS and r not in baselines]
