@@ -283,6 +283,7 @@ def calm_features(setting, X_train, X_test, seed=0):
     setting = dict(setting)
     preprocess = setting.pop("preprocess")
     fit_limit = setting.pop("fit_limit", None)
+    setting.pop("C", None)  # a preset's probe C: every row here uses --C
     names = set(calm_np.ConvolutionalMixture().get_params())
     if "latent" in setting and "latent" not in names:
         raise SystemExit("this calm_np has no latent= option")
