@@ -24,8 +24,9 @@ from ._fused_dft import folds
 # refits them.  The radix-2 fold of the row-DFT plan (long rows) came later:
 # its counts (half-length transforms, butterfly passes as 2/3 of a softmax)
 # use these speeds unrefitted; of the grid's picks it changed four, to fft:
-# 28×28×3 with 64 kernels 5×5, 96×96 with 16 kernels 9×9, 200 kernels 15×15,
-# and ×3 with 200 kernels 9×9 (fft 0.7–0.9× im2col with 19–24 images).
+# 96×96 with 16 kernels 9×9, 200 kernels 15×15, and ×3 with 200 kernels
+# 9×9 (timed: fft 0.7–0.9× im2col with 19–24 images, either latent), and
+# 28×28×3 with 64 kernels 5×5 (a tie: 0.84–1.19× over two timings).
 _FEATURES = ("gemm", "dft", "map", "copy", "image", "pmap", "pixel")
 _SPEED = {
     "gemm": 4.1e10,
