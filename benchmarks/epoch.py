@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import _perf  # noqa: E402
 
 FULL_EPOCH = {"mnist": 60000, "stl10": 105000}  # STL-10 train + unlabeled
-GOALS = {"mnist": 0.33, "stl10": 0.25}
+GOALS = {"mnist": 0.25, "stl10": 0.25}  # issue 11, goal 4
 READOUT_SETUPS = {
     "issue": dict(n_kernels=128, kernel=(7, 7), padding=0, batch=1000),
     "mnist": dict(n_kernels=64, kernel=(20, 20), padding=2, batch=1000),

@@ -9,6 +9,8 @@ them by measured speeds; :func:`choose_method` picks the cheaper path.
 
 from __future__ import annotations
 
+from ._fused_dft import folds
+
 # Effective speeds of the operations of the fused NumPy paths (units per
 # second, 2 threads on a busy 2-core AMD EPYC with AVX-512): GEMM flops of
 # the products, flops of the skinny DFT-by-GEMM row transforms (inner
@@ -19,7 +21,12 @@ from __future__ import annotations
 # ``benchmarks/engine_choice.py --save`` timings of 104 shapes × 2 latents
 # (least squares, then a search maximising the (shape, latent) pairs where
 # the pick is within 10 % of the faster engine: 200 of 208); ``--fit``
-# refits them.
+# refits them.  The radix-2 fold of the row-DFT plan (long rows) came later:
+# its counts (half-length transforms, butterfly passes as 2/3 of a softmax)
+# use these speeds unrefitted; of the grid's picks it changed four, to fft:
+# 96×96 with 16 kernels 9×9, 200 kernels 15×15, and ×3 with 200 kernels
+# 9×9 (timed: fft 0.7–0.9× im2col with 19–24 images, either latent), and
+# 28×28×3 with 64 kernels 5×5 (a tie: 0.84–1.19× over two timings).
 _FEATURES = ("gemm", "dft", "map", "copy", "image", "pmap", "pixel")
 _SPEED = {
     "gemm": 4.1e10,
@@ -52,10 +59,11 @@ def _fused_features(kind, image_shape, kernel_shape, latent="image"):
         }
     elif kind == "rowdft":
         ns = (Wp + 1) // 2
+        fold = folds(Wp, Wo)  # radix-2: half-length GEMMs and a butterfly
         f = {
             "gemm": 16.0 * ns * k * c * kh * Ho,  # E and M products, re/im
-            "dft": 8.0 * ns * Wo * k * Ho,  # the maps' row transforms
-            "map": maps,
+            "dft": 8.0 * ns * (Wp // 2 if fold else Wo) * k * Ho,  # maps' rows
+            "map": maps * (5 / 3 if fold else 1),  # the butterflies' 4 passes
             "copy": 2.0 * ns * c * kh * Ho,  # Toeplitz matrix
             "image": 1.0,
         }

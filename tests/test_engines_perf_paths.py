@@ -39,6 +39,9 @@ SHAPES = [
     # row length F = Wp of 2 and 1: only the DC (and Nyquist) slot
     (4, 2, 3, 2, 3, (2, 1), 0),
     (4, 1, 3, 1, 3, (2, 1), 0),
+    # rows of F = 20 (24 with the margin) samples and maps of 18 or more:
+    # the row-DFT plan's radix-2 fold
+    (5, 2, 7, 20, 3, (3, 3), 0),
 ]
 
 
@@ -230,6 +233,41 @@ def test_fused_statistics_without_threadpoolctl(monkeypatch):
     for method in ("im2col", "fft"):
         fused, generic = _fused_and_generic(X, M, None, 1, method)
         _assert_same(fused, generic, "float64")
+
+
+@pytest.mark.parametrize(
+    "F, Wp, Wo", [(96, 96, 82), (20, 20, 18), (24, 24, 18), (8, 6, 6)]
+)
+def test_folded_row_transforms_equal_the_plain_dft(F, Wp, Wo):
+    # the radix-2 fold (even and odd slots, a butterfly) gives the same
+    # transforms as the plain DFT matrices, slots in transform order
+    from calm_np import _fused_dft
+
+    rowt = _fused_dft.RowTransforms(F, Wp, Wo, np.float64)
+    assert rowt.fold
+    ns = (F + 1) // 2
+    fwd_x, _ = _fused_dft.dft_matrices(F, Wp, 0, "float64")
+    fwd_g, inv = _fused_dft.dft_matrices(F, Wo, Wo, "float64")
+    rng = np.random.default_rng(F)
+    rows, E, A = (
+        rng.standard_normal((5, Wp)),
+        rng.standard_normal((2 * ns, 7)),
+        rng.standard_normal((Wo, 7)),
+    )
+    perm = (2 * rowt.order[:, None] + np.arange(2)).ravel()  # slots' re/im rows
+    buffers = _fused._Buffers(np.float64)
+    X_f = rowt.images(rows, np.empty((2 * ns, 5)))
+    np.testing.assert_allclose(X_f, (rows @ fwd_x.reshape(Wp, -1)).T[perm], atol=1e-12)
+    want = inv.reshape(2 * ns, Wo).T[:, perm] @ E
+    np.testing.assert_allclose(
+        rowt.inverse(E, np.empty((Wo, 7)), buffers), want, atol=1e-12
+    )
+    want = (fwd_g.reshape(Wo, -1).T @ A)[perm]
+    np.testing.assert_allclose(
+        rowt.forward(A, np.empty((2 * ns, 7)), buffers), want, atol=1e-12
+    )
+    assert not _fused_dft.RowTransforms(F + 2, Wp, Wo, np.float64).fold  # F % 4
+    assert not _fused_dft.RowTransforms(F, Wp, F // 2, np.float64).fold  # short maps
 
 
 def test_every_engine_declares_the_interface():
