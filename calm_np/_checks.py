@@ -318,10 +318,9 @@ def check_pooling(value, name="pooling"):
     except TypeError:
         grids = None
     if grids is None:
-        try:
-            entries = list(value)
-        except TypeError as exc:
-            raise TypeError(message) from exc
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(message)
+        entries = list(value)
         if not entries:
             raise ValueError(f"{name} is an empty list of grids; give at least one")
         if len(entries) > MAX_GRIDS:

@@ -25,7 +25,7 @@ import math
 from . import _checks
 from ._checks import FEATURES
 from ._em import _Batch
-from ._xp import box_sums, get_namespace, inplace, logsumexp, relu
+from ._xp import box_sums, get_namespace, inplace, logsumexp, piece_logsumexp, relu
 
 __all__ = ["FEATURES", "bind", "pooled_features"]
 
@@ -56,6 +56,8 @@ def pooled_features(
         batch.log_weights = distance_log_weights(batch.log_weights, batch.xp)
         sq_norms = batch.patch_sq_norms()
     xp, log_w = batch.xp, batch.log_weights
+    if features == "triangle" and bool(xp.all(log_w == log_w[0])):
+        sq_norms, log_w = sq_norms + 2.0 * log_w[0], None  # one pass less
 
     def read(A, start, stop):
         if features == "log_joint":
@@ -123,13 +125,15 @@ def triangle(A, sq_norms, log_w, xp):
     ``‖x_u − μ_k‖² = ‖x_u‖² − 2 (A[k, u] − log π_k)``, with the patch norms
     ``sq_norms = ‖x_u‖²`` (n, Ho, Wo) from an integral image of ``X²``
     (``_Batch.patch_sq_norms``, as for ``latent="patch"``).  ``A`` and
-    ``log_w`` must be finite: see :func:`distance_log_weights`.
+    ``log_w`` must be finite: see :func:`distance_log_weights`; ``None``
+    when ``2 log π_k`` (equal for all k) is already in ``sq_norms``.
     Coates, Lee & Ng (2011) use it on k-means centroids: a
     kernel is active where the patch is closer to it than to the average
     kernel, which makes the code sparse and competitive across kernels.
     """
     A *= -2.0  # A is scratch: overwritten with dist², dist, activations
-    A += xp.reshape(2.0 * log_w, (1, -1, 1, 1))
+    if log_w is not None:
+        A += xp.reshape(2.0 * log_w, (1, -1, 1, 1))
     A += sq_norms[:, None, ...]
     dist = inplace("sqrt", relu(A, xp), xp)
     dist -= xp.mean(dist, axis=1, keepdims=True)
@@ -168,8 +172,9 @@ def pool(A, grids, xp, reduce="logsumexp"):
     one position, so the feature count never depends on the image size.
     Sums are one GEMM over all cells (``box_sums``).  A logsumexp shifts
     each *piece* (the boxes the cell edges of all grids cut the map into) by
-    its own maximum, sums the exponentials by one GEMM, and combines the
-    pieces of each cell: one pass over ``A`` for every grid of a pyramid.
+    its own maximum, sums the exponentials by one GEMM
+    (``piece_logsumexp``), and combines the pieces of each cell: one pass
+    over ``A`` for every grid of a pyramid.
     """
     grids = _checks.check_pooling(grids)
     n, k, Ho, Wo = A.shape
@@ -183,16 +188,7 @@ def pool(A, grids, xp, reduce="logsumexp"):
         return _flat(box_sums(A, boxes, xp), grids, xp)
     rows, row_runs = _pieces(Ho, grids, 0)
     cols, col_runs = _pieces(Wo, grids, 1)
-    # each piece's maximum: over its rows, then over its columns
-    R = xp.stack([xp.max(A[:, :, y0:y1, :], axis=2) for y0, y1 in rows], axis=2)
-    M = xp.stack([xp.max(R[..., x0:x1], axis=3) for x0, x1 in cols], axis=3)
-    shift = xp.where(xp.isfinite(M), M, xp.zeros_like(M))
-    for i, (y0, y1) in enumerate(rows):
-        for j, (x0, x1) in enumerate(cols):
-            A[:, :, y0:y1, x0:x1] -= shift[:, :, i, j, None, None]
-    boxes = [(y0, y1, x0, x1) for y0, y1 in rows for x0, x1 in cols]
-    S = box_sums(inplace("exp", A, xp), boxes, xp)
-    S = xp.reshape(S, (n, k, len(rows), len(cols)))
+    S, M = piece_logsumexp(A, rows, cols, xp)
     out = []
     for g in range(len(grids)):
         for r0, r1 in row_runs[g]:

@@ -41,6 +41,7 @@ __all__ = [
     "pad_zeros",
     "interval_sums",
     "box_sums",
+    "piece_logsumexp",
     "memory_order",
     "inplace",
     "relu",
@@ -344,6 +345,41 @@ def box_sums(Y, boxes, xp):
     C = xp.asarray(C, dtype=Y.dtype, device=device_of(Y))
     S = xp.reshape(Y, (math.prod(lead), H * W)) @ C
     return xp.reshape(S, (*lead, len(boxes)))
+
+
+def piece_logsumexp(Y, rows, cols, xp):
+    """``(S, M)`` (…, len(rows), len(cols)) over the boxes ``rows × cols``
+    of ``Y (…, H, W)`` (``(start, stop)`` lists that partition H and W):
+    ``M`` each box's maximum (``-inf`` for a box of ``-inf``), ``S`` the sum
+    of ``exp(Y − M)`` over it (``M`` read as 0 where not finite); ``Y`` is
+    overwritten.  Generic: slices of ``Y``.  NumPy: one copy of ``Y`` with
+    the positions outermost, so that each box is a run of long contiguous
+    rows (a box of a transposed view is many short strided runs).
+    """
+    *lead, H, W = Y.shape
+    boxes = [(y0, y1, x0, x1) for y0, y1 in rows for x0, x1 in cols]
+    shape = (*lead, len(rows), len(cols))
+    if use_native(xp) == "numpy" and Y.ndim > 2:
+        import numpy as np
+
+        P = np.empty((H, W, math.prod(lead)), dtype=Y.dtype)
+        P.reshape(H, W, *lead)[...] = np.moveaxis(Y, (-2, -1), (0, 1))
+        M = np.stack([P[y0:y1, x0:x1].max(axis=(0, 1)) for y0, y1, x0, x1 in boxes])
+        shift = np.where(np.isfinite(M), M, 0).astype(Y.dtype)
+        for (y0, y1, x0, x1), s in zip(boxes, shift, strict=True):
+            P[y0:y1, x0:x1] -= s
+        C = _box_matrix(H, W, tuple(boxes), Y.dtype.str)
+        with single_threaded_blas():
+            S = C.T @ np.exp(P, out=P).reshape(H * W, -1)
+        return S.T.reshape(shape), M.T.reshape(shape)
+    R = xp.stack([xp.max(Y[..., y0:y1, :], axis=-2) for y0, y1 in rows], axis=-2)
+    M = xp.stack([xp.max(R[..., x0:x1], axis=-1) for x0, x1 in cols], axis=-1)
+    shift = xp.where(xp.isfinite(M), M, xp.zeros_like(M))
+    for i, (y0, y1) in enumerate(rows):
+        for j, (x0, x1) in enumerate(cols):
+            Y[..., y0:y1, x0:x1] -= shift[..., i, j, None, None]
+    S = box_sums(inplace("exp", Y, xp), boxes, xp)
+    return xp.reshape(S, shape), M
 
 
 @functools.lru_cache(maxsize=32)
