@@ -25,6 +25,7 @@ import math
 from . import _checks
 from ._checks import FEATURES
 from ._em import _Batch
+from ._engines import LATENT_AXES
 from ._xp import box_sums, get_namespace, inplace, logsumexp, piece_logsumexp, relu
 
 __all__ = ["FEATURES", "bind", "pooled_features"]
@@ -65,9 +66,8 @@ def pooled_features(
         if features == "triangle":
             act = triangle(A, sq_norms[start:stop, ...], log_w, xp)
             return pool(act, grids, xp, reduce="sum")
-        if features == "posterior":  # the posterior mass: a sum per cell
-            A -= batch.log_normalizer(A)
-            return pool(inplace("exp", A, xp), grids, xp, reduce="sum")
+        if features == "posterior":
+            return posterior_mass(A, grids, LATENT_AXES[latent], xp)
         # the log of that mass under the latent, a logsumexp per cell
         if latent == "patch":
             A -= batch.log_normalizer(A)
@@ -116,6 +116,22 @@ def distance_log_weights(log_w, xp):
     """
     finite = xp.isfinite(log_w)
     return xp.where(finite, log_w, xp.zeros_like(log_w))
+
+
+def posterior_mass(A, grids, axes, xp):
+    """Posterior mass of each kernel and cell, the posterior normalised over
+    ``axes`` of the log joint ``A`` (overwritten): sums of ``exp(A − max)``
+    per cell, divided by their total (per image) or, for ``axes=(1,)``
+    (``latent="patch"``), each position's softmax over the kernels summed.
+    """
+    top = xp.max(A, axis=axes, keepdims=True)
+    A -= xp.where(xp.isfinite(top), top, xp.zeros_like(top))
+    E = inplace("exp", A, xp)
+    Z = xp.sum(E, axis=axes, keepdims=True)  # >= 1: the largest term is 1
+    if axes == (1,):
+        E /= Z
+        return pool(E, grids, xp, reduce="sum")
+    return pool(E, grids, xp, reduce="sum") / xp.reshape(Z, (-1, 1))
 
 
 def triangle(A, sq_norms, log_w, xp):

@@ -359,6 +359,11 @@ def piece_logsumexp(Y, rows, cols, xp):
     *lead, H, W = Y.shape
     boxes = [(y0, y1, x0, x1) for y0, y1 in rows for x0, x1 in cols]
     shape = (*lead, len(rows), len(cols))
+    if len(boxes) == 1:  # the whole map: a contiguous run in any layout
+        M = xp.max(Y, axis=(-2, -1), keepdims=True)
+        Y -= xp.where(xp.isfinite(M), M, xp.zeros_like(M))
+        S = xp.sum(inplace("exp", Y, xp), axis=(-2, -1), keepdims=True)
+        return S, M
     if use_native(xp) == "numpy" and Y.ndim > 2:
         import numpy as np
 

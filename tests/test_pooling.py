@@ -137,13 +137,17 @@ def test_pyramid_on_backends(backend, dtype):
     assert_close(out, want.transform(X), dtype=dtype)
 
 
+def pyramid_layer(max_iter):
+    return calm_np.ConvolutionalMixture(
+        3, kernel_size=3, max_iter=max_iter, tol=0, features="triangle",
+        pooling=PYRAMID, random_state=0,
+    )  # fmt: skip
+
+
 def test_pyramid_params_clone_save_and_load(tmp_path):
     sklearn_base = pytest.importorskip("sklearn.base")
     X, _, _ = data(6, n=12)
-    model = calm_np.ConvolutionalMixture(
-        3, kernel_size=3, max_iter=2, tol=0, features="triangle", pooling=PYRAMID,
-        random_state=0,
-    )  # fmt: skip
+    model = pyramid_layer(max_iter=2)
     with pytest.warns(calm_np.ConvergenceWarning):
         F = model.fit_transform(X)
     assert F.shape == (12, 3 * 13)
@@ -159,10 +163,7 @@ def test_pyramid_params_clone_save_and_load(tmp_path):
 def test_pyramid_layer_in_a_network_and_on_dask():
     da = pytest.importorskip("dask.array")
     X, _, _ = data(7, n=16)
-    layer = calm_np.ConvolutionalMixture(
-        3, kernel_size=3, max_iter=1, tol=0, features="triangle", pooling=PYRAMID,
-        random_state=0,
-    )  # fmt: skip
+    layer = pyramid_layer(max_iter=1)
     top = calm_np.ConvolutionalMixture(2, kernel_size=2, max_iter=1, tol=0)
     net = calm_np.ConvolutionalMixtureNetwork([layer, top], readout="concat")
     with pytest.warns(calm_np.ConvergenceWarning):
