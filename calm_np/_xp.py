@@ -328,6 +328,8 @@ def box_sums(Y, boxes, xp):
     in memory.
     """
     *lead, H, W = Y.shape
+    if list(boxes) == [(0, H, 0, W)]:  # the whole map: no GEMM needed
+        return xp.sum(Y, axis=(-2, -1))[..., None]
     if use_native(xp) == "numpy":
         import numpy as np
 
@@ -336,9 +338,12 @@ def box_sums(Y, boxes, xp):
         if hw and Y.transpose(order).flags.c_contiguous:
             Yp = Y.transpose(order)
             w_major = order[-1] == Y.ndim - 2
-            C = _box_matrix(H, W, tuple(boxes), Y.dtype.str, w_major)
+            # columns padded to a multiple of 8: OpenBLAS's fast kernels
+            # (13 cells take 1.4x the time of 16)
+            padded = (*boxes, *[(0, 0, 0, 0)] * (-len(boxes) % 8))
+            C = _box_matrix(H, W, padded, Y.dtype.str, w_major)
             with single_threaded_blas():
-                S = Yp.reshape(-1, H * W) @ C
+                S = (Yp.reshape(-1, H * W) @ C)[:, : len(boxes)]
             S = S.reshape(*Yp.shape[:-2], len(boxes))
             return S.transpose([*np.argsort(order[:-2]), Y.ndim - 2])
     C = _box_matrix(H, W, tuple(boxes), "<f8").copy()  # writable: torch
