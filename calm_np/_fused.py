@@ -18,8 +18,9 @@ shapes, a ``latent`` and a ``margin``; it has ``chunk_size``,
 few images, returning their log normalisers: one per image, or one per
 position for ``latent="patch"``) and ``finish(accs, wide)``; for readouts,
 ``e_step(Xc, prepared, buffers)`` (the log joint in the plan's layout, and
-what the M-step reuses) and ``maps(A, m)`` (that log joint as
-(m, k, Ho, Wo), a view).  The latent only changes the softmax between the steps
+what the M-step reuses) and ``maps(A, m, buffers)`` (that log joint as
+(m, k, Ho, Wo): a view for im2col, a copy for the row-DFT plan).  The
+latent only changes the softmax between the steps
 (over ``(k, u)`` per image, or over ``k`` per position); a margin only
 widens the M-step's windows (a second patch matrix, or row spectra of
 images padded by the margin).
@@ -201,10 +202,10 @@ def statistics(engine, kernels, log_weights, wide, latent="image", margin=0):
 def readout(engine, kernels, log_weights, func):
     """``Engine.readout`` on NumPy: ``func(A, start, stop)`` per chunk, threaded.
 
-    ``A`` is the chunk's log joint (m, k, Ho, Wo), a transposed view of the
-    plan's scratch array (no copy) that the next chunk overwrites; the
-    results are concatenated in image order.  Only a few images' maps exist
-    at a time.
+    ``A`` is the chunk's log joint (m, k, Ho, Wo), a scratch array (for
+    im2col a transposed view of the plan's own, no copy) that the next chunk
+    overwrites; the results are concatenated in image order.  Only a few
+    images' maps exist at a time.
     """
     import numpy as np
 
@@ -213,7 +214,7 @@ def readout(engine, kernels, log_weights, func):
 
     def work(start, stop, buffers):
         A, _ = plan.e_step(Xp[start:stop], prepared, buffers)
-        results[start] = func(plan.maps(A, stop - start), start, stop)
+        results[start] = func(plan.maps(A, stop - start, buffers), start, stop)
 
     _parallel_chunks(
         Xp.shape[0], plan.chunk_size, work, lambda: _Buffers(plan.dtype)
@@ -308,7 +309,7 @@ class _Im2colPlan:
         A += bias[:, None]
         return A, P
 
-    def maps(self, A, m):
+    def maps(self, A, m, buffers):
         """``A`` as (m, k, Ho, Wo): a view, no copy."""
         return A.reshape(self.k, m, self.Ho, self.Wo).transpose(1, 0, 2, 3)
 
@@ -491,9 +492,14 @@ class _RowDFT:
             A.reshape(Wo, k, n_col)[:, dead] = -np.inf
         return A, (T, E)
 
-    def maps(self, A, m):
-        """``A`` as (m, k, Ho, Wo): a view, no copy."""
-        return A.reshape(self.Wo, self.k, m, self.Ho).transpose(2, 1, 3, 0)
+    def maps(self, A, m, buffers):
+        """``A`` as (m, k, Ho, Wo), copied: in the plan's layout (Wo, k, m, Ho)
+        the positions are short strided runs, which slows every reduction of
+        a readout (a view made the MNIST setup's readouts slower, not faster)."""
+        Ho, Wo = self.Ho, self.Wo
+        out = buffers.get("maps", (m, self.k, Ho, Wo))
+        out[...] = A.reshape(Wo, self.k, m, Ho).transpose(2, 1, 3, 0)
+        return out
 
     def chunk(self, Xc, prepared, acc):
         import numpy as np
