@@ -39,7 +39,7 @@ READOUT_SETUPS = {
     "mnist": dict(n_kernels=64, kernel=(20, 20), padding=2, batch=1000),
 }
 FEATURES = ("log_joint", "log_posterior", "posterior", "triangle")
-PYRAMID = ((2, 2), (3, 3))  # pooling="2+3": both grids' features side by side
+PYRAMID = ((2, 2), (3, 3))  # a pooling pyramid: both grids side by side
 
 
 def main(argv=None):
