@@ -13,7 +13,8 @@ with ``--threads`` threads for both libraries.
 Then, per ``--readout-setups`` (``issue``: the issue's standardized
 Fashion-MNIST, 128 kernels 7×7; ``mnist``: the paper's), calm_np alone with
 ``method="auto"``: one ``latent="patch"`` EM iteration and every readout
-(``transform``'s features × pooling 1 and 3, and ``score_samples``) over the
+(``transform``'s features × pooling 1 and 3, the triangle on the 2×2 + 3×3
+pyramid of the main job, and ``score_samples``) over the
 same batches, timed interleaved with one ``latent="image"`` iteration and
 given as ratios to it (goals: patch <= 1.25x, readouts <= 0.5x).
 """
@@ -38,6 +39,7 @@ READOUT_SETUPS = {
     "mnist": dict(n_kernels=64, kernel=(20, 20), padding=2, batch=1000),
 }
 FEATURES = ("log_joint", "log_posterior", "posterior", "triangle")
+PYRAMID = ((2, 2), (3, 3))  # a pooling pyramid: both grids side by side
 
 
 def main(argv=None):
@@ -174,6 +176,9 @@ def run_readouts(setup, args):
         for pooling in (1, 3):
             fns[(f"{features} p{pooling}", "image")] = readout(features, pooling)
     fns[("posterior p3", "patch")] = readout("posterior", 3, "patch")
+    # the main job's readout: a 2x2 + 3x3 pyramid from one E-step
+    for latent in ("image", "patch"):
+        fns[("triangle p2+3", latent)] = readout("triangle", PYRAMID, latent)
     fns[("score_samples", "image")] = lambda: over_batches(
         lambda Xb: calm_np.log_likelihood(Xb, M, **opts)
     )

@@ -343,6 +343,56 @@ def _pair(name, value):
     return pair
 
 
+# Most grids a pooling pyramid may list (each one adds n_kernels·gh·gw features).
+MAX_GRIDS = 8
+
+
+def check_pooling(value, name="pooling"):
+    """``pooling`` as a tuple of grids ``((gh, gw), ...)``, each cell count >= 1.
+
+    An int ``g`` is one ``g × g`` grid and a pair of ints ``(gh, gw)`` one
+    ``gh × gw`` grid, as always; any other list or tuple is a pyramid, whose
+    entries are grids (ints or pairs): ``((2, 2), (3, 3))``, ``[2, (3, 3)]``
+    or ``(1, 2, 3)``.  Its features are each grid's, concatenated in order.
+    """
+    message = (
+        f"{name} must be an int or a pair of ints (gh, gw), or a list of such "
+        f"grids (a pyramid, e.g. ((2, 2), (3, 3))), got {value!r}"
+    )
+    if isinstance(value, (str, bytes)):
+        raise TypeError(message)
+    try:  # an int or a pair: one grid
+        grids = (_pair(name, value),)
+    except TypeError:
+        grids = None
+    if grids is None:
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(message)
+        entries = list(value)
+        if not entries:
+            raise ValueError(f"{name} is an empty list of grids; give at least one")
+        if len(entries) > MAX_GRIDS:
+            raise ValueError(
+                f"{name} lists {len(entries)} grids, more than the {MAX_GRIDS} "
+                "a pyramid may have"
+            )
+        try:
+            grids = tuple(_pair(name, g) for g in entries)
+        except TypeError as exc:
+            raise TypeError(message) from exc
+        repeated = sorted({g for g in grids if grids.count(g) > 1})
+        if repeated:
+            raise ValueError(
+                f"{name} lists the grid {repeated[0]} more than once, got {value!r}"
+            )
+    return grids
+
+
+def n_cells(grids):
+    """Cells of all grids of a checked ``pooling`` (features per kernel)."""
+    return sum(gh * gw for gh, gw in grids)
+
+
 def _non_negative(name, value):
     if not isinstance(value, numbers.Real) or _is_bool(value):
         raise TypeError(f"{name} must be a real number, got {value!r}")
@@ -394,7 +444,7 @@ PARAMS = {
     "init": _init,
     "callback": _callback,
     "features": lambda n, v: _choice(n, v, FEATURES),
-    "pooling": _pair,
+    "pooling": lambda n, v: check_pooling(v, n),
     "learn_weights": _boolean,
     "learn_variance": _boolean,
     "warm_start": _boolean,
@@ -407,7 +457,7 @@ def check_params(params):
     """Check the estimator's ``params`` (a dict); the normalised values.
 
     NumPy scalars come back as Python ``int``/``float``/``bool`` (what a
-    model file stores), pairs as tuples.
+    model file stores), pairs as tuples, ``pooling`` as a tuple of grids.
     """
     checked = {name: check(name, params[name]) for name, check in PARAMS.items()}
     check_whiten(checked["whiten"], checked["latent"], checked["method"])
@@ -430,12 +480,15 @@ def check_model_size(params, map_shape, n_patches):
     number of patches in the data (``n_samples · Ho · Wo``): a string
     ``init`` draws kernels from them, a pooling grid splits the positions.
     """
-    k, (ph, pw), (Ho, Wo) = params["n_kernels"], params["pooling"], map_shape
-    if ph > Ho or pw > Wo:
-        raise ValueError(
-            f"pooling={params['pooling']} asks for more cells than the "
-            f"{Ho}x{Wo} positions of the feature map; use pooling <= ({Ho}, {Wo})"
-        )
+    k, (Ho, Wo) = params["n_kernels"], map_shape
+    for ph, pw in params["pooling"]:
+        if ph > Ho or pw > Wo:
+            grid = params["pooling"]
+            shown = f"({ph}, {pw})" if len(grid) == 1 else f"{grid} (grid {ph}x{pw})"
+            raise ValueError(
+                f"pooling={shown} asks for more cells than the {Ho}x{Wo} "
+                f"positions of the feature map; use pooling <= ({Ho}, {Wo})"
+            )
     if isinstance(params["init"], str) and n_patches is not None and k > n_patches:
         raise ValueError(
             f"n_kernels={k} is more than the {n_patches} patches of X that "

@@ -129,9 +129,10 @@ default="log_joint"
         Coates et al. (2011) summed over the cell: with the distance
         ``z[k, u] = ‖x_u − μ_k‖`` read off the log joint,
         ``max(0, mean_j z[j, u] − z[k, u])``.
-    pooling : int or (int, int), default=1
-        Grid of pooling cells over the positions: ``transform`` returns
-        ``n_kernels * ph * pw`` features, each cell's logsumexp.
+    pooling : int, (int, int) or list of them, default=1
+        Grid of cells over the positions, ``g × g`` or ``gh × gw``; any other
+        list of grids, e.g. ``((2, 2), (3, 3))``, is a pyramid: their features
+        side by side, from one E-step (``n_kernels · Σ gh·gw`` in all).
     latent : {"image", "patch"}, default="image"
         One (kernel, position) per image (the paper), or every patch drawn
         from the mixture (EM for an identity-covariance Gaussian mixture over
@@ -467,20 +468,19 @@ default="log_joint"
     def transform(self, X):
         """Pooled posterior features, ``(n_samples, n_features)``.
 
-        ``n_features = n_kernels * ph * pw`` for ``pooling=(ph, pw)``; each
+        ``n_features = n_kernels · Σ gh·gw`` over the ``pooling`` grids; each
         is a logsumexp of the log joint ``A[k, u]`` over a cell of positions
         (``features="log_joint"``), the log posterior mass of the cell
         (``"log_posterior"``), that mass (``"posterior"``), or the sum of the
         triangle activations of the cell (``"triangle"``).  A kernel whose
         learned weight is 0 has ``-inf`` log features (their exact value) and
-        posterior 0; its triangle features stay finite (distances do not
-        depend on the weights).  Computed batch by batch (``batch_size``).
+        posterior 0; its triangle features stay finite (they ignore the
+        weights).  Computed batch by batch (``batch_size``).
         """
         source, params = self._source(X)
-        ph, pw = params["pooling"]
-        options = dict(features=self.features, pooling=(ph, pw))
+        options = dict(features=self.features, pooling=params["pooling"])
         func = _readouts.bind_model(_readouts.pooled_features, self, **options)
-        n_features = self.kernels_.shape[0] * ph * pw
+        n_features = self.kernels_.shape[0] * _checks.n_cells(params["pooling"])
         return source.map(func, kind="transform", n_features=n_features)
 
     def fit_transform(self, X, y=None):

@@ -19,7 +19,8 @@ few images, returning their log normalisers: one per image, or one per
 position for ``latent="patch"``) and ``finish(accs, wide)``; for readouts,
 ``e_step(Xc, prepared, buffers)`` (the log joint in the plan's layout, and
 what the M-step reuses) and ``maps(A, m, buffers)`` (that log joint as
-(m, k, Ho, Wo)).  The latent only changes the softmax between the steps
+(m, k, Ho, Wo): a view for im2col, a copy for the row-DFT plan).  The
+latent only changes the softmax between the steps
 (over ``(k, u)`` per image, or over ``k`` per position); a margin only
 widens the M-step's windows (a second patch matrix, or row spectra of
 images padded by the margin).
@@ -218,9 +219,10 @@ def statistics(engine, kernels, log_weights, wide, latent="image", margin=0, sca
 def readout(engine, kernels, log_weights, func, scale=1.0):
     """``Engine.readout`` on NumPy: ``func(A, start, stop)`` per chunk, threaded.
 
-    ``A`` is the chunk's log joint (m, k, Ho, Wo), a scratch array that the
-    next chunk overwrites; the results are concatenated in image order.
-    Only a few images' maps exist at a time.
+    ``A`` is the chunk's log joint (m, k, Ho, Wo), a scratch array (for
+    im2col a transposed view of the plan's own, no copy) that the next chunk
+    overwrites; the results are concatenated in image order.  Only a few
+    images' maps exist at a time.
     """
     import numpy as np
 
@@ -229,8 +231,7 @@ def readout(engine, kernels, log_weights, func, scale=1.0):
 
     def work(start, stop, buffers):
         A, _ = plan.e_step(Xp[start:stop], prepared, buffers)
-        maps = plan.maps(A, stop - start, buffers)
-        results[start] = func(maps, start, stop)
+        results[start] = func(plan.maps(A, stop - start, buffers), start, stop)
 
     _parallel_chunks(
         Xp.shape[0], plan.chunk_size, work, lambda: _Buffers(plan.dtype)
@@ -353,9 +354,8 @@ class _Im2colPlan:
         return A, P
 
     def maps(self, A, m, buffers):
-        out = buffers.get("maps", (m, self.k, self.Ho, self.Wo))
-        out[...] = A.reshape(self.k, m, self.Ho, self.Wo).transpose(1, 0, 2, 3)
-        return out
+        """``A`` as (m, k, Ho, Wo): a view, no copy."""
+        return A.reshape(self.k, m, self.Ho, self.Wo).transpose(1, 0, 2, 3)
 
     def chunk(self, Xc, prepared, acc):
         import numpy as np
@@ -513,6 +513,9 @@ class _RowDFT:
         return A, (T, E)
 
     def maps(self, A, m, buffers):
+        """``A`` as (m, k, Ho, Wo), copied: in the plan's layout (Wo, k, m, Ho)
+        the positions are short strided runs, which slows every reduction of
+        a readout (a view made the MNIST setup's readouts slower, not faster)."""
         Ho, Wo = self.Ho, self.Wo
         out = buffers.get("maps", (m, self.k, Ho, Wo))
         out[...] = A.reshape(Wo, self.k, m, Ho).transpose(2, 1, 3, 0)

@@ -293,8 +293,8 @@ def _geometry(layer):
 
 
 def _n_features(layer):
-    ph, pw = check_params(layer.get_params())["pooling"]
-    return int(layer.kernels_.shape[0]) * ph * pw
+    grids = check_params(layer.get_params())["pooling"]
+    return int(layer.kernels_.shape[0]) * sum(gh * gw for gh, gw in grids)
 
 
 def _activation_maps(batch, layer, activation, readout=False):

@@ -338,8 +338,10 @@ def _params(header, cls, path):
     if params.get("init") == "array":
         params["init"] = "kmeans++"
     for name in ("kernel_size", "padding", "pooling"):
-        if isinstance(params.get(name), list):
-            params[name] = tuple(params[name])
+        if isinstance(params.get(name), list):  # JSON has no tuples
+            params[name] = tuple(
+                tuple(v) if isinstance(v, list) else v for v in params[name]
+            )
     defaults = cls().get_params()
     try:
         _checks.check_params({**defaults, **params})

@@ -25,7 +25,8 @@ import math
 from . import _checks
 from ._checks import FEATURES
 from ._em import _Batch
-from ._xp import get_namespace, interval_sums, logsumexp, relu
+from ._engines import LATENT_AXES
+from ._xp import box_sums, get_namespace, inplace, logsumexp, piece_logsumexp, relu
 
 __all__ = ["FEATURES", "bind", "bind_model", "pooled_features"]
 
@@ -43,37 +44,44 @@ def pooled_features(
     variance=1.0,
     whitening=None,
 ):
-    """Pooled posterior features ``(n_samples, n_kernels * ph * pw)``.
+    """Pooled posterior features ``(n_samples, n_kernels * n_cells)``.
 
-    Parameters are those of :func:`calm_np.log_joint` (``whitening``
-    included), plus ``features``
-    (one of ``FEATURES``) and ``pooling`` (an int or a pair: the grid of
-    cells).  ``latent`` sets what the posterior is normalised over.  The
-    log-joint and posterior features use the log joint at ``variance``
-    (σ², SPEC §2); the triangle's distances do not depend on it.
+    Parameters are those of :func:`calm_np.log_joint` (``variance`` and
+    ``whitening`` included), plus ``features`` (one of ``FEATURES``) and
+    ``pooling`` (an int, a pair or a pyramid of them, as for
+    ``ConvolutionalMixture``: every grid's features from one E-step,
+    concatenated in order).  ``latent`` sets what the posterior is
+    normalised over.  The log-joint and posterior features use the log joint
+    at ``variance`` (σ², SPEC §2); the triangle's distances do not depend on
+    it.
     """
     args = (log_weights, padding, method, latent, variance, whitening)
     batch = _Batch(X, kernels, *args)
-    grid = _checks.check_padding(pooling)
+    grids = _checks.check_pooling(pooling)
     sq_norms = None
     if features == "triangle":
         batch.log_weights = distance_log_weights(batch.log_weights, batch.xp)
         sq_norms = batch.patch_sq_norms()
     xp, log_w = batch.xp, batch.log_weights
+    if features == "triangle" and bool(xp.all(log_w == log_w[0])):
+        sq_norms, log_w = sq_norms + 2.0 * log_w[0], None  # one pass less
 
     def read(A, start, stop):
         if features == "log_joint":
-            return pool(A, grid, xp)
+            return pool(A, grids, xp)
         if features == "triangle":
             act = triangle(A, sq_norms[start:stop, ...], log_w, xp)
-            return pool(act, grid, xp, reduce="sum")
-        # log of the posterior mass in each (kernel, cell) under the latent
-        if latent == "image":  # the normaliser is the logsumexp of the cells'
-            log_post = pool(A, grid, xp)
-            log_post = log_post - logsumexp(log_post, axis=1, keepdims=True)
-        else:
-            log_post = pool(A - batch.log_normalizer(A), grid, xp)
-        return log_post if features == "log_posterior" else xp.exp(log_post)
+            return pool(act, grids, xp, reduce="sum")
+        if features == "posterior":
+            return posterior_mass(A, grids, LATENT_AXES[latent], xp)
+        # the log of that mass under the latent, a logsumexp per cell
+        if latent == "patch":
+            A -= batch.log_normalizer(A)
+            return pool(A, grids, xp)
+        # latent="image": the normaliser is the logsumexp of a grid's cells
+        blocks = _blocks(pool(A, grids, xp), grids, xp)
+        blocks = [b - logsumexp(b, axis=1, keepdims=True) for b in blocks]
+        return blocks[0] if len(blocks) == 1 else xp.concat(blocks, axis=1)
 
     return batch.readout(read, scale=1.0 if features == "triangle" else None)
 
@@ -127,6 +135,22 @@ def distance_log_weights(log_w, xp):
     return xp.where(finite, log_w, xp.zeros_like(log_w))
 
 
+def posterior_mass(A, grids, axes, xp):
+    """Posterior mass of each kernel and cell, the posterior normalised over
+    ``axes`` of the log joint ``A`` (overwritten): sums of ``exp(A − max)``
+    per cell, divided by their total (per image) or, for ``axes=(1,)``
+    (``latent="patch"``), each position's softmax over the kernels summed.
+    """
+    top = xp.max(A, axis=axes, keepdims=True)
+    A -= xp.where(xp.isfinite(top), top, xp.zeros_like(top))
+    E = inplace("exp", A, xp)
+    Z = xp.sum(E, axis=axes, keepdims=True)  # >= 1: the largest term is 1
+    if axes == (1,):
+        E /= Z
+        return pool(E, grids, xp, reduce="sum")
+    return pool(E, grids, xp, reduce="sum") / xp.reshape(Z, (-1, 1))
+
+
 def triangle(A, sq_norms, log_w, xp):
     """Triangle activation ``max(0, mean_j z[j,u] − z[k,u])``, ``(n, k, Ho, Wo)``.
 
@@ -134,15 +158,17 @@ def triangle(A, sq_norms, log_w, xp):
     ``‖x_u − μ_k‖² = ‖x_u‖² − 2 (A[k, u] − log π_k)``, with the patch norms
     ``sq_norms = ‖x_u‖²`` (n, Ho, Wo) from an integral image of ``X²``
     (``_Batch.patch_sq_norms``, as for ``latent="patch"``).  ``A`` and
-    ``log_w`` must be finite: see :func:`distance_log_weights`.
+    ``log_w`` must be finite: see :func:`distance_log_weights`; ``None``
+    when ``2 log π_k`` (equal for all k) is already in ``sq_norms``.
     Coates, Lee & Ng (2011) use it on k-means centroids: a
     kernel is active where the patch is closer to it than to the average
     kernel, which makes the code sparse and competitive across kernels.
     """
     A *= -2.0  # A is scratch: overwritten with dist², dist, activations
-    A += xp.reshape(2.0 * log_w, (1, -1, 1, 1))
+    if log_w is not None:
+        A += xp.reshape(2.0 * log_w, (1, -1, 1, 1))
     A += sq_norms[:, None, ...]
-    dist = xp.sqrt(relu(A, xp))
+    dist = inplace("sqrt", relu(A, xp), xp)
     dist -= xp.mean(dist, axis=1, keepdims=True)
     dist *= -1.0
     return relu(dist, xp)
@@ -154,41 +180,89 @@ def _edges(L, g):
     return [(a, max((i + 1) * L // g, a + 1)) for i, a in enumerate(starts)]
 
 
-def pool(A, grid, xp, reduce="logsumexp"):
+def _pieces(L, grids, axis):
+    """The cells' edges along ``axis`` of every grid, merged: the pieces
+    ``[start, stop)`` each cell is a run of, and per grid its cells as
+    ``(first piece, last piece + 1)``."""
+    cells = [_edges(L, grid[axis]) for grid in grids]
+    cuts = sorted({e for cs in cells for cell in cs for e in cell})
+    pieces = list(zip(cuts[:-1], cuts[1:], strict=True))
+    index = {a: i for i, (a, _) in enumerate(pieces)}
+    runs = [
+        [(index[a], index[a] + sum(a <= p < b for p, _ in pieces)) for a, b in cs]
+        for cs in cells
+    ]
+    return pieces, runs
+
+
+def pool(A, grids, xp, reduce="logsumexp"):
     """logsumexp (or, ``reduce="sum"``, the sum) of ``A (n, k, Ho, Wo)`` over
-    a grid of cells → (n, k·gh·gw); ``A`` is overwritten.
+    the cells of each grid → (n, k·Σ gh·gw), grid after grid; ``A`` is
+    overwritten.  ``grids``: a ``pooling`` value (a pair, or a pyramid).
 
     Cell ``i`` of ``g`` along an axis of ``L`` positions spans
     ``[i·L // g, max((i+1)·L // g, i·L // g + 1))``: every cell holds at least
     one position, so the feature count never depends on the image size.
-    The logsumexp shifts each cell by its own maximum, then sums the
-    exponentials with ``interval_sums`` (cells overlap only when there are
-    more of them than positions: then one sum per cell).
+    Sums are one GEMM over all cells (``box_sums``).  A logsumexp shifts
+    each *piece* (the boxes the cell edges of all grids cut the map into) by
+    its own maximum, sums the exponentials by one GEMM
+    (``piece_logsumexp``), and combines the pieces of each cell: one pass
+    over ``A`` for every grid of a pyramid.
     """
+    grids = _checks.check_pooling(grids)
     n, k, Ho, Wo = A.shape
-    gh, gw = grid
     if reduce == "sum":
-        sums = interval_sums(A, _edges(Ho, gh), _edges(Wo, gw), xp)
-        return xp.reshape(sums, (n, k * gh * gw))
-    cells = [(y0, y1, x0, x1) for y0, y1 in _edges(Ho, gh) for x0, x1 in _edges(Wo, gw)]
-    cmax = [xp.max(A[:, :, y0:y1, x0:x1], axis=(2, 3)) for y0, y1, x0, x1 in cells]
-    cmax = xp.stack(cmax, axis=2)  # (n, k, gh·gw)
-    cmax = xp.where(xp.isfinite(cmax), cmax, xp.zeros_like(cmax))
-    if gh > Ho or gw > Wo:
-        S = [
-            xp.sum(
-                xp.exp(A[:, :, y0:y1, x0:x1] - cmax[:, :, i, None, None]), axis=(2, 3)
-            )
-            for i, (y0, y1, x0, x1) in enumerate(cells)
+        boxes = [
+            (y0, y1, x0, x1)
+            for gh, gw in grids
+            for y0, y1 in _edges(Ho, gh)
+            for x0, x1 in _edges(Wo, gw)
         ]
-        S = xp.stack(S, axis=2)
+        return _flat(box_sums(A, boxes, xp), grids, xp)
+    rows, row_runs = _pieces(Ho, grids, 0)
+    cols, col_runs = _pieces(Wo, grids, 1)
+    S, M = piece_logsumexp(A, rows, cols, xp)
+    out = []
+    for g in range(len(grids)):
+        for r0, r1 in row_runs[g]:
+            for c0, c1 in col_runs[g]:
+                out.append(_combine(S[:, :, r0:r1, c0:c1], M[:, :, r0:r1, c0:c1], xp))
+    return _flat(xp.stack(out, axis=2), grids, xp)
+
+
+def _combine(S, M, xp):
+    """logsumexp of a cell from its pieces' sums ``S`` and maxima ``M``
+    (n, k, rows, cols): ``log Σ S·exp(M − max M) + max M``; ``-inf`` for a
+    dead kernel (all ``M = -inf``), without a warning."""
+    if S.shape[2] * S.shape[3] > 1:
+        top = xp.max(M, axis=(2, 3), keepdims=True)
+        top = xp.where(xp.isfinite(top), top, xp.zeros_like(top))
+        S = xp.sum(S * xp.exp(M - top), axis=(2, 3))
+        M = top[:, :, 0, 0]
     else:
-        for i, (y0, y1, x0, x1) in enumerate(cells):
-            A[:, :, y0:y1, x0:x1] = A[:, :, y0:y1, x0:x1] - cmax[:, :, i, None, None]
-        S = interval_sums(xp.exp(A), _edges(Ho, gh), _edges(Wo, gw), xp)
-        S = xp.reshape(S, (n, k, gh * gw))
-    # log 0 = -inf for cells of a dead kernel, without a warning
+        S, M = S[:, :, 0, 0], M[:, :, 0, 0]
+        M = xp.where(xp.isfinite(M), M, xp.zeros_like(M))
     positive = S > 0
     log_S = xp.log(xp.where(positive, S, xp.ones_like(S)))
-    log_S = xp.where(positive, log_S, xp.full_like(S, -xp.inf))
-    return xp.reshape(log_S + cmax, (n, k * gh * gw))
+    return xp.where(positive, log_S, xp.full_like(S, -math.inf)) + M
+
+
+def _flat(S, grids, xp):
+    """``(n, k, Σ cells)`` → ``(n, k·Σ cells)``, grid after grid."""
+    n, k, _ = S.shape
+    blocks, start = [], 0
+    for gh, gw in grids:
+        stop = start + gh * gw
+        blocks.append(xp.reshape(S[:, :, start:stop], (n, k * gh * gw)))
+        start = stop
+    return blocks[0] if len(blocks) == 1 else xp.concat(blocks, axis=1)
+
+
+def _blocks(F, grids, xp):
+    """The per-grid column blocks of pooled features ``F (n, k·Σ cells)``."""
+    k = F.shape[1] // _checks.n_cells(grids)
+    blocks, start = [], 0
+    for gh, gw in grids:
+        blocks.append(F[:, start : start + k * gh * gw])
+        start += k * gh * gw
+    return blocks
