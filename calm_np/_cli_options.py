@@ -97,6 +97,15 @@ def _size(low):
     return parse
 
 
+def _pooling(text):
+    """``3``, ``2x3`` or a pyramid ``2+3`` (each grid ``G`` or ``GHxGW``):
+    the grid, or a tuple of (gh, gw) grids whose features are concatenated."""
+    grids = [_size(1)(part) for part in text.split("+")]
+    if len(grids) == 1:
+        return grids[0]
+    return tuple(g if isinstance(g, tuple) else (g, g) for g in grids)
+
+
 def _batch_size(text):
     if text.lower() in ("none", "all"):
         return "all"
@@ -171,7 +180,12 @@ def _add_estimator_options(p):
         "--features",
         choices=_choices("features", ("log_joint", "log_posterior", "posterior")),
     )
-    g.add_argument("--pooling", type=_size(1), metavar="G|GHxGW")
+    g.add_argument(
+        "--pooling",
+        type=_pooling,
+        metavar="G|GHxGW|G+G..",
+        help="grid of pooling cells, or a pyramid of grids (e.g. 2+3)",
+    )
     if "latent" in _estimator_param_names():
         g.add_argument("--latent", choices=_choices("latent", ("image", "patch")))
 

@@ -279,6 +279,19 @@ def _box_mean(image, size):
     return out / size**2
 
 
+def test_cli_pooling_pyramid_concatenates_the_grids(tmp_path, capsys):
+    out = tmp_path / "ev"
+    status, _, _ = run(
+        capsys,
+        "evaluate",
+        "--n-kernels", "8", "--kernel-size", "3", "--max-iter", "2",
+        "--pooling", "1+2x3", "--quiet", "--limit", "200", "--out", out,
+    )  # fmt: skip
+    assert status == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["evaluation"]["n_features"] == 8 * (1 + 2 * 3)
+
+
 def test_cli_best_presets_use_the_measured_readout():
     best = evaluation.PRESETS["best"]["mnist"]
     best256 = evaluation.PRESETS["best256"]["mnist"]
@@ -305,7 +318,10 @@ def test_cli_probe_C_comes_from_the_preset_unless_given():
     assert probe_C("evaluate", "--dataset", "fashion-mnist", "--C", "2") == 2.0
     assert probe_C("evaluate", "--dataset", "digits") == 1.0
     fashion256 = ("--dataset", "fashion-mnist", "--preset", "best256")
-    assert probe_C("evaluate", *fashion256) == 1.0
+    best256 = evaluation.PRESETS["best256"]["mnist"].get("C", 1.0)
+    assert probe_C("evaluate", *fashion256) == best256
+    paper = ("--dataset", "fashion-mnist", "--preset", "paper")
+    assert probe_C("evaluate", *paper) == 1.0
 
 
 def test_cli_paper_preset(tmp_path, capsys):
@@ -383,6 +399,7 @@ def test_cli_progress_lines_go_to_stderr(tmp_path, capsys):
         (["fit", "--dtype", "float16"], "--dtype"),
         (["fit", "--preprocess", "pca"], "--preprocess"),
         (["evaluate", "--C", "0"], "--C"),
+        (["evaluate", "--pooling", "2+x"], "--pooling"),
         (["show"], "MODEL"),
         (["frobnicate"], "invalid choice"),
         ([], "COMMAND"),
