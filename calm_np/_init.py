@@ -7,6 +7,8 @@ on the caller's namespace and device.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import _checks, _whiten
@@ -51,12 +53,15 @@ def sample_patches(images, padding, kernel_shape, n_patches, rng, xp, dtype):
     return xp.stack(patches, axis=0)
 
 
-def d2_sample(patches, n_new, rng, xp, centers=None):
+def d2_sample(patches, n_new, rng, xp, centers=None, trials=1):
     """k-means++ seeding: pick ``n_new`` patches by D² sampling.
 
     Distances are to ``centers`` (existing kernels, may be None) and to the
-    patches already picked.  The cumulative sum and the search run on the
-    device; one scalar per pick crosses to the host.
+    patches already picked.  With ``trials > 1`` each pick is the best of
+    ``trials`` D² draws, the one that lowers the summed distance most
+    (greedy k-means++, as scikit-learn's ``kmeans_plusplus``).  The
+    cumulative sum and the search run on the device; a few scalars per pick
+    cross to the host.
     """
     p = patches.shape[0]
     flat = xp.reshape(patches, (p, -1))
@@ -84,12 +89,16 @@ def d2_sample(patches, n_new, rng, xp, centers=None):
         cum = xp.cumulative_sum(d2)
         total = float(cum[-1])
         if not total > 0.0:  # every patch already a center: pick uniformly
-            idx = int(rng.randint(p))
+            draws = [int(rng.randint(p))]
         else:
-            u = rng.uniform() * total
-            idx = min(int(xp.sum(xp.astype(cum < u, xp.int64))), p - 1)
-        chosen.append(idx)
-        d2 = xp.minimum(d2, dist2(flat[idx, ...]))
+            us = [rng.uniform() * total for _ in range(trials)]
+            draws = [min(int(xp.sum(xp.astype(cum < u, xp.int64))), p - 1) for u in us]
+        options = [xp.minimum(d2, dist2(flat[i, ...])) for i in draws]
+        best = 0
+        if len(draws) > 1:
+            best = min(range(len(draws)), key=lambda j: float(xp.sum(options[j])))
+        chosen.append(draws[best])
+        d2 = options[best]
     return xp.stack([patches[i, ...] for i in chosen], axis=0)
 
 
@@ -118,7 +127,9 @@ def initial_kernels(
     if init == "random_patches":
         idx = rng.choice(patches.shape[0], size=n_kernels, replace=False)
         return xp.stack([patches[int(i), ...] for i in idx], axis=0)
-    return d2_sample(patches, n_kernels, rng, xp)
+    # greedy k-means++ (scikit-learn's number of trials)
+    trials = 2 + int(math.log(n_kernels))
+    return d2_sample(patches, n_kernels, rng, xp, trials=trials)
 
 
 def whitened_sample(images, padding, kernel_shape, rng, xp, dtype):
