@@ -45,9 +45,8 @@ def test_greedy_seeding_covers_planted_clusters_better_on_average():
     rng = np.random.default_rng(0)
     centers = rng.standard_normal((8, 6)) * 10
     sizes = [400, 200, 100, 50, 25, 12, 6, 3]
-    X = np.concatenate(
-        [c + rng.standard_normal((n, 6)) * 0.1 for c, n in zip(centers, sizes, strict=True)]
-    )
+    parts = zip(centers, sizes, strict=True)
+    X = np.concatenate([c + rng.standard_normal((n, 6)) * 0.1 for c, n in parts])
 
     def covered(trials):
         hits = []
