@@ -296,7 +296,7 @@ def test_cli_best_presets_use_the_measured_readout():
     best = evaluation.PRESETS["best"]["mnist"]
     best256 = evaluation.PRESETS["best256"]["mnist"]
     assert best256["n_kernels"] * best256["pooling"] ** 2 <= 256
-    for preset in (best, best256):
+    for preset in (best, best256, evaluation.PRESETS["best1152"]["mnist"]):
         params = {
             k: v
             for k, v in preset.items()
