@@ -52,7 +52,7 @@ def main():
     default_moves = _moves.MAX_MOVES
     for moves in (0, default_moves):
         _moves.MAX_MOVES = moves
-        for init in ("kmeans++", "random_patches", "random"):
+        for init in ("kmeans++", "greedy_kmeans++", "random_patches", "random"):
             res = [run(seed, init) for seed in range(10)]
             ok = sum(r[0] for r in res)
             gaps = [r[1] for r in res]

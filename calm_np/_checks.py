@@ -18,7 +18,7 @@ from ._xp import default_float, is_array_api_obj, logsumexp
 
 METHODS = ("auto", "im2col", "fft")
 LATENTS = ("image", "patch")
-INITS = ("kmeans++", "random_patches", "random")
+INITS = ("kmeans++", "greedy_kmeans++", "random_patches", "random")
 FEATURES = ("log_joint", "log_posterior", "posterior", "triangle")
 
 

@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 from . import __version__, _cli_network, datasets, evaluation
+from ._checks import INITS
 from ._estimator import ConvolutionalMixture
 from ._fused import _n_threads
 from .evaluation import DATASETS, PRESETS
@@ -152,7 +153,7 @@ def _add_estimator_options(p):
             g.add_argument(
                 flag, action=argparse.BooleanOptionalAction, default=None, help=text
             )
-    inits = _choices("init", ("kmeans++", "random_patches", "random"))
+    inits = _choices("init", INITS)
     g.add_argument(
         "--init",
         metavar="|".join(inits) + "|MODEL.npz",
@@ -388,7 +389,7 @@ def check_paths(args):
             png = png / name
         _check_writable(png, "--out")
         return dict(png=png)
-    inits = _choices("init", ("kmeans++", "random_patches", "random"))
+    inits = _choices("init", INITS)
     if args.init is not None and args.init not in inits:
         if not args.init.endswith(".npz"):
             raise UserError(

@@ -89,10 +89,10 @@ class ConvolutionalMixture(ParamsMixin):
         Learn the mixture weights ``π_k = N_k / n``; otherwise uniform.
     learn_variance : bool, default=False
         Learn a shared pixel variance σ² (SPEC §2; ECM) instead of σ² = 1.
-    init : {"kmeans++", "random_patches", "random"} or array, default="kmeans++"
-        Initial kernels: k-means++ (D²) sampling over patches of the data,
-        uniformly drawn patches, Gaussian noise scaled to the data, or an
-        array of shape ``(n_kernels, n_channels, kh, kw)``.
+    init : {"kmeans++", "greedy_kmeans++", "random_patches", "random"} or array
+        k-means++ (D²) sampling over patches of the data (default; greedy:
+        the best of ``2 + log k`` draws each pick), uniform patches, noise
+        scaled to the data, or kernels ``(n_kernels, n_channels, kh, kw)``.
     n_init : int, default=1
         Number of initialisations; the run with the best objective is kept.
     max_iter : int, default=100

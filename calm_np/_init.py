@@ -127,8 +127,8 @@ def initial_kernels(
     if init == "random_patches":
         idx = rng.choice(patches.shape[0], size=n_kernels, replace=False)
         return xp.stack([patches[int(i), ...] for i in idx], axis=0)
-    # greedy k-means++ (scikit-learn's number of trials)
-    trials = 2 + int(math.log(n_kernels))
+    # greedy: the best of scikit-learn's number of draws per pick
+    trials = 2 + int(math.log(n_kernels)) if init == "greedy_kmeans++" else 1
     return d2_sample(patches, n_kernels, rng, xp, trials=trials)
 
 

@@ -69,3 +69,16 @@ def test_d2_sample_with_existing_centers_keeps_away_from_them(trials):
     rs = np.random.RandomState(0)
     picks = d2_sample(X, 1, rs, np, centers=centers, trials=trials)
     assert picks[0, 0] > 10  # from the other cluster
+
+
+def test_greedy_init_is_an_estimator_option():
+    from calm_np import ConvolutionalMixture
+
+    X = np.random.default_rng(0).standard_normal((20, 1, 10, 10))
+    options = dict(kernel_size=3, max_iter=0, random_state=0)
+    fits = {
+        init: ConvolutionalMixture(6, init=init, **options).fit(X).kernels_
+        for init in ("kmeans++", "greedy_kmeans++")
+    }
+    assert fits["kmeans++"].shape == fits["greedy_kmeans++"].shape == (6, 1, 3, 3)
+    assert not np.array_equal(fits["kmeans++"], fits["greedy_kmeans++"])
