@@ -623,7 +623,7 @@ BAD_PARAMS = [
     (
         dict(init="magic"),
         ValueError,
-        "init must be one of .'kmeans\\+\\+', "
+        "init must be one of .'kmeans\\+\\+', 'greedy_kmeans\\+\\+', "
         "'random_patches', 'random'. or an array of kernels, got 'magic'",
     ),
     (dict(method="direct"), ValueError, "method must be one of"),
