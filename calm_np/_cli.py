@@ -6,15 +6,13 @@
 
 ``fit`` writes into ``--out`` (default ``calm-np-output``): ``model.npz``,
 ``kernels.png``, ``log_likelihood.png`` and ``summary.json``. ``evaluate``
-adds the accuracy of a multinomial logistic regression on standardized
-features to the same summary.
+adds a linear probe's accuracy (``evaluation.linear_probe``) to the summary.
 
 Errors a user can make (a missing data folder, a bad option value, no GPU for
 ``--backend cupy``) end with one line on stderr and a non-zero exit status;
 ``CALM_NP_DEBUG=1`` shows the traceback instead.
 
-matplotlib (figures) and scikit-learn (the bundled digits) are imported
-when needed: ``pip install "calm_np[examples]"``.
+matplotlib and scikit-learn load when needed: ``pip install "calm_np[examples]"``.
 """
 
 from __future__ import annotations
@@ -83,13 +81,15 @@ def _load_saved(args):
     for option in MODEL_OPTIONS:
         path = getattr(args, option, None)
         if path is not None and (option != "init" or path.endswith(".npz")):
-            saved[option] = load_model(path, "--" + option.replace("_", "-"))
+            flag = "--" + option.replace("_", "-")
+            saved[option] = load_model(path, flag, networks=option == "model")
     return saved
 
 
 def _on_backend(model, to_backend):
-    model.kernels_ = to_backend(to_numpy(model.kernels_))
-    model.weights_ = to_backend(to_numpy(model.weights_))
+    for layer in _cli_network.layers_of(model):  # a network: each layer
+        layer.kernels_ = to_backend(to_numpy(layer.kernels_))
+        layer.weights_ = to_backend(to_numpy(layer.weights_))
     return model
 
 
@@ -201,7 +201,7 @@ def _run_fit(args, evaluate):
     window = _as_pair(params.get("kernel_size", 5))
     for option in ("model", "warm_start"):
         if option in saved:  # normalize as for the saved model's kernels
-            window = tuple(saved[option].kernel_size_)
+            window = tuple(_cli_network.layers_of(saved[option])[0].kernel_size_)
     X_train, X_test = _preprocess(preprocess, X_train, X_test, window)
     log(f"{args.dataset}: {X_train.shape[0]} training images, preprocess {preprocess}")
     X_train_b = to_backend(X_train)
@@ -254,10 +254,11 @@ def _loaded(args, params, model, to_backend, n_channels):
         for k in ("features", "pooling", "method", "batch_size")
         if getattr(args, k, None) is not None
     }
-    model.set_params(**overrides)
-    if model.n_channels_in_ != n_channels:
+    _cli_network.set_layer_params(model, **overrides)
+    n_in = _cli_network.layers_of(model)[0].n_channels_in_
+    if n_in != n_channels:
         raise UserError(
-            f"--model {args.model} was fitted on {model.n_channels_in_}-channel "
+            f"--model {args.model} was fitted on {n_in}-channel "
             f"images but {args.dataset} has {n_channels}"
         )
     return model
@@ -325,7 +326,7 @@ def _run_show(args):
     from . import plots
 
     path = check_paths(args)["png"]
-    model = load_model(args.model, "MODEL")
+    model = _cli_network.layers_of(load_model(args.model, "MODEL", networks=True))[0]
     path.parent.mkdir(parents=True, exist_ok=True)
     k, c, kh, kw = model.kernels_.shape
     plots.kernel_grid(model.kernels_, path, title=f"{k} kernels {kh}x{kw}")

@@ -8,6 +8,7 @@ what the command line says.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import zipfile
@@ -17,6 +18,7 @@ from . import __version__, _cli_network, datasets, evaluation
 from ._checks import INITS
 from ._estimator import ConvolutionalMixture
 from ._fused import _n_threads
+from ._network import ConvolutionalMixtureNetwork
 from .evaluation import DATASETS, PRESETS
 from .preprocessing import PREPROCESSORS
 
@@ -463,23 +465,32 @@ def _check_folder(folder, flag):
         )
 
 
-def load_model(path, flag):
+# what parsing a damaged or foreign model file may raise (ValueError: also
+# JSON and Unicode errors)
+_LOAD_ERRORS = (
+    ValueError,
+    TypeError,
+    OSError,
+    LookupError,
+    AttributeError,
+    EOFError,
+    zipfile.BadZipFile,
+)
+
+
+def load_model(path, flag, networks=False):
     """A saved model, or a :class:`UserError` naming the option and the file.
 
     A damaged or foreign file may fail in many ways while it is parsed (the
     estimator's ``load`` says what is wrong); all of them are user errors.
+    With ``networks`` a saved :class:`ConvolutionalMixtureNetwork` is read too.
     """
     try:
         return ConvolutionalMixture.load(path)
-    except (
-        ValueError,  # also JSON and Unicode errors
-        TypeError,
-        OSError,
-        LookupError,
-        AttributeError,
-        EOFError,
-        zipfile.BadZipFile,
-    ) as exc:
+    except _LOAD_ERRORS as exc:
+        if networks:
+            with contextlib.suppress(*_LOAD_ERRORS):
+                return ConvolutionalMixtureNetwork.load(path)
         text = " ".join((str(exc) or type(exc).__name__).split())
         if isinstance(exc, KeyError):
             text = f"its header lacks {text}"

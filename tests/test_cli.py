@@ -600,6 +600,18 @@ def test_cli_evaluate_fits_a_two_layer_network(tmp_path, capsys):
     assert summary["evaluation"]["n_features"] == n_features
     assert f"{n_features} features" in stdout
     assert_png(out / "kernels.png")  # layer 1's kernels
+    # a saved network is read back by --model and show
+    status, _, _ = run(
+        capsys, "evaluate", "--model", out / "model.npz", "--limit", "150",
+        "--padding", "1", "--quiet", "--out", tmp_path / "again",
+    )  # fmt: skip
+    assert status == 0
+    again = json.loads((tmp_path / "again" / "summary.json").read_text())
+    assert again["evaluation"]["n_features"] == n_features
+    assert again["evaluation"]["accuracy"] == summary["evaluation"]["accuracy"]
+    png = tmp_path / "shown.png"
+    assert run(capsys, "show", out / "model.npz", "--out", png)[0] == 0
+    assert_png(png)
 
 
 def test_cli_network_preset_and_refusals(tmp_path, capsys):
