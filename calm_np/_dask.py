@@ -237,7 +237,9 @@ def statistics(
     weights_key = None if log_weights is None else dask.delayed(log_weights, pure=True)
     token = dask.base.tokenize(X.name, kernels, log_weights, *options, whitening)
     # the whitening's arrays as one more key, after the options
-    whitening_key = whitening and dask.delayed(tuple(whitening), pure=True)
+    whitening_key = None
+    if whitening is not None:
+        whitening_key = dask.delayed(tuple(whitening), pure=True)
     options = (*options, whitening_key)
     # A blockwise map that keeps every axis (one statistics object per chunk
     # as a 1x1x1(x1) "block") fuses with the layers that produce the chunk

@@ -423,12 +423,14 @@ class Params:
     variance: float = 1.0
 
     def m_step(self, stats, reg_kernels, learn_weights, learn_variance):
-        """The next :class:`Params` (ECM: :func:`m_step`)."""
-        variance = self.variance if learn_variance else None
-        new = m_step(
-            stats, self.kernels, self.log_weights, reg_kernels, learn_weights, variance
-        )
-        return Params(*new)
+        """The next :class:`Params`, by ECM: :func:`m_step` at the current σ²,
+        then, if learned, :func:`variance_step` with the new kernels."""
+        variance = self.variance if learn_variance else 1.0
+        args = (reg_kernels, learn_weights, variance)
+        kernels, log_w = m_step(stats, self.kernels, self.log_weights, *args)
+        if learn_variance:
+            variance = variance_step(stats, kernels, variance)
+        return Params(kernels, log_w, variance)
 
 
 def objective(stats, kernels, reg_kernels=0.0):
@@ -452,27 +454,23 @@ def objective(stats, kernels, reg_kernels=0.0):
 
 
 def m_step(
-    stats, kernels, log_weights, reg_kernels=0.0, learn_weights=False, variance=None
+    stats, kernels, log_weights, reg_kernels=0.0, learn_weights=False, variance=1.0
 ):
     """MAP update ``(kernels, log_weights)``; kernels without mass keep their value.
 
-    ``μ_k = S_k / (N_k + λσ²)`` and, with ``learn_weights``, ``π_k = N_k / n``;
-    otherwise the weights stay as they are.  ``variance=None`` is the
-    paper's model (σ² = 1, not learned); a float is the current σ², learned:
-    then the new σ² (:func:`variance_step`, with the new kernels: ECM) comes
-    back too, ``(kernels, log_weights, variance)``.
+    ``μ_k = S_k / (N_k + λσ²)`` at the current σ² (``variance``; 1 is the
+    paper's model) and, with ``learn_weights``, ``π_k = N_k / n``; otherwise
+    the weights stay as they are.  σ²'s own step is :func:`variance_step`.
     """
     xp = get_namespace(kernels)[0]
     dtype = kernels.dtype
-    new, ok = stats.m_step(reg_kernels, 1.0 if variance is None else variance)
+    new, ok = stats.m_step(reg_kernels, variance)
     mask = xp.reshape(ok, (-1, 1, 1, 1))
     new = xp.where(mask, xp.astype(new, dtype), kernels)
     if learn_weights:
         total = xp.sum(stats.counts)
         log_weights = xp.astype(xp.log(stats.counts / total), dtype)
-    if variance is None:
-        return new, log_weights
-    return new, log_weights, variance_step(stats, new, variance)
+    return new, log_weights
 
 
 def variance_step(stats, kernels, variance=1.0):
