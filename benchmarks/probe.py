@@ -27,9 +27,11 @@ Rerun::
 
     PYTHONPATH=$PWD python benchmarks/probe.py [--n-train 60000] [--repeats 5]
         [--probe-repeats 1] [--cache /work/ref/probe] [--threads 2]
+        [--probe-threads 1 2] [--rows 256 512] [--skip-probe]
 
-``--threads`` sets ``CALM_NP_NUM_THREADS`` (the new pass's threads; the
-old one runs BLAS on one thread as it did).  ``--rows`` lists block sizes
+``--threads`` sets ``CALM_NP_NUM_THREADS`` for the ``pass`` measurement,
+``--probe-threads`` lists the thread counts of the new probe's runs (the
+old one runs BLAS on one thread, as it did).  ``--rows`` lists block sizes
 to time in the ``pass`` measurement.
 """
 
@@ -188,6 +190,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--probe-repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--probe-threads", type=int, nargs="*", default=[2])
     parser.add_argument("--rows", type=int, nargs="*", default=[256])
     parser.add_argument("--C", type=float, default=0.1)
     parser.add_argument("--skip-probe", action="store_true")
@@ -206,19 +209,24 @@ def main(argv=None):
     time_pass(F_train, y_train, args.rows, args.repeats, args.C)
     if args.skip_probe:
         return
-    print("probe (standardize, L-BFGS-B, accuracy):")
+    print("probe (standardize, L-BFGS-B, accuracy; cpu: all threads' seconds):")
     for _ in range(args.probe_repeats):
         seconds = {}
-        for name, probe in (("old", old_probe), ("new", new_probe)):
-            start = time.perf_counter()
+        runs = [("old", None)] + [(f"new {t} threads", t) for t in args.probe_threads]
+        for name, threads in runs:
+            if threads is not None:
+                os.environ["CALM_NP_NUM_THREADS"] = str(threads)
+            probe = old_probe if threads is None else new_probe
+            start, cpu = time.perf_counter(), time.process_time()
             accuracy, nfev = probe(F_train, y_train, F_test, y_test, C=args.C)
             seconds[name] = time.perf_counter() - start
+            ratio = seconds["old"] / seconds[name]
             print(
-                f"  {name}: {seconds[name]:.1f} s, {nfev} evaluations, "
-                f"accuracy {accuracy:.4f}",
+                f"  {name:>13}: {seconds[name]:6.1f} s (cpu "
+                f"{time.process_time() - cpu:6.1f} s), {nfev} evaluations, "
+                f"accuracy {accuracy:.4f}, old/new {ratio:.2f}x",
                 flush=True,
             )
-        print(f"  old/new {seconds['old'] / seconds['new']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -415,11 +415,15 @@ def _fit_probe(A, y_index, k, *, C, tol, max_iter):
     """``(W, b)``, float64, of :func:`linear_probe`'s regression on standardized
     float32 features ``A`` and class indices ``y_index`` in ``range(k)``."""
     from scipy.optimize import minimize
+    from threadpoolctl import threadpool_limits
 
     n, d = A.shape
     Y = np.zeros((n, k), dtype=np.float32)
     Y[np.arange(n), y_index] = 1.0
-    with _single_threaded_blas():
+    # A fresh limit: it also reaches the BLAS that SciPy's L-BFGS-B calls,
+    # which the package's shared controller may have been made without
+    # (threaded, that BLAS made each L-BFGS-B step 20x slower).
+    with threadpool_limits(limits=1, user_api="blas"), _single_threaded_blas():
         result = minimize(
             _softmax_loss(A, Y, 1.0 / (C * n)),
             np.zeros((d + 1) * k),
@@ -461,10 +465,11 @@ def _over_rows(n, work, size, rows=None):
 
     firsts = range(0, n, span)
     threads = min(_n_threads(), len(firsts))
-    with _single_threaded_blas():
-        sums = list(
-            map(task, firsts) if threads == 1 else _executor(threads).map(task, firsts)
-        )
+    with _single_threaded_blas() as single:  # without threadpoolctl: no threads
+        if threads == 1 or not single:
+            sums = list(map(task, firsts))
+        else:
+            sums = list(_executor(threads).map(task, firsts))
     total = np.zeros(size)
     for acc in sums:
         total += acc
@@ -511,11 +516,10 @@ def _softmax_loss(A, Y, alpha, rows=None):
     ``softmax(A @ W + b)`` against one-hot ``Y``, plus ``alpha/2 ||W||^2``.
 
     ``w`` is ``W`` (n_features, n_classes) raveled, then ``b``. One pass
-    over blocks of ``rows`` rows of ``A`` on the fused path's threads: per
-    block, float32 products ``Z = A_b @ W + b`` and ``A_b.T @ (softmax(Z) -
-    Y_b)`` while ``A_b`` is in cache, added into float64 sums (one per
-    thread, each thread's blocks fixed, so the result never depends on
-    timing).
+    over blocks of ``rows`` rows of ``A`` (:func:`_over_rows`): per block,
+    float32 products ``Z = A_b @ W + b`` and ``(softmax(Z) - Y_b).T @ A_b``
+    while ``A_b`` is in cache, added into float64 sums. (``P.T @ A_b``, the
+    gradient's transpose, ran 8 % faster than ``A_b.T @ P``.)
     """
     n, d = A.shape
     k = Y.shape[1]
@@ -525,7 +529,7 @@ def _softmax_loss(A, Y, alpha, rows=None):
         W32 = W.reshape(d, k).astype(np.float32)
         b32 = w[d * k :].astype(np.float32)
 
-        def work(start, stop, acc):  # acc: gradient of W, of b, then the loss
+        def work(start, stop, acc):  # acc: gradient of W.T, of b, then the loss
             A_b, Y_b = A[start:stop], Y[start:stop]
             Z = A_b @ W32
             Z += b32
@@ -535,11 +539,13 @@ def _softmax_loss(A, Y, alpha, rows=None):
             acc[-1] += np.log(total).sum(dtype=np.float64) - np.vdot(Z, Y_b)
             P /= total
             P -= Y_b  # the gradient of the cross-entropy with respect to Z
-            acc[: d * k] += (A_b.T @ P).ravel()
+            acc[: d * k].reshape(k, d)[...] += P.T @ A_b
             acc[d * k : -1] += P.sum(axis=0, dtype=np.float64)
 
         total = _over_rows(n, work, (d + 1) * k + 1, rows) / n
-        grad = total[:-1]
+        grad = np.concatenate(
+            [total[: d * k].reshape(k, d).T.ravel(), total[d * k : -1]]
+        )
         grad[: d * k] += alpha * W
         return total[-1] + 0.5 * alpha * (W @ W), grad
 
