@@ -14,9 +14,12 @@ The kernels are fitted on the first 2000 training images only (features
 fast to make, as realistic as the preset's); the features are cached as
 float32 ``.npy`` files in ``--cache`` (made on the first run, ~2 minutes).
 
-Two measurements, each old and new interleaved in one run (the machines are
+Three measurements, old and new side by side in one run (the machines are
 shared: compare the ratio, never seconds across runs):
 
+- ``standardization``: seconds and peak memory allocated (tracemalloc) by
+  the old and new standardization of float64 features (what
+  ``extract_features`` returns);
 - ``pass``: one loss-and-gradient evaluation at a random point, median of
   ``--repeats`` round-robin repeats, and the largest difference of the two
   gradients;
@@ -155,6 +158,36 @@ def make_features(cache, n_fit=2000):
         np.save(cache / f"y_{name}.npy", y)
 
 
+def old_standardized(F_train, F_test):
+    """The previous standardization (float64 copies of the features)."""
+    F_train = np.asarray(F_train, dtype=np.float64)
+    mean, scale = F_train.mean(axis=0), F_train.std(axis=0)
+    scale[scale == 0] = 1.0
+    A = ((F_train - mean) / scale).astype(np.float32)
+    B = ((np.asarray(F_test, dtype=np.float64) - mean) / scale).astype(np.float32)
+    return A, B
+
+
+def standardize_memory(F_train, F_test):
+    """Seconds and peak MB allocated (tracemalloc) by each standardization of
+    float64 features (``extract_features`` returns float64), beyond them."""
+    import tracemalloc
+
+    from calm_np import evaluation
+
+    F_train, F_test = F_train.astype(np.float64), F_test.astype(np.float64)
+    runs = dict(old=old_standardized, new=evaluation._standardized)
+    for name, standardize in runs.items():
+        tracemalloc.start()
+        start = time.perf_counter()
+        out = standardize(F_train, F_test)
+        seconds = time.perf_counter() - start
+        peak = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
+        del out
+        print(f"  {name}: {seconds:.2f} s, peak {peak:.0f} MB allocated")
+
+
 def time_pass(F_train, y_train, rows_list, repeats, C):
     """Median seconds of one loss-and-gradient evaluation, old and new."""
     from calm_np import evaluation
@@ -205,6 +238,8 @@ def main(argv=None):
         f"dtype {F_train.dtype} (cached features), train {F_train.shape}, "
         f"test {F_test.shape}, {len(np.unique(y_train))} classes, C={args.C}"
     )
+    print("standardization (float64 features in, float32 out):")
+    standardize_memory(F_train, F_test)
     print("pass (one loss and gradient):")
     time_pass(F_train, y_train, args.rows, args.repeats, args.C)
     if args.skip_probe:
