@@ -10,7 +10,7 @@ benchmarks share:
 - :func:`load_dataset`: a data set by name, split into training and test
   images;
 - :func:`preprocess`: a named preprocessing fitted on the training images;
-- :func:`extract_features`: ``transform`` in chunks, as a host float64 array;
+- :func:`extract_features`: ``transform`` in chunks, as a host array;
 - :func:`linear_probe`: the test accuracy of a multinomial logistic
   regression on standardized features.
 
@@ -304,7 +304,11 @@ def preprocess(name, X_train, X_test=None, *, window=7):
 
 
 def extract_features(model, X, batch_size=1000, *, progress=False):
-    """``model.transform`` in chunks (bounded memory), as a float64 host array.
+    """``model.transform`` in chunks (bounded memory), as a NumPy host array.
+
+    The features keep the model's floating dtype (float32 for float32
+    images: the main job's 60 000 x 2304 features are 0.55 GB, not 1.1);
+    the probe standardizes them in float64 block by block.
 
     Parameters
     ----------
@@ -319,7 +323,7 @@ def extract_features(model, X, batch_size=1000, *, progress=False):
 
     Returns
     -------
-    features : ndarray of shape (n, n_features), float64
+    features : ndarray of shape (n, n_features), the transform's dtype
     """
     if hasattr(X, "shape"):
         n = X.shape[0]
@@ -327,14 +331,23 @@ def extract_features(model, X, batch_size=1000, *, progress=False):
     else:
         n, chunks = None, iter(X)
     bar = _bar(n, progress and n is not None and n > batch_size)
-    out = []
+    out, filled = [], 0
     for chunk in chunks:
-        out.append(np.asarray(to_numpy(model.transform(chunk))))
+        F = np.asarray(to_numpy(model.transform(chunk)))
+        if n is None:
+            out.append(F)
+        else:  # one array filled in place: no second copy at the end
+            if not out:
+                out.append(np.empty((n, *F.shape[1:]), dtype=F.dtype))
+            out[0][filled : filled + F.shape[0]] = F
+        filled += F.shape[0]
         if bar is not None:
-            bar.update(out[-1].shape[0])
+            bar.update(F.shape[0])
     if bar is not None:
         bar.close()
-    return np.concatenate(out, axis=0).astype(np.float64)
+    if not out:
+        raise ValueError("X holds no images; give at least one to extract features")
+    return out[0] if n is not None else np.concatenate(out, axis=0)
 
 
 def _bar(total, wanted):

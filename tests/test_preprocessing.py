@@ -246,10 +246,13 @@ def test_extract_features_of_an_array_and_of_batches():
         n_kernels=2, kernel_size=3, max_iter=2, random_state=0
     ).fit(X)
     whole = evaluation.extract_features(model, X, batch_size=3)
-    assert whole.dtype == np.float64 and whole.shape[0] == 7
-    np.testing.assert_allclose(whole, np.asarray(model.transform(X)), rtol=1e-12)
+    expected = np.asarray(model.transform(X))
+    assert whole.dtype == expected.dtype and whole.shape[0] == 7
+    np.testing.assert_allclose(whole, expected, rtol=1e-12)
     batches = [X[:4], X[4:]]
     np.testing.assert_allclose(evaluation.extract_features(model, batches), whole)
+    single = evaluation.extract_features(model, X.astype(np.float32), batch_size=3)
+    assert single.dtype == np.float32  # not doubled to float64
 
 
 def test_linear_probe_accuracy():
