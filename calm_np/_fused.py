@@ -216,26 +216,34 @@ def statistics(engine, kernels, log_weights, wide, latent="image", margin=0, sca
     return counts, sums, log_norm
 
 
-def readout(engine, kernels, log_weights, func, scale=1.0):
+def readout(engine, kernels, log_weights, func, scale=1.0, sq_norms=None):
     """``Engine.readout`` on NumPy: ``func(A, start, stop)`` per chunk, threaded.
 
     ``A`` is the chunk's log joint (m, k, Ho, Wo), a scratch array (for
     im2col a transposed view of the plan's own, no copy) that the next chunk
     overwrites; the results are concatenated in image order.  Only a few
-    images' maps exist at a time.
+    images' maps exist at a time.  With ``sq_norms``, ``func(A, start, stop,
+    sq)``: whitened patches' ``‖z_u‖²`` from the chunk's own whitened patch
+    matrix (as :func:`sq_norms` computes them), else rows of ``sq_norms()``.
     """
     import numpy as np
 
     Xp, plan, prepared = _plan(engine, kernels, log_weights, scale=scale)
+    own = sq_norms is not None and getattr(plan, "whitening", None) is not None
+    known = None if sq_norms is None or own else sq_norms()
     results = {}
 
     def work(start, stop, buffers):
-        A, _ = plan.e_step(Xp[start:stop], prepared, buffers)
-        results[start] = func(plan.maps(A, stop - start, buffers), start, stop)
+        A, P = plan.e_step(Xp[start:stop], prepared, buffers)
+        args = [plan.maps(A, stop - start, buffers), start, stop]
+        if own:
+            sq = np.einsum("dl,dl->l", P, P)
+            args.append(sq.reshape(stop - start, plan.Ho, plan.Wo))
+        elif known is not None:
+            args.append(known[start:stop])
+        results[start] = func(*args)
 
-    _parallel_chunks(
-        Xp.shape[0], plan.chunk_size, work, lambda: _Buffers(plan.dtype)
-    )
+    _parallel_chunks(Xp.shape[0], plan.chunk_size, work, lambda: _Buffers(plan.dtype))
     return np.concatenate([results[s] for s in sorted(results)], axis=0)
 
 

@@ -26,7 +26,15 @@ from . import _checks
 from ._checks import FEATURES
 from ._em import _Batch
 from ._engines import LATENT_AXES
-from ._xp import box_sums, get_namespace, inplace, logsumexp, piece_logsumexp, relu
+from ._xp import (
+    box_sums,
+    get_namespace,
+    inplace,
+    logsumexp,
+    piece_logsumexp,
+    relu,
+    rsub,
+)
 
 __all__ = ["FEATURES", "bind", "bind_model", "pooled_features"]
 
@@ -58,20 +66,13 @@ def pooled_features(
     args = (log_weights, padding, method, latent, variance, whitening)
     batch = _Batch(X, kernels, *args)
     grids = _checks.check_pooling(pooling)
-    sq_norms = None
+    xp = batch.xp
     if features == "triangle":
-        batch.log_weights = distance_log_weights(batch.log_weights, batch.xp)
-        sq_norms = batch.patch_sq_norms()
-    xp, log_w = batch.xp, batch.log_weights
-    if features == "triangle" and bool(xp.all(log_w == log_w[0])):
-        sq_norms, log_w = sq_norms + 2.0 * log_w[0], None  # one pass less
+        return _pooled_triangle(batch, grids)
 
     def read(A, start, stop):
         if features == "log_joint":
             return pool(A, grids, xp)
-        if features == "triangle":
-            act = triangle(A, sq_norms[start:stop, ...], log_w, xp)
-            return pool(act, grids, xp, reduce="sum")
         if features == "posterior":
             return posterior_mass(A, grids, LATENT_AXES[latent], xp)
         # the log of that mass under the latent, a logsumexp per cell
@@ -83,7 +84,30 @@ def pooled_features(
         blocks = [b - logsumexp(b, axis=1, keepdims=True) for b in blocks]
         return blocks[0] if len(blocks) == 1 else xp.concat(blocks, axis=1)
 
-    return batch.readout(read, scale=1.0 if features == "triangle" else None)
+    return batch.readout(read)
+
+
+def _pooled_triangle(batch, grids):
+    """:func:`pooled_features` for ``features="triangle"``, a chunk at a time.
+
+    The map is read at scale −2 with log weights −2·log π: exactly ``−2·A``
+    (a power of two), the first step of :func:`triangle` done by the
+    E-step's GEMM; the patch norms come per chunk (``Engine.readout``).
+    """
+    xp = batch.xp
+    log_w = distance_log_weights(batch.log_weights, xp)
+    shift = 2.0 * log_w
+    uniform = bool(xp.all(log_w == log_w[0]))
+
+    def read(D, start, stop, sq):
+        if uniform:  # 2 log π (equal for all k) added to the norms: one pass less
+            act = distances_triangle(D, sq + shift[0], None, xp)
+        else:
+            act = distances_triangle(D, sq, shift, xp)
+        return pool(act, grids, xp, reduce="sum")
+
+    engine = batch.engine
+    return engine.readout(batch.kernels, -shift, read, -2.0, batch.patch_sq_norms)
 
 
 def bind(func, kernels, weights, **options):
@@ -165,13 +189,19 @@ def triangle(A, sq_norms, log_w, xp):
     kernel, which makes the code sparse and competitive across kernels.
     """
     A *= -2.0  # A is scratch: overwritten with dist², dist, activations
-    if log_w is not None:
-        A += xp.reshape(2.0 * log_w, (1, -1, 1, 1))
-    A += sq_norms[:, None, ...]
-    dist = inplace("sqrt", relu(A, xp), xp)
-    dist -= xp.mean(dist, axis=1, keepdims=True)
-    dist *= -1.0
-    return relu(dist, xp)
+    shift = None if log_w is None else 2.0 * log_w
+    return distances_triangle(A, sq_norms, shift, xp)
+
+
+def distances_triangle(D, sq_norms, shift, xp):
+    """:func:`triangle` of ``D = −2·A`` (overwritten), ``shift = 2·log π``
+    (or None, see there): ``dist² = D + shift + ‖x_u‖²``."""
+    if shift is not None:
+        D += xp.reshape(shift, (1, -1, 1, 1))
+    D += sq_norms[:, None, ...]
+    dist = inplace("sqrt", relu(D, xp), xp)
+    act = rsub(xp.mean(dist, axis=1, keepdims=True), dist, xp)  # mean_j z_j − z_k
+    return relu(act, xp)
 
 
 def _edges(L, g):

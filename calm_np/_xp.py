@@ -438,6 +438,16 @@ def inplace(name, x, xp):
     return getattr(xp, name)(x)
 
 
+def rsub(a, x, xp):
+    """``a − x`` (``a`` broadcast to ``x``): into ``x`` on NumPy (``x`` is
+    scratch), a new array elsewhere."""
+    if use_native(xp) == "numpy":
+        import numpy as np
+
+        return np.subtract(a, x, out=x)
+    return a - x
+
+
 def memory_order(x):
     """NumPy: ``x`` with its axes permuted into memory order (a view; C
     contiguous when ``x`` is a transposed contiguous array)."""
