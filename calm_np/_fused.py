@@ -17,9 +17,8 @@ shapes, a ``latent`` and a ``margin``; it has ``chunk_size``,
 ``new_accumulator()``, ``chunk(Xc, prepared, acc)`` (the E- and M-step of a
 few images, returning their log normalisers: one per image, or one per
 position for ``latent="patch"``) and ``finish(accs, wide)``; for readouts,
-``e_step(Xc, prepared, buffers)`` (the log joint in the plan's layout, and
-what the M-step reuses) and ``maps(A, m, buffers)`` (that log joint as
-(m, k, Ho, Wo): a view for im2col, a copy for the row-DFT plan).  The
+``readout_maps(Xc, prepared, buffers)`` (the log joint as (m, k, Ho, Wo) in
+the layout that pools fastest, and the patch matrix where there is one).  The
 latent only changes the softmax between the steps
 (over ``(k, u)`` per image, or over ``k`` per position); a margin only
 widens the M-step's windows (a second patch matrix, or row spectra of
@@ -234,8 +233,8 @@ def readout(engine, kernels, log_weights, func, scale=1.0, sq_norms=None):
     results = {}
 
     def work(start, stop, buffers):
-        A, P = plan.e_step(Xp[start:stop], prepared, buffers)
-        args = [plan.maps(A, stop - start, buffers), start, stop]
+        A, P = plan.readout_maps(Xp[start:stop], prepared, buffers)
+        args = [A, start, stop]
         if own:
             sq = np.einsum("dl,dl->l", P, P)
             args.append(sq.reshape(stop - start, plan.Ho, plan.Wo))
@@ -361,9 +360,17 @@ class _Im2colPlan:
         A += bias[:, None]
         return A, P
 
-    def maps(self, A, m, buffers):
-        """``A`` as (m, k, Ho, Wo): a view, no copy."""
-        return A.reshape(self.k, m, self.Ho, self.Wo).transpose(1, 0, 2, 3)
+    def readout_maps(self, Xc, prepared, buffers):
+        """Log joint of a chunk as (m, k, Ho, Wo), a view of (m, Ho, Wo, k):
+        the kernels innermost, every pooling box is long runs (the same GEMM
+        with its operands swapped: the same values), and the patch matrix."""
+        import numpy as np
+
+        Mf, bias = prepared
+        P, m = self.whitened(Xc, buffers), Xc.shape[0]
+        A = np.matmul(P.T, Mf.T, out=buffers.get("A", (m * self.L, self.k)))
+        A += bias
+        return A.reshape(m, self.Ho, self.Wo, self.k).transpose(0, 3, 1, 2), P
 
     def chunk(self, Xc, prepared, acc):
         import numpy as np
@@ -520,14 +527,16 @@ class _RowDFT:
             A.reshape(Wo, k, n_col)[:, dead] = -np.inf
         return A, (T, E)
 
-    def maps(self, A, m, buffers):
-        """``A`` as (m, k, Ho, Wo), copied: in the plan's layout (Wo, k, m, Ho)
-        the positions are short strided runs, which slows every reduction of
-        a readout (a view made the MNIST setup's readouts slower, not faster)."""
-        Ho, Wo = self.Ho, self.Wo
+    def readout_maps(self, Xc, prepared, buffers):
+        """The chunk's log joint as (m, k, Ho, Wo), copied: in the plan's
+        layout (Wo, k, m, Ho) the positions are short strided runs, which
+        slows every reduction of a readout (a view made the MNIST setup's
+        readouts slower); no patch matrix (None)."""
+        A, _ = self.e_step(Xc, prepared, buffers)
+        m, Ho, Wo = Xc.shape[0], self.Ho, self.Wo
         out = buffers.get("maps", (m, self.k, Ho, Wo))
         out[...] = A.reshape(Wo, self.k, m, Ho).transpose(2, 1, 3, 0)
-        return out
+        return out, None
 
     def chunk(self, Xc, prepared, acc):
         import numpy as np
