@@ -204,12 +204,14 @@ def distances_triangle(D, sq_norms, shift, xp):
     return relu(act, xp)
 
 
+@functools.lru_cache(maxsize=64)
 def _edges(L, g):
     """Cell ``i`` of ``g`` along an axis of ``L`` positions: ``[start, stop)``."""
     starts = [min(i * L // g, L - 1) for i in range(g)]
     return [(a, max((i + 1) * L // g, a + 1)) for i, a in enumerate(starts)]
 
 
+@functools.lru_cache(maxsize=64)
 def _pieces(L, grids, axis):
     """The cells' edges along ``axis`` of every grid, merged: the pieces
     ``[start, stop)`` each cell is a run of, and per grid its cells as
@@ -239,7 +241,7 @@ def pool(A, grids, xp, reduce="logsumexp"):
     (``piece_logsumexp``), and combines the pieces of each cell: one pass
     over ``A`` for every grid of a pyramid.
     """
-    grids = _checks.check_pooling(grids)
+    grids = _grids(grids)
     n, k, Ho, Wo = A.shape
     if reduce == "sum":
         boxes = [
@@ -252,12 +254,26 @@ def pool(A, grids, xp, reduce="logsumexp"):
     rows, row_runs = _pieces(Ho, grids, 0)
     cols, col_runs = _pieces(Wo, grids, 1)
     S, M = piece_logsumexp(A, rows, cols, xp)
+    if [(len(rows), len(cols))] == list(grids):  # the cells are the pieces
+        return xp.reshape(_log_pieces(S, M, xp), (n, -1))
     out = []
     for g in range(len(grids)):
         for r0, r1 in row_runs[g]:
             for c0, c1 in col_runs[g]:
                 out.append(_combine(S[:, :, r0:r1, c0:c1], M[:, :, r0:r1, c0:c1], xp))
     return _flat(xp.stack(out, axis=2), grids, xp)
+
+
+_checked_grids = functools.lru_cache(maxsize=64)(_checks.check_pooling)
+
+
+def _grids(pooling):
+    """``_checks.check_pooling``, remembered for hashable values (:func:`pool`
+    runs once per chunk of images)."""
+    try:
+        return _checked_grids(pooling)
+    except TypeError:  # unhashable (a list), or invalid: check_pooling says
+        return _checks.check_pooling(pooling)
 
 
 def _combine(S, M, xp):
@@ -268,10 +284,14 @@ def _combine(S, M, xp):
         top = xp.max(M, axis=(2, 3), keepdims=True)
         top = xp.where(xp.isfinite(top), top, xp.zeros_like(top))
         S = xp.sum(S * xp.exp(M - top), axis=(2, 3))
-        M = top[:, :, 0, 0]
-    else:
-        S, M = S[:, :, 0, 0], M[:, :, 0, 0]
-        M = xp.where(xp.isfinite(M), M, xp.zeros_like(M))
+        return _log_pieces(S, top[:, :, 0, 0], xp)
+    return _log_pieces(S[:, :, 0, 0], M[:, :, 0, 0], xp)
+
+
+def _log_pieces(S, M, xp):
+    """``log S + M`` elementwise (one-piece cells), ``M`` read as 0 where not
+    finite and ``-inf`` where ``S = 0``, without a warning."""
+    M = xp.where(xp.isfinite(M), M, xp.zeros_like(M))
     positive = S > 0
     log_S = xp.log(xp.where(positive, S, xp.ones_like(S)))
     return xp.where(positive, log_S, xp.full_like(S, -math.inf)) + M
