@@ -88,26 +88,15 @@ def pooled_features(
 
 
 def _pooled_triangle(batch, grids):
-    """:func:`pooled_features` for ``features="triangle"``, a chunk at a time.
-
-    The map is read at scale −2 with log weights −2·log π: exactly ``−2·A``
-    (a power of two), the first step of :func:`triangle` done by the
-    E-step's GEMM; the patch norms come per chunk (``Engine.readout``).
-    """
+    """:func:`pooled_features` for ``features="triangle"``: from the squared
+    distances (``Engine.distances``, a chunk at a time where the engine
+    can); the weights do not matter."""
     xp = batch.xp
-    log_w = distance_log_weights(batch.log_weights, xp)
-    shift = 2.0 * log_w
-    uniform = bool(xp.all(log_w == log_w[0]))
 
-    def read(D, start, stop, sq):
-        if uniform:  # 2 log π (equal for all k) added to the norms: one pass less
-            act = distances_triangle(D, sq + shift[0], None, xp)
-        else:
-            act = distances_triangle(D, sq, shift, xp)
-        return pool(act, grids, xp, reduce="sum")
+    def read(D, start, stop):
+        return pool(triangle_of_distances(D, xp), grids, xp, reduce="sum")
 
-    engine = batch.engine
-    return engine.readout(batch.kernels, -shift, read, -2.0, batch.patch_sq_norms)
+    return batch.engine.distances(batch.kernels, read, batch.patch_sq_norms)
 
 
 def bind(func, kernels, weights, **options):
@@ -189,16 +178,15 @@ def triangle(A, sq_norms, log_w, xp):
     kernel, which makes the code sparse and competitive across kernels.
     """
     A *= -2.0  # A is scratch: overwritten with dist², dist, activations
-    shift = None if log_w is None else 2.0 * log_w
-    return distances_triangle(A, sq_norms, shift, xp)
+    if log_w is not None:
+        A += xp.reshape(2.0 * log_w, (1, -1, 1, 1))
+    A += sq_norms[:, None, ...]
+    return triangle_of_distances(A, xp)
 
 
-def distances_triangle(D, sq_norms, shift, xp):
-    """:func:`triangle` of ``D = −2·A`` (overwritten), ``shift = 2·log π``
-    (or None, see there): ``dist² = D + shift + ‖x_u‖²``."""
-    if shift is not None:
-        D += xp.reshape(shift, (1, -1, 1, 1))
-    D += sq_norms[:, None, ...]
+def triangle_of_distances(D, xp):
+    """:func:`triangle` of the squared distances ``D`` (n, k, Ho, Wo),
+    overwritten: ``max(0, mean_j z_j − z_k)`` with ``z = sqrt(max(D, 0))``."""
     dist = inplace("sqrt", relu(D, xp), xp)
     act = rsub(xp.mean(dist, axis=1, keepdims=True), dist, xp)  # mean_j z_j − z_k
     return relu(act, xp)
