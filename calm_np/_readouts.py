@@ -9,8 +9,9 @@ A fitted model is read out per batch of images from the log joint
     features="triangle"       Coates et al.'s triangle activation, summed
 
 :func:`pooled_features` does this for any ``X, kernels, log_weights``, a
-few images' maps at a time where the engine can (``Engine.readout``: NumPy's
-fused E-step, chunked and threaded), so memory stays bounded by the batch;
+few images' maps at a time where the engine can (``Engine.readout``, and
+``Engine.distances`` for the triangle: NumPy's fused E-step, chunked and
+threaded, ``_fused_readout``), so memory stays bounded by the batch;
 :func:`bind` fixes fitted kernels and weights into a picklable per-batch
 function, which is what ``ConvolutionalMixture.transform`` and
 ``score_samples`` hand to their ``ImageSource`` (a loop over batches, or a
