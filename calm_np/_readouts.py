@@ -253,7 +253,7 @@ def pool(A, grids, xp, reduce="logsumexp"):
     return _flat(xp.stack(out, axis=2), grids, xp)
 
 
-_checked_grids = functools.lru_cache(maxsize=64)(_checks.check_pooling)
+_checked_grids = functools.lru_cache(maxsize=64, typed=True)(_checks.check_pooling)
 
 
 def _grids(pooling):
