@@ -23,7 +23,7 @@ and inherits
                         -> (n, k, Ho, Wo)   A = scale·(correlate − ½‖μ‖²) + log π
     statistics(kernels, log_weights, wide, latent, margin, scale)
                         -> (N_k, S_k, log_norm)  one fused E- and M-step
-    readout(kernels, log_weights, func, scale)
+    readout(kernels, log_weights, func, scale, by_position)
                         -> func(A, start, stop) per group of images, joined
     distances(kernels, func, sq_norms)
                         -> func(D, start, stop) of D = ‖x_u − μ_k‖², the same way
@@ -120,18 +120,22 @@ class Engine:
         bias = bias + log_weights
         return self.correlate(kernels) + bias[None, :, None, None]
 
-    def readout(self, kernels, log_weights, func, scale=1.0):
+    def readout(self, kernels, log_weights, func, scale=1.0, by_position=False):
         """``func(A, start, stop)`` of the log joint ``A`` of images
         ``[start, stop)``, concatenated along the images.
 
         ``func`` reduces maps to per-image values (features, normalisers)
         with namespace code; it may be called on groups of images (NumPy's
         fast path: a few images' maps at a time, on threads) or once on the
-        whole batch, and must not keep ``A``.
+        whole batch, and must not keep ``A``.  ``by_position`` is a hint:
+        ``func`` pools boxes of positions (NumPy's fused im2col then lays
+        ``A`` out kernels innermost), rather than reducing over kernels or
+        whole maps; the values are the same.
         """
         fast = _fast_path(self.xp)
         if fast is not None and self.n > 0:
-            return fast.readout(self, kernels, log_weights, func, scale)
+            args = (self, kernels, log_weights, func, scale, by_position)
+            return fast.readout(*args)
         return func(self.log_joint(kernels, log_weights, scale), 0, self.n)
 
     def distances(self, kernels, func, sq_norms):

@@ -317,11 +317,15 @@ class _Im2colPlan:
         A += bias[:, None]
         return A, P
 
-    def readout_maps(self, Xc, prepared, buffers):
+    def readout_maps(self, Xc, prepared, buffers, by_position=False):
         """Log joint of a chunk as (m, k, Ho, Wo), a view of (m, Ho, Wo, k)
-        (``_fused_readout``: the GEMM's operands swapped, the same values)."""
+        (``_fused_readout``: the GEMM's operands swapped, the same values),
+        or without ``by_position`` of the E-step's own (k, m, Ho, Wo)."""
         import numpy as np
 
+        if not by_position:
+            A, m = self.e_step(Xc, prepared, buffers)[0], Xc.shape[0]
+            return A.reshape(self.k, m, self.Ho, self.Wo).transpose(1, 0, 2, 3)
         Mf, bias = prepared
         P, m = self.whitened(Xc, buffers), Xc.shape[0]
         A = np.matmul(P.T, Mf.T, out=buffers.get("A", (m * self.L, self.k)))
@@ -483,7 +487,7 @@ class _RowDFT:
             A.reshape(Wo, k, n_col)[:, dead] = -np.inf
         return A, (T, E)
 
-    def readout_maps(self, Xc, prepared, buffers):
+    def readout_maps(self, Xc, prepared, buffers, by_position=False):
         """The chunk's log joint as (m, k, Ho, Wo), copied: in the plan's
         layout (Wo, k, m, Ho) the positions are short strided runs, which
         slows every reduction of a readout (a view made the MNIST setup's

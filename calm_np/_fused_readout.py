@@ -10,7 +10,9 @@ time.  The maps handed on are (m, k, Ho, Wo) scratch arrays:
 * im2col: the E-step GEMM with its operands swapped, ``Pᵀ Mᵀ`` (the same
   values): maps (m, Ho, Wo, k) in memory, the kernels innermost, so that
   every pooling box is a run of long contiguous rows
-  (``_xp.box_sums``, ``_xp.piece_logsumexp``); a transposed view;
+  (``_xp.box_sums``, ``_xp.piece_logsumexp``); a transposed view.  Without
+  ``by_position`` (reductions over the kernels, or over whole maps, which
+  run faster on contiguous maps), the E-step's own (k, m, Ho, Wo);
 * row-DFT: the plan's E-step, copied to (m, k, Ho, Wo).
 
 Squared distances ``‖x_u − μ_k‖²`` (the triangle's) come out of the im2col
@@ -23,15 +25,16 @@ from the chunk's own whitened patches (one whitening per patch).
 from __future__ import annotations
 
 
-def readout(engine, kernels, log_weights, func, scale=1.0):
+def readout(engine, kernels, log_weights, func, scale=1.0, by_position=False):
     """``Engine.readout`` on NumPy: ``func(A, start, stop)`` of each chunk's
-    log joint ``A`` (m, k, Ho, Wo), threaded, joined in image order."""
+    log joint ``A`` (m, k, Ho, Wo), threaded, joined in image order; im2col
+    lays ``A`` out kernels innermost only ``by_position``."""
     from ._fused import _plan
 
     Xp, plan, prepared = _plan(engine, kernels, log_weights, scale=scale)
 
     def maps(Xc, start, stop, buffers):
-        return plan.readout_maps(Xc, prepared, buffers)
+        return plan.readout_maps(Xc, prepared, buffers, by_position)
 
     return _run(Xp, plan, maps, func)
 

@@ -85,7 +85,11 @@ def pooled_features(
         blocks = [b - logsumexp(b, axis=1, keepdims=True) for b in blocks]
         return blocks[0] if len(blocks) == 1 else xp.concat(blocks, axis=1)
 
-    return batch.readout(read)
+    # maps laid out for boxes of positions, unless the work is over kernels
+    # (the patch latent's normalisers) or whole maps (one cell)
+    by_position = latent == "image" and grids != ((1, 1),)
+    args = (batch.kernels, batch.log_weights, read, batch.scale, by_position)
+    return batch.engine.readout(*args)
 
 
 def _pooled_triangle(batch, grids):
