@@ -23,8 +23,10 @@ and inherits
                         -> (n, k, Ho, Wo)   A = scale·(correlate − ½‖μ‖²) + log π
     statistics(kernels, log_weights, wide, latent, margin, scale)
                         -> (N_k, S_k, log_norm)  one fused E- and M-step
-    readout(kernels, log_weights, func, scale)
+    readout(kernels, log_weights, func, scale, by_position)
                         -> func(A, start, stop) per group of images, joined
+    distances(kernels, func, sq_norms)
+                        -> func(D, start, stop) of D = ‖x_u − μ_k‖², the same way
 
 ``scale = 1/σ²`` (SPEC §2, a learned shared variance) multiplies the map,
 never the data: the kernels are scaled before the correlation and the
@@ -118,19 +120,38 @@ class Engine:
         bias = bias + log_weights
         return self.correlate(kernels) + bias[None, :, None, None]
 
-    def readout(self, kernels, log_weights, func, scale=1.0):
+    def readout(self, kernels, log_weights, func, scale=1.0, by_position=False):
         """``func(A, start, stop)`` of the log joint ``A`` of images
         ``[start, stop)``, concatenated along the images.
 
         ``func`` reduces maps to per-image values (features, normalisers)
         with namespace code; it may be called on groups of images (NumPy's
         fast path: a few images' maps at a time, on threads) or once on the
-        whole batch, and must not keep ``A``.
+        whole batch, and must not keep ``A``.  ``by_position`` is a hint:
+        ``func`` pools boxes of positions (NumPy's fused im2col then lays
+        ``A`` out kernels innermost), rather than reducing over kernels or
+        whole maps; the values are the same.
         """
         fast = _fast_path(self.xp)
         if fast is not None and self.n > 0:
-            return fast.readout(self, kernels, log_weights, func, scale)
+            args = (self, kernels, log_weights, func, scale, by_position)
+            return fast.readout(*args)
         return func(self.log_joint(kernels, log_weights, scale), 0, self.n)
+
+    def distances(self, kernels, func, sq_norms):
+        """:meth:`readout` of the squared distances ``D[n, k, u] = ‖x_u − μ_k‖²``
+        (whitened patches where the engine whitens) instead of ``A``.
+
+        ``sq_norms()`` gives the patches' ``‖x_u‖²`` (n, Ho, Wo); NumPy's
+        fused pass of whitened patches takes them from the patches it just
+        whitened instead (no second whitening).
+        """
+        fast = _fast_path(self.xp)
+        if fast is not None and self.n > 0:
+            return fast.distances(self, kernels, func, sq_norms)
+        zeros = self.xp.zeros_like(kernels[:, 0, 0, 0])
+        D = self.log_joint(kernels, zeros, scale=-2.0)  # −2·x·μ + ‖μ‖²
+        return func(D + sq_norms()[:, None, ...], 0, self.n)
 
     def statistics(
         self, kernels, log_weights, wide, latent="image", margin=0, scale=1.0

@@ -6,8 +6,9 @@ module provides what the switch needs and nothing generic:
     statistics(engine, kernels, log_weights, wide, latent, margin, scale)
                                         -> (N_k, S_k, log_norm)
         ``Engine.statistics`` for NumPy, by the plan ``PLANS[engine.name]``
-    readout(engine, kernels, log_weights, func, scale)
-        ``Engine.readout`` for NumPy: ``func`` of each chunk's log joint
+    readout, distances, sq_norms
+        ``Engine.readout``, ``Engine.distances`` and ``Im2col.sq_norms``
+        for NumPy, a few images at a time (:mod:`~calm_np._fused_readout`)
     choose_method(n_channels, n_kernels, padded_shape, kernel_shape, latent)
         ``method="auto"`` on NumPy, by a timing model of the two plans
 
@@ -17,9 +18,8 @@ shapes, a ``latent`` and a ``margin``; it has ``chunk_size``,
 ``new_accumulator()``, ``chunk(Xc, prepared, acc)`` (the E- and M-step of a
 few images, returning their log normalisers: one per image, or one per
 position for ``latent="patch"``) and ``finish(accs, wide)``; for readouts,
-``e_step(Xc, prepared, buffers)`` (the log joint in the plan's layout, and
-what the M-step reuses) and ``maps(A, m, buffers)`` (that log joint as
-(m, k, Ho, Wo): a view for im2col, a copy for the row-DFT plan).  The
+``readout_maps(Xc, prepared, buffers)`` (the log joint as (m, k, Ho, Wo) in
+the layout that pools fastest, :mod:`~calm_np._fused_readout`).  The
 latent only changes the softmax between the steps
 (over ``(k, u)`` per image, or over ``k`` per position); a margin only
 widens the M-step's windows (a second patch matrix, or row spectra of
@@ -61,6 +61,7 @@ import os
 import threading
 
 from ._fused_dft import RowTransforms, dft_matrices
+from ._fused_readout import distances, readout, sq_norms  # noqa: F401  (the readouts)
 from ._fused_timing import choose_method  # noqa: F401  (the fast path's pick)
 from ._whiten import whiten_in_place
 from ._xp import _BLAS, flush_threshold  # noqa: F401  (tests reach _BLAS here)
@@ -216,46 +217,6 @@ def statistics(engine, kernels, log_weights, wide, latent="image", margin=0, sca
     return counts, sums, log_norm
 
 
-def readout(engine, kernels, log_weights, func, scale=1.0):
-    """``Engine.readout`` on NumPy: ``func(A, start, stop)`` per chunk, threaded.
-
-    ``A`` is the chunk's log joint (m, k, Ho, Wo), a scratch array (for
-    im2col a transposed view of the plan's own, no copy) that the next chunk
-    overwrites; the results are concatenated in image order.  Only a few
-    images' maps exist at a time.
-    """
-    import numpy as np
-
-    Xp, plan, prepared = _plan(engine, kernels, log_weights, scale=scale)
-    results = {}
-
-    def work(start, stop, buffers):
-        A, _ = plan.e_step(Xp[start:stop], prepared, buffers)
-        results[start] = func(plan.maps(A, stop - start, buffers), start, stop)
-
-    _parallel_chunks(
-        Xp.shape[0], plan.chunk_size, work, lambda: _Buffers(plan.dtype)
-    )
-    return np.concatenate([results[s] for s in sorted(results)], axis=0)
-
-
-def sq_norms(engine):
-    """``Im2col.sq_norms`` on NumPy: ``‖z_u‖²`` (n, Ho, Wo), chunked, threaded."""
-    import numpy as np
-
-    Xp = np.asarray(engine.Xp)
-    plan = _Im2colPlan(Xp.shape, (1, Xp.shape[1], engine.kh, engine.kw), Xp.dtype)
-    plan.whitening = engine.whitening
-    out = np.empty((len(Xp), plan.L), dtype=Xp.dtype)
-
-    def work(start, stop, buffers):
-        P = plan.whitened(Xp[start:stop], buffers)
-        out[start:stop] = np.einsum("dl,dl->l", P, P).reshape(stop - start, -1)
-
-    _parallel_chunks(len(Xp), plan.chunk_size, work, lambda: _Buffers(Xp.dtype))
-    return out.reshape(len(Xp), plan.Ho, plan.Wo)
-
-
 class _Buffers:
     """Per-thread scratch arrays, reused from chunk to chunk.
 
@@ -326,22 +287,25 @@ class _Im2colPlan:
             "buffers": _Buffers(self.dtype),
         }
 
-    def patches(self, Xc, window, buffers, name):
-        """``(c·wh·ww, m·L)`` patch matrix of a chunk, in a reused buffer."""
+    def patches(self, Xc, window, buffers, name, out=None):
+        """``(c·wh·ww, m·L)`` patch matrix of a chunk, in a reused buffer
+        (or ``out``, C-contiguous, of that shape)."""
         from numpy.lib.stride_tricks import sliding_window_view
 
         view = sliding_window_view(Xc, window, axis=(2, 3))  # (m,c,Ho,Wo,wh,ww)
-        m = Xc.shape[0]
-        P = buffers.get(name, (self.c, *window, m, self.Ho, self.Wo))
+        shape = (self.c, *window, Xc.shape[0], self.Ho, self.Wo)
+        P = buffers.get(name, shape) if out is None else out.reshape(shape)
         P[...] = view.transpose(1, 4, 5, 0, 2, 3)
-        return P.reshape(-1, m * self.L)
+        return P.reshape(-1, Xc.shape[0] * self.L)
 
-    def whitened(self, Xc, buffers):
-        """The chunk's ``(D, m·L)`` patch matrix, whitened if the plan whitens."""
-        P = self.patches(Xc, (self.kh, self.kw), buffers, "P")
+    def whitened(self, Xc, buffers, out=None):
+        """The chunk's ``(D, m·L)`` patch matrix, whitened if the plan whitens
+        (into ``out`` if given)."""
         if self.whitening is None:
-            return P
-        return whiten_in_place(P, self.whitening, buffers.get("Z", P.shape))
+            return self.patches(Xc, (self.kh, self.kw), buffers, "P", out)
+        P = self.patches(Xc, (self.kh, self.kw), buffers, "P")
+        out = buffers.get("Z", P.shape) if out is None else out
+        return whiten_in_place(P, self.whitening, out)
 
     def e_step(self, Xc, prepared, buffers):
         """Log joint ``(k, m·L)`` of a chunk, and its patch matrix."""
@@ -353,9 +317,20 @@ class _Im2colPlan:
         A += bias[:, None]
         return A, P
 
-    def maps(self, A, m, buffers):
-        """``A`` as (m, k, Ho, Wo): a view, no copy."""
-        return A.reshape(self.k, m, self.Ho, self.Wo).transpose(1, 0, 2, 3)
+    def readout_maps(self, Xc, prepared, buffers, by_position=False):
+        """Log joint of a chunk as (m, k, Ho, Wo), a view of (m, Ho, Wo, k)
+        (``_fused_readout``: the GEMM's operands swapped, the same values),
+        or without ``by_position`` of the E-step's own (k, m, Ho, Wo)."""
+        import numpy as np
+
+        if not by_position:
+            A, m = self.e_step(Xc, prepared, buffers)[0], Xc.shape[0]
+            return A.reshape(self.k, m, self.Ho, self.Wo).transpose(1, 0, 2, 3)
+        Mf, bias = prepared
+        P, m = self.whitened(Xc, buffers), Xc.shape[0]
+        A = np.matmul(P.T, Mf.T, out=buffers.get("A", (m * self.L, self.k)))
+        A += bias
+        return A.reshape(m, self.Ho, self.Wo, self.k).transpose(0, 3, 1, 2)
 
     def chunk(self, Xc, prepared, acc):
         import numpy as np
@@ -512,11 +487,13 @@ class _RowDFT:
             A.reshape(Wo, k, n_col)[:, dead] = -np.inf
         return A, (T, E)
 
-    def maps(self, A, m, buffers):
-        """``A`` as (m, k, Ho, Wo), copied: in the plan's layout (Wo, k, m, Ho)
-        the positions are short strided runs, which slows every reduction of
-        a readout (a view made the MNIST setup's readouts slower, not faster)."""
-        Ho, Wo = self.Ho, self.Wo
+    def readout_maps(self, Xc, prepared, buffers, by_position=False):
+        """The chunk's log joint as (m, k, Ho, Wo), copied: in the plan's
+        layout (Wo, k, m, Ho) the positions are short strided runs, which
+        slows every reduction of a readout (a view made the MNIST setup's
+        readouts slower)."""
+        A, _ = self.e_step(Xc, prepared, buffers)
+        m, Ho, Wo = Xc.shape[0], self.Ho, self.Wo
         out = buffers.get("maps", (m, self.k, Ho, Wo))
         out[...] = A.reshape(Wo, self.k, m, Ho).transpose(2, 1, 3, 0)
         return out
@@ -579,4 +556,4 @@ class _RowDFT:
 
 PLANS = {"im2col": _Im2colPlan, "fft": _RowDFT}
 
-__all__ = ["PLANS", "choose_method", "readout", "sq_norms", "statistics"]
+__all__ = ["PLANS", "choose_method", "distances", "readout", "sq_norms", "statistics"]

@@ -9,8 +9,9 @@ A fitted model is read out per batch of images from the log joint
     features="triangle"       Coates et al.'s triangle activation, summed
 
 :func:`pooled_features` does this for any ``X, kernels, log_weights``, a
-few images' maps at a time where the engine can (``Engine.readout``: NumPy's
-fused E-step, chunked and threaded), so memory stays bounded by the batch;
+few images' maps at a time where the engine can (``Engine.readout``, and
+``Engine.distances`` for the triangle: NumPy's fused E-step, chunked and
+threaded, ``_fused_readout``), so memory stays bounded by the batch;
 :func:`bind` fixes fitted kernels and weights into a picklable per-batch
 function, which is what ``ConvolutionalMixture.transform`` and
 ``score_samples`` hand to their ``ImageSource`` (a loop over batches, or a
@@ -26,7 +27,15 @@ from . import _checks
 from ._checks import FEATURES
 from ._em import _Batch
 from ._engines import LATENT_AXES
-from ._xp import box_sums, get_namespace, inplace, logsumexp, piece_logsumexp, relu
+from ._xp import (
+    box_sums,
+    get_namespace,
+    inplace,
+    logsumexp,
+    piece_logsumexp,
+    relu,
+    rsub,
+)
 
 __all__ = ["FEATURES", "bind", "bind_model", "pooled_features"]
 
@@ -58,20 +67,13 @@ def pooled_features(
     args = (log_weights, padding, method, latent, variance, whitening)
     batch = _Batch(X, kernels, *args)
     grids = _checks.check_pooling(pooling)
-    sq_norms = None
+    xp = batch.xp
     if features == "triangle":
-        batch.log_weights = distance_log_weights(batch.log_weights, batch.xp)
-        sq_norms = batch.patch_sq_norms()
-    xp, log_w = batch.xp, batch.log_weights
-    if features == "triangle" and bool(xp.all(log_w == log_w[0])):
-        sq_norms, log_w = sq_norms + 2.0 * log_w[0], None  # one pass less
+        return _pooled_triangle(batch, grids)
 
     def read(A, start, stop):
         if features == "log_joint":
             return pool(A, grids, xp)
-        if features == "triangle":
-            act = triangle(A, sq_norms[start:stop, ...], log_w, xp)
-            return pool(act, grids, xp, reduce="sum")
         if features == "posterior":
             return posterior_mass(A, grids, LATENT_AXES[latent], xp)
         # the log of that mass under the latent, a logsumexp per cell
@@ -83,7 +85,23 @@ def pooled_features(
         blocks = [b - logsumexp(b, axis=1, keepdims=True) for b in blocks]
         return blocks[0] if len(blocks) == 1 else xp.concat(blocks, axis=1)
 
-    return batch.readout(read, scale=1.0 if features == "triangle" else None)
+    # maps laid out for boxes of positions, unless the work is over kernels
+    # (the patch latent's normalisers) or whole maps (one cell)
+    by_position = latent == "image" and grids != ((1, 1),)
+    args = (batch.kernels, batch.log_weights, read, batch.scale, by_position)
+    return batch.engine.readout(*args)
+
+
+def _pooled_triangle(batch, grids):
+    """:func:`pooled_features` for ``features="triangle"``: from the squared
+    distances (``Engine.distances``, a chunk at a time where the engine
+    can); the weights do not matter."""
+    xp = batch.xp
+
+    def read(D, start, stop):
+        return pool(triangle_of_distances(D, xp), grids, xp, reduce="sum")
+
+    return batch.engine.distances(batch.kernels, read, batch.patch_sq_norms)
 
 
 def bind(func, kernels, weights, **options):
@@ -168,18 +186,25 @@ def triangle(A, sq_norms, log_w, xp):
     if log_w is not None:
         A += xp.reshape(2.0 * log_w, (1, -1, 1, 1))
     A += sq_norms[:, None, ...]
-    dist = inplace("sqrt", relu(A, xp), xp)
-    dist -= xp.mean(dist, axis=1, keepdims=True)
-    dist *= -1.0
-    return relu(dist, xp)
+    return triangle_of_distances(A, xp)
 
 
+def triangle_of_distances(D, xp):
+    """:func:`triangle` of the squared distances ``D`` (n, k, Ho, Wo),
+    overwritten: ``max(0, mean_j z_j − z_k)`` with ``z = sqrt(max(D, 0))``."""
+    dist = inplace("sqrt", relu(D, xp), xp)
+    act = rsub(xp.mean(dist, axis=1, keepdims=True), dist, xp)  # mean_j z_j − z_k
+    return relu(act, xp)
+
+
+@functools.lru_cache(maxsize=64)
 def _edges(L, g):
     """Cell ``i`` of ``g`` along an axis of ``L`` positions: ``[start, stop)``."""
     starts = [min(i * L // g, L - 1) for i in range(g)]
     return [(a, max((i + 1) * L // g, a + 1)) for i, a in enumerate(starts)]
 
 
+@functools.lru_cache(maxsize=64)
 def _pieces(L, grids, axis):
     """The cells' edges along ``axis`` of every grid, merged: the pieces
     ``[start, stop)`` each cell is a run of, and per grid its cells as
@@ -209,7 +234,7 @@ def pool(A, grids, xp, reduce="logsumexp"):
     (``piece_logsumexp``), and combines the pieces of each cell: one pass
     over ``A`` for every grid of a pyramid.
     """
-    grids = _checks.check_pooling(grids)
+    grids = _grids(grids)
     n, k, Ho, Wo = A.shape
     if reduce == "sum":
         boxes = [
@@ -222,12 +247,26 @@ def pool(A, grids, xp, reduce="logsumexp"):
     rows, row_runs = _pieces(Ho, grids, 0)
     cols, col_runs = _pieces(Wo, grids, 1)
     S, M = piece_logsumexp(A, rows, cols, xp)
+    if [(len(rows), len(cols))] == list(grids):  # the cells are the pieces
+        return xp.reshape(_log_pieces(S, M, xp), (n, -1))
     out = []
     for g in range(len(grids)):
         for r0, r1 in row_runs[g]:
             for c0, c1 in col_runs[g]:
                 out.append(_combine(S[:, :, r0:r1, c0:c1], M[:, :, r0:r1, c0:c1], xp))
     return _flat(xp.stack(out, axis=2), grids, xp)
+
+
+_checked_grids = functools.lru_cache(maxsize=64, typed=True)(_checks.check_pooling)
+
+
+def _grids(pooling):
+    """``_checks.check_pooling``, remembered for hashable values (:func:`pool`
+    runs once per chunk of images)."""
+    try:
+        return _checked_grids(pooling)
+    except TypeError:  # unhashable (a list), or invalid: check_pooling says
+        return _checks.check_pooling(pooling)
 
 
 def _combine(S, M, xp):
@@ -238,10 +277,14 @@ def _combine(S, M, xp):
         top = xp.max(M, axis=(2, 3), keepdims=True)
         top = xp.where(xp.isfinite(top), top, xp.zeros_like(top))
         S = xp.sum(S * xp.exp(M - top), axis=(2, 3))
-        M = top[:, :, 0, 0]
-    else:
-        S, M = S[:, :, 0, 0], M[:, :, 0, 0]
-        M = xp.where(xp.isfinite(M), M, xp.zeros_like(M))
+        return _log_pieces(S, top[:, :, 0, 0], xp)
+    return _log_pieces(S[:, :, 0, 0], M[:, :, 0, 0], xp)
+
+
+def _log_pieces(S, M, xp):
+    """``log S + M`` elementwise (one-piece cells), ``M`` read as 0 where not
+    finite and ``-inf`` where ``S = 0``, without a warning."""
+    M = xp.where(xp.isfinite(M), M, xp.zeros_like(M))
     positive = S > 0
     log_S = xp.log(xp.where(positive, S, xp.ones_like(S)))
     return xp.where(positive, log_S, xp.full_like(S, -math.inf)) + M

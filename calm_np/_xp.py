@@ -325,7 +325,8 @@ def box_sums(Y, boxes, xp):
     ``Y``: every cell of every grid of a pooling pyramid at once.  NumPy:
     ``Y`` may be a transposed view (the fused readout's maps); the GEMM runs
     in its memory order, without a copy, when ``H, W`` are its last axes
-    in memory.
+    in memory, or one GEMM per outer index with the 0/1 matrix first when
+    ``H, W`` are outside other axes (:func:`_positions_view`).
     """
     *lead, H, W = Y.shape
     if list(boxes) == [(0, H, 0, W)]:  # the whole map: no GEMM needed
@@ -346,6 +347,12 @@ def box_sums(Y, boxes, xp):
                 S = (Yp.reshape(-1, H * W) @ C)[:, : len(boxes)]
             S = S.reshape(*Yp.shape[:-2], len(boxes))
             return S.transpose([*np.argsort(order[:-2]), Y.ndim - 2])
+        view = _positions_view(Y)
+        if view is not None:  # positions outside other axes (the fused readout's)
+            C = _box_matrix(H, W, tuple(boxes), Y.dtype.str)
+            with single_threaded_blas():
+                S = np.matmul(C.T, view[0].reshape(view[0].shape[0], H * W, -1))
+            return _from_positions(S, view, (len(boxes),))
     C = _box_matrix(H, W, tuple(boxes), "<f8").copy()  # writable: torch
     C = xp.asarray(C, dtype=Y.dtype, device=device_of(Y))
     S = xp.reshape(Y, (math.prod(lead), H * W)) @ C
@@ -357,9 +364,8 @@ def piece_logsumexp(Y, rows, cols, xp):
     of ``Y (…, H, W)`` (``(start, stop)`` lists that partition H and W):
     ``M`` each box's maximum (``-inf`` for a box of ``-inf``), ``S`` the sum
     of ``exp(Y − M)`` over it (``M`` read as 0 where not finite); ``Y`` is
-    overwritten.  Generic: slices of ``Y``.  NumPy: one copy of ``Y`` with
-    the positions outermost, so that each box is a run of long contiguous
-    rows (a box of a transposed view is many short strided runs).
+    overwritten.  Generic: slices of ``Y``.  NumPy:
+    :func:`_piece_logsumexp_numpy`, in ``Y``'s memory order.
     """
     *lead, H, W = Y.shape
     boxes = [(y0, y1, x0, x1) for y0, y1 in rows for x0, x1 in cols]
@@ -370,18 +376,7 @@ def piece_logsumexp(Y, rows, cols, xp):
         S = xp.sum(inplace("exp", Y, xp), axis=(-2, -1), keepdims=True)
         return S, M
     if use_native(xp) == "numpy" and Y.ndim > 2:
-        import numpy as np
-
-        P = np.empty((H, W, math.prod(lead)), dtype=Y.dtype)
-        P.reshape(H, W, *lead)[...] = np.moveaxis(Y, (-2, -1), (0, 1))
-        M = np.stack([P[y0:y1, x0:x1].max(axis=(0, 1)) for y0, y1, x0, x1 in boxes])
-        shift = np.where(np.isfinite(M), M, 0).astype(Y.dtype)
-        for (y0, y1, x0, x1), s in zip(boxes, shift, strict=True):
-            P[y0:y1, x0:x1] -= s
-        C = _box_matrix(H, W, tuple(boxes), Y.dtype.str)
-        with single_threaded_blas():
-            S = C.T @ np.exp(P, out=P).reshape(H * W, -1)
-        return S.T.reshape(shape), M.T.reshape(shape)
+        return _piece_logsumexp_numpy(Y, rows, cols)
     R = xp.stack([xp.max(Y[..., y0:y1, :], axis=-2) for y0, y1 in rows], axis=-2)
     M = xp.stack([xp.max(R[..., x0:x1], axis=-1) for x0, x1 in cols], axis=-1)
     shift = xp.where(xp.isfinite(M), M, xp.zeros_like(M))
@@ -390,6 +385,64 @@ def piece_logsumexp(Y, rows, cols, xp):
             Y[..., y0:y1, x0:x1] -= shift[..., i, j, None, None]
     S = box_sums(inplace("exp", Y, xp), boxes, xp)
     return xp.reshape(S, shape), M
+
+
+def _piece_logsumexp_numpy(Y, rows, cols):
+    """NumPy's :func:`piece_logsumexp` on ``Y`` as (O, H, W, I)
+    (:func:`_positions_view`; a copy with the positions outermost, O = 1,
+    where ``Y``'s inner axis in memory is W): each box a run of long
+    contiguous rows of ``I`` values (a box of a map is many short runs)."""
+    import numpy as np
+
+    *lead, H, W = Y.shape
+    view = _positions_view(Y)
+    if view is None or view[0].shape[3] == 1:
+        P = np.empty((H, W, math.prod(lead)), dtype=Y.dtype)
+        P.reshape(H, W, *lead)[...] = np.moveaxis(Y, (-2, -1), (0, 1))
+        view = P[None], [Y.ndim - 2, Y.ndim - 1, *range(Y.ndim - 2)], 0, tuple(lead)
+    P = view[0]
+    boxes = [(y0, y1, x0, x1) for y0, y1 in rows for x0, x1 in cols]
+    M = np.stack([P[:, y0:y1, x0:x1].max(axis=(1, 2)) for y0, y1, x0, x1 in boxes], 1)
+    shift = np.where(np.isfinite(M), M, 0).astype(Y.dtype)
+    for i, (y0, y1, x0, x1) in enumerate(boxes):
+        P[:, y0:y1, x0:x1] -= shift[:, i, None, None]
+    C = _box_matrix(H, W, tuple(boxes), Y.dtype.str)
+    with single_threaded_blas():
+        S = np.matmul(C.T, np.exp(P, out=P).reshape(P.shape[0], H * W, -1))
+    extra = (len(rows), len(cols))
+    return _from_positions(S, view, extra), _from_positions(M, view, extra)
+
+
+def _positions_view(Y):
+    """NumPy ``Y (…, H, W)`` as a (O, H, W, I) view in memory order (the lead
+    axes outside and inside the positions, each group flattened), with the
+    memory order, the place of H in it and the lead axes' sizes in that
+    order; None where that is no view."""
+    import numpy as np
+
+    nd = Y.ndim
+    order = [int(a) for a in np.argsort([-s for s in Y.strides], kind="stable")]
+    i = order.index(nd - 2)
+    if i + 1 == nd or order[i + 1] != nd - 1:
+        return None
+    Ym = Y.transpose(order)
+    if not Ym.flags.c_contiguous:
+        return None
+    shape = (*Ym.shape[:i], *Ym.shape[i + 2 :])
+    O, I = math.prod(shape[:i]), math.prod(shape[i:])
+    return Ym.reshape(O, *Y.shape[-2:], I), order, i, shape
+
+
+def _from_positions(R, view, extra):
+    """Results ``R (O, *extra, I)`` per box of a :func:`_positions_view` back
+    in ``Y``'s lead axes: ``(…, *extra)``."""
+    _, order, i, shape = view
+    lead = [a for a in order if a < len(order) - 2]  # in memory order
+    R = R.reshape(*shape[:i], *extra, *shape[i:])
+    ne = len(extra)
+    place = [j if j < i else j + ne for j in range(len(lead))]
+    perm = [place[lead.index(a)] for a in range(len(lead))]
+    return R.transpose([*perm, *range(i, i + ne)])
 
 
 @functools.lru_cache(maxsize=32)
@@ -436,6 +489,16 @@ def inplace(name, x, xp):
 
         return getattr(np, name)(x, out=x)
     return getattr(xp, name)(x)
+
+
+def rsub(a, x, xp):
+    """``a − x`` (``a`` broadcast to ``x``): into ``x`` on NumPy (``x`` is
+    scratch), a new array elsewhere."""
+    if use_native(xp) == "numpy":
+        import numpy as np
+
+        return np.subtract(a, x, out=x)
+    return a - x
 
 
 def memory_order(x):
