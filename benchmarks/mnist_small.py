@@ -27,8 +27,22 @@ Rows (``--rows``, comma-separated; ``all`` for every row):
                  Fashion-MNIST reads it (family ``mnist``): 256 whitened
                  kernels 7x7, learned sigma^2, triangle, 3x3 cells, C=0.1
     default      the preset ``best`` as ``--dataset mnist`` reads it (the
-                 setting this script chose: its own entry for real digits)
-    the others   one or two changes to ``best``, named after them (see ROWS)
+                 setting this script chose: its own entry for real digits,
+                 ``pyr23_C.03``)
+    the others   changes to ``best``, named after them (see ROWS): pooling
+                 (``pyr23`` the 2x2 + 3x3 pyramid, ``pyr123``, ``pyr234``,
+                 ``pool2``, ``pool4``), readout (``posterior``,
+                 ``log_posterior``), probe C (``_C1``, ``_C.03``, ``_C.01``),
+                 kernels (``k128``, ``k512``, ``k5``: 5x5), ``sigma1`` (fixed
+                 sigma^2 = 1), ``iter30``, ``pad3``, ``local`` and
+                 ``standardize`` (no whitening), ``kmeanspp`` (plain D^2
+                 seeding), ``network`` (``--preset network``: two layers) and
+                 ``network_white`` (its layer 1 whitened as best)
+
+Rows that differ only in the readout (pooling, features, C) share one fit per
+split (EM never reads the readout), so a row's seconds are its own fit only
+when no earlier row of the same run had it; the first row of a fit is the
+``calm-np evaluate`` time.
 
 Every result is appended, one JSON line per (row, split), to ``--log``
 (default ``mnist_small.jsonl`` under ``--split-dir``), and rows already there
@@ -84,7 +98,19 @@ ROWS = {
     "default": evaluation.preset("best", "mnist"),
     "C1": row(C=1.0),
     "pyr23": row(pooling=PYR),
+    "pyr23_C.03": row(pooling=PYR, C=0.03),
+    "pyr23_C1": row(pooling=PYR, C=1.0),
     "pyr123": row(pooling=((1, 1), (2, 2), (3, 3))),
+    "pyr234": row(pooling=((2, 2), (3, 3), (4, 4))),
+    "pool2": row(pooling=2),
+    "pyr23_C.01": row(pooling=PYR, C=0.01),
+    "pyr123_C.03": row(pooling=((1, 1), (2, 2), (3, 3)), C=0.03),
+    "pyr234_C.03": row(pooling=((2, 2), (3, 3), (4, 4)), C=0.03),
+    "pyr234_C.01": row(pooling=((2, 2), (3, 3), (4, 4)), C=0.01),
+    "posterior_pyr23_C.03": row(features="posterior", pooling=PYR, C=0.03),
+    "sigma1_pyr23_C.03": row(learn_variance=False, pooling=PYR, C=0.03),
+    "k512_pyr23_C.03": row(n_kernels=512, pooling=PYR, C=0.03),
+    "k128_pyr23_C.03": row(n_kernels=128, pooling=PYR, C=0.03),
     "pool4": row(pooling=4),
     "k5": row(kernel_size=5),
     "k5_pyr23": row(kernel_size=5, pooling=PYR),
@@ -238,22 +264,33 @@ def read_log(path):
     return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
-def table(results, rows=None):
+def _sd(values):
+    return statistics.stdev(values) if len(values) > 1 else float("nan")
+
+
+def table(results, rows=None, reference="best"):
+    """Mean +- sd over splits by row; the paired difference from
+    ``reference`` on the splits both ran (the splits' spread cancels);
+    seconds: the mean over splits of the row's own run (a row sharing an
+    earlier row's fit counts only its readout and probe)."""
     by_row = {}
     for r in results:
-        by_row.setdefault(r["row"], []).append(r)
-    lines = []
+        by_row.setdefault(r["row"], {})[r["split"]] = r
+    ref = {s: r["accuracy"] for s, r in by_row.get(reference, {}).items()}
+    lines = ["row                mean   +- sd      vs best (paired)  features  s/split"]
     for name in rows or by_row:
-        rs = by_row.get(name, [])
+        rs = by_row.get(name, {})
         if not rs:
             continue
-        acc = [r["accuracy"] for r in rs]
-        sd = statistics.stdev(acc) if len(acc) > 1 else float("nan")
-        secs = statistics.mean(r["seconds"] for r in rs)
+        acc = [r["accuracy"] for r in rs.values()]
+        diff = [r["accuracy"] - ref[s] for s, r in rs.items() if s in ref]
+        secs = statistics.mean(r["seconds"] for r in rs.values())
+        n_features = next(iter(rs.values()))["n_features"]
         lines.append(
-            f"{name:18s} {statistics.mean(acc):.4f} +- {sd:.4f}  "
-            f"({len(acc)} splits: {' '.join(f'{a:.3f}' for a in acc)})  "
-            f"{rs[0]['n_features']:5d} features  {secs:6.1f} s/split"
+            f"{name:18s} {statistics.mean(acc):.4f} +- {_sd(acc):.4f}  "
+            f"{statistics.mean(diff) if diff else float('nan'):+.4f} +- "
+            f"{_sd(diff):.4f}  {n_features:6d}  {secs:6.1f}  ({len(acc)} splits: "
+            f"{' '.join(f'{a:.3f}' for a in acc)})"
         )
     return "\n".join(lines)
 
