@@ -28,7 +28,7 @@ Rows (``--rows``, comma-separated; ``all`` for every row):
                  kernels 7x7, learned sigma^2, triangle, 3x3 cells, C=0.1
     default      the preset ``best`` as ``--dataset mnist`` reads it (the
                  setting this script chose: its own entry for real digits,
-                 ``pyr23_C.03``)
+                 ``posterior_sigma1_pyr23``)
     the others   changes to ``best``, named after them (see ROWS): pooling
                  (``pyr23`` the 2x2 + 3x3 pyramid, ``pyr123``, ``pyr234``,
                  ``pool2``, ``pool4``), readout (``posterior``,
@@ -109,6 +109,13 @@ ROWS = {
     "pyr234_C.01": row(pooling=((2, 2), (3, 3), (4, 4)), C=0.01),
     "posterior_pyr23_C.03": row(features="posterior", pooling=PYR, C=0.03),
     "sigma1_pyr23_C.03": row(learn_variance=False, pooling=PYR, C=0.03),
+    "posterior_sigma1_C.03": row(features="posterior", learn_variance=False, C=0.03),
+    "posterior_sigma1_pyr23": row(
+        features="posterior", learn_variance=False, pooling=PYR
+    ),
+    "posterior_sigma1_pyr23_C.03": row(
+        features="posterior", learn_variance=False, pooling=PYR, C=0.03
+    ),
     "k512_pyr23_C.03": row(n_kernels=512, pooling=PYR, C=0.03),
     "k128_pyr23_C.03": row(n_kernels=128, pooling=PYR, C=0.03),
     "pool4": row(pooling=4),
@@ -133,9 +140,7 @@ ROWS = {
     "local": row(whiten=False, preprocess="local"),
     "standardize": row(whiten=False, preprocess="standardize"),
     "kmeanspp": row(init="kmeans++"),
-    "network": row(
-        evaluation.preset("network", "mnist"), network=dict(NETWORK), C=1.0
-    ),
+    "network": row(evaluation.preset("network", "mnist"), network=dict(NETWORK), C=1.0),
     "network_white": row(n_kernels=64, network=dict(NETWORK)),
 }
 BASELINES = ("raw", "kmeans1152")
