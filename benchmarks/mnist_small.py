@@ -53,6 +53,11 @@ the log.
         --splits 5 --split-dir /tmp/mnist5k_splits --rows best,default,raw
     python benchmarks/mnist_small.py --split-dir /tmp/mnist5k_splits --rows all
     python benchmarks/mnist_small.py --split-dir /tmp/mnist5k_splits --table
+
+benchmarks/results/mnist_small.jsonl is the log of the measured rows (the
+5000 digits of /work/ref/mnist5k, 5 splits, 2 cores shared with other jobs,
+load 7-10, so the seconds are 3-5 times an idle machine's); print it with
+``--table --log benchmarks/results/mnist_small.jsonl --split-dir .``.
 """
 
 from __future__ import annotations
