@@ -247,6 +247,10 @@ def array_mover(backend="numpy", device=None, dtype="float32"):
 def preset(name, dataset):
     """A copy of the settings of preset ``name`` for data set ``dataset``.
 
+    A data set reads its family's entry of :data:`PRESETS` (``mnist`` and
+    ``fashion-mnist`` both read ``mnist``), except ``best`` on real MNIST
+    digits, which has its own (posterior readout, sigma^2 = 1, 2x2 + 3x3).
+
     Parameters
     ----------
     name : {"best", "best256", "paper", "network"}
