@@ -118,6 +118,12 @@ ROWS = {
     "posterior_sigma1_pyr23": row(
         features="posterior", learn_variance=False, pooling=PYR
     ),
+    "posterior_sigma1_pyr123": row(
+        features="posterior", learn_variance=False, pooling=((1, 1), *PYR)
+    ),
+    "posterior_sigma1_pyr234": row(
+        features="posterior", learn_variance=False, pooling=(*PYR, (4, 4))
+    ),
     "posterior_sigma1_pyr23_C.03": row(
         features="posterior", learn_variance=False, pooling=PYR, C=0.03
     ),
