@@ -49,15 +49,22 @@ Every result is appended, one JSON line per (row, split), to ``--log``
 are not run again, so an interrupted run resumes; the table is printed from
 the log.
 
-    python benchmarks/mnist_small.py --data-dir /work/ref/mnist5k \\
-        --splits 5 --split-dir /tmp/mnist5k_splits --rows best,default,raw
-    python benchmarks/mnist_small.py --split-dir /tmp/mnist5k_splits --rows all
-    python benchmarks/mnist_small.py --split-dir /tmp/mnist5k_splits --table
+    PYTHONPATH=$PWD python benchmarks/mnist_small.py --data-dir \\
+        /work/ref/mnist5k --splits 5 --split-dir /tmp/splits --rows best,default
+    PYTHONPATH=$PWD python benchmarks/mnist_small.py --split-dir /tmp/splits \\
+        --rows all
+    python benchmarks/mnist_small.py --split-dir /tmp/splits --table
 
-benchmarks/results/mnist_small.jsonl is the log of the measured rows (the
-5000 digits of /work/ref/mnist5k, 5 splits, 2 cores shared with other jobs,
-load 7-10, so the seconds are 3-5 times an idle machine's); print it with
-``--table --log benchmarks/results/mnist_small.jsonl --split-dir .``.
+Run it with ``PYTHONPATH=$PWD`` from a checkout (the script's folder comes
+first on ``sys.path``, so an editable install elsewhere would be imported,
+and with it another ``default``).  benchmarks/results/mnist_small.jsonl is
+the log of the measured rows (the 5000 digits of /work/ref/mnist5k, 5 splits,
+``OMP_NUM_THREADS=1``, 2 cores shared with other jobs at load 7-10, so most
+seconds are 3-5 times an idle machine's: ``default`` took 13 s a split when
+the load fell); print it with ``--table --log
+benchmarks/results/mnist_small.jsonl --split-dir .``.  The BLAS thread count
+alone moves a split's accuracy by up to 0.3 points (the same ``best`` with 2
+threads: 0.975 mean), so differences under half a point are noise.
 """
 
 from __future__ import annotations
