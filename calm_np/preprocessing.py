@@ -108,8 +108,8 @@ def to_unit_float(X):
     X = np.asarray(to_numpy(X))
     if X.ndim == 3:
         X = X[:, None]
-    if X.dtype == np.uint8:
-        return X.astype(np.float64) / 255.0
+    if X.dtype == np.uint8:  # one pass, the same values as astype, then / 255
+        return np.divide(X, 255.0, dtype=np.float64)
     return X.astype(np.float64)
 
 
@@ -556,8 +556,21 @@ class _Chain(_Transformer):
 
 
 class _Identity(_Transformer):
+    """``none``: the values as they are, as floats (no copy when they are)."""
+
+    def fit(self, X, y=None):
+        """Checks ``X`` only (no copy: 70 000 images took 0.5 s to copy)."""
+        _float_view(X)
+        return self
+
     def transform(self, X):
-        return _as_float(X, "X")[0]
+        return _float_view(X)
+
+
+def _float_view(X):
+    X = _checks.as_array(X, "X")
+    xp, device = get_namespace(X)
+    return xp.astype(X, _checks.float_dtype(xp, [(X, "X")], device), copy=False)
 
 
 def make_preprocessor(name, *, window=7):
