@@ -237,10 +237,8 @@ def statistics(
     weights_key = None if log_weights is None else dask.delayed(log_weights, pure=True)
     token = dask.base.tokenize(X.name, kernels, log_weights, *options, whitening)
     # the whitening's arrays as one more key, after the options
-    whitening_key = None
-    if whitening is not None:
-        whitening_key = dask.delayed(tuple(whitening), pure=True)
-    options = (*options, whitening_key)
+    whiten = None if whitening is None else dask.delayed(tuple(whitening), pure=True)
+    options = (*options, whiten)
     # A blockwise map that keeps every axis (one statistics object per chunk
     # as a 1x1x1(x1) "block") fuses with the layers that produce the chunk
     # (reading it from disk, scaling it), so each chunk is read and reduced
