@@ -445,11 +445,40 @@ def linear_probe(F_train, y_train, F_test, y_test, *, C=1.0, tol=1e-4, max_iter=
     accuracy : float
         Fraction of the test images classified correctly.
     """
+    _check_probe_inputs(F_train, y_train, F_test, y_test)
     A, (B,) = _standardized(F_train, F_test)
+    if not (np.isfinite(A).all() and np.isfinite(B).all()):
+        raise ValueError(
+            "F_train and F_test must be finite; they hold NaN or inf values "
+            "(check the features or the model that made them)"
+        )
     classes, y_index = np.unique(np.asarray(y_train), return_inverse=True)
     W, b = _fit_probe(A, y_index, len(classes), C=C, tol=tol, max_iter=max_iter)
     predicted = classes[np.argmax(B @ W.astype(np.float32) + b, axis=1)]
     return float(np.mean(predicted == np.asarray(y_test)))
+
+
+def _check_probe_inputs(F_train, y_train, F_test, y_test):
+    """Shapes and labels of :func:`linear_probe`'s inputs, before any work."""
+    shapes = [np.shape(F) for F in (F_train, F_test)]
+    if any(len(shape) != 2 for shape in shapes):
+        raise ValueError(
+            f"F_train and F_test must be 2-D (n_samples, n_features), got shapes "
+            f"{shapes[0]} and {shapes[1]}"
+        )
+    if shapes[0][1] != shapes[1][1]:
+        raise ValueError(
+            f"F_test has {shapes[1][1]} features but F_train has {shapes[0][1]}; "
+            "give both the same features"
+        )
+    for name, F, y in (("train", F_train, y_train), ("test", F_test, y_test)):
+        if np.shape(y) != (len(F),):
+            raise ValueError(
+                f"y_{name} must hold one label per row of F_{name} ({len(F)}), "
+                f"got shape {np.shape(y)}"
+            )
+    if len(np.unique(np.asarray(y_train))) < 2:
+        raise ValueError("y_train must hold at least 2 classes to fit a classifier")
 
 
 def _fit_probe(A, y_index, k, *, C, tol, max_iter):

@@ -103,3 +103,29 @@ def test_probe_accuracy_matches_sklearn_with_small_blocks(small_blocks):
     expected = theirs.fit(X[:split], y[:split]).score(X[split:], y[split:])
     ours = evaluation.linear_probe(X[:split], y[:split], X[split:], y[split:], C=0.1)
     assert abs(ours - expected) <= 2 / (len(X) - split)
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda F, y, G, z: (F.ravel(), y, G, z), "2-D"),
+        (lambda F, y, G, z: (F, y, G[:, :-1], z), "features"),
+        (lambda F, y, G, z: (F, y[:-1], G, z), "y_train"),
+        (lambda F, y, G, z: (F, y, G, z[:-1]), "y_test"),
+        (lambda F, y, G, z: (F, np.zeros_like(y), G, z), "2 classes"),
+        (lambda F, y, G, z: (_with(F, np.nan), y, G, z), "finite"),
+        (lambda F, y, G, z: (F, y, _with(G, np.inf), z), "finite"),
+    ],
+)
+def test_probe_refuses_bad_input(change, match):
+    rng = np.random.default_rng(0)
+    F = rng.normal(size=(40, 5)).astype(np.float32)
+    y = np.arange(40) % 3
+    with pytest.raises(ValueError, match=match):
+        evaluation.linear_probe(*change(F, y, F.copy(), y.copy()))
+
+
+def _with(F, value):
+    F = F.copy()
+    F[1, 2] = value
+    return F
