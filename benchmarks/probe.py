@@ -107,9 +107,9 @@ def old_softmax_loss(A, Y, alpha):
 
 def new_probe(F_train, y_train, F_test, y_test, C):
     """Today's ``linear_probe``, with its function evaluations counted."""
-    from calm_np import evaluation
+    from calm_np import _probe, evaluation
 
-    original = evaluation._softmax_loss
+    original = _probe._softmax_loss
     calls = [0]
 
     def counted(*args, **kwargs):
@@ -121,11 +121,11 @@ def new_probe(F_train, y_train, F_test, y_test, C):
 
         return count
 
-    evaluation._softmax_loss = counted
+    _probe._softmax_loss = counted
     try:
         accuracy = evaluation.linear_probe(F_train, y_train, F_test, y_test, C=C)
     finally:
-        evaluation._softmax_loss = original
+        _probe._softmax_loss = original
     return accuracy, calls[0]
 
 
@@ -173,10 +173,10 @@ def standardize_memory(F_train, F_test):
     float64 features (``extract_features`` returns float64), beyond them."""
     import tracemalloc
 
-    from calm_np import evaluation
+    from calm_np import _probe
 
     F_train, F_test = F_train.astype(np.float64), F_test.astype(np.float64)
-    runs = dict(old=old_standardized, new=evaluation._standardized)
+    runs = dict(old=old_standardized, new=_probe._standardized)
     for name, standardize in runs.items():
         tracemalloc.start()
         start = time.perf_counter()
@@ -190,17 +190,17 @@ def standardize_memory(F_train, F_test):
 
 def time_pass(F_train, y_train, rows_list, repeats, C):
     """Median seconds of one loss-and-gradient evaluation, old and new."""
-    from calm_np import evaluation
+    from calm_np import _probe
     from calm_np._fused import _single_threaded_blas
 
-    A, _ = evaluation._standardized(F_train)
+    A, _ = _probe._standardized(F_train)
     n, d = A.shape
     Y = np.eye(10, dtype=np.float32)[y_train]
     alpha = 1.0 / (C * n)
     w = np.random.default_rng(0).standard_normal((d + 1) * 10) * 0.01
     fns = {"old": old_softmax_loss(A, Y, alpha)}
     for rows in rows_list:
-        fns[f"new rows={rows}"] = evaluation._softmax_loss(A, Y, alpha, rows=rows)
+        fns[f"new rows={rows}"] = _probe._softmax_loss(A, Y, alpha, rows=rows)
     reference = fns["old"](w)
     for name, f in fns.items():
         loss, grad = f(w)

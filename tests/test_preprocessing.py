@@ -301,7 +301,7 @@ def test_linear_probe_matches_sklearn_logistic_regression():
 def test_softmax_loss_gradient_matches_finite_differences():
     from scipy.optimize import approx_fprime
 
-    from calm_np.evaluation import _softmax_loss
+    from calm_np._probe import _softmax_loss
 
     rng = np.random.default_rng(0)
     A = rng.standard_normal((30, 4)).astype(np.float32)

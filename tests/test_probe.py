@@ -1,4 +1,4 @@
-"""The linear probe's blocked, threaded pass (``evaluation._softmax_loss``,
+"""The linear probe's blocked, threaded pass (``_probe._softmax_loss``,
 ``_standardized``, ``_fit_probe``) against plain float64 formulas and
 scikit-learn's LogisticRegression."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from calm_np import evaluation
+from calm_np import _probe, evaluation
 
 
 def _reference(A, Y, alpha, w):
@@ -28,8 +28,8 @@ def _reference(A, Y, alpha, w):
 def small_blocks(monkeypatch):
     """Blocks of 7 rows in spans of 14, on two threads: most blocks and
     spans end inside the data, and the threads share the spans."""
-    monkeypatch.setattr(evaluation, "_ROWS", 7)
-    monkeypatch.setattr(evaluation, "_SPAN", 14)
+    monkeypatch.setattr(_probe, "_ROWS", 7)
+    monkeypatch.setattr(_probe, "_SPAN", 14)
     monkeypatch.setenv("CALM_NP_NUM_THREADS", "2")
 
 
@@ -40,17 +40,17 @@ def test_blocked_pass_equals_whole_matrix(small_blocks, monkeypatch):
     Y = np.eye(k, dtype=np.float32)[rng.integers(k, size=n)]
     w = rng.standard_normal((d + 1) * k)
     expected_loss, expected_grad = _reference(A, Y, 0.1, w)
-    loss, grad = evaluation._softmax_loss(A, Y, 0.1)(w)
+    loss, grad = _probe._softmax_loss(A, Y, 0.1)(w)
     assert loss == pytest.approx(expected_loss, rel=1e-6)
     np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-6)
     # a block or a span dropped, or counted twice, moves the sums far more
     for rows in (1, 3, 61, 100):
-        again = evaluation._softmax_loss(A, Y, 0.1, rows=rows)(w)
+        again = _probe._softmax_loss(A, Y, 0.1, rows=rows)(w)
         assert again[0] == pytest.approx(expected_loss, rel=1e-6)
         np.testing.assert_allclose(again[1], expected_grad, rtol=1e-5, atol=1e-6)
     # the spans' sums are added in order: one thread gives the same bits
     monkeypatch.setenv("CALM_NP_NUM_THREADS", "1")
-    same_loss, same_grad = evaluation._softmax_loss(A, Y, 0.1)(w)
+    same_loss, same_grad = _probe._softmax_loss(A, Y, 0.1)(w)
     assert same_loss == loss
     np.testing.assert_array_equal(same_grad, grad)
 
@@ -60,7 +60,7 @@ def test_standardized_by_blocks(small_blocks):
     F = rng.standard_normal((47, 6)) * [1, 2, 3, 4, 5, 6] + [0, 1, 2, 3, 4, 5]
     F[:, 2] = 7.0  # a constant feature: divided by 1, not 0
     G = rng.standard_normal((9, 6))
-    A, (B,) = evaluation._standardized(F, G)
+    A, (B,) = _probe._standardized(F, G)
     scale = F.std(axis=0)
     scale[2] = 1.0
     assert A.dtype == B.dtype == np.float32
@@ -76,9 +76,9 @@ def test_probe_coefficients_match_sklearn(small_blocks):
 
     X, y = load_digits(return_X_y=True)
     X, y = X[:503], y[:503]  # 503 rows: 71 blocks of 7 and one of 6
-    A, _ = evaluation._standardized(X)
+    A, _ = _probe._standardized(X)
     C = 0.05
-    W, b = evaluation._fit_probe(A, y, 10, C=C, tol=1e-7, max_iter=5000)
+    W, b = _probe._fit_probe(A, y, 10, C=C, tol=1e-7, max_iter=5000)
     theirs = LogisticRegression(C=C, tol=1e-10, max_iter=5000)
     theirs.fit(A.astype(np.float64), y)
     np.testing.assert_allclose(W, theirs.coef_.T, atol=2e-3)
