@@ -2,10 +2,11 @@
 
 What: ``calm_np.evaluation.linear_probe`` (standardize, multinomial logistic
 regression by L-BFGS-B, test accuracy) against the previous implementation,
-kept below as ``old_probe``/``old_softmax_loss`` for this comparison only:
-one float32 pass ``A @ W`` over the whole standardized training matrix, then
-``A.T @ P`` (the matrix streamed from memory twice per iteration), BLAS on
-one thread, the standardization through float64 copies of the features.
+kept below as ``old_standardized``/``old_softmax_loss`` for this comparison
+only (``old_probe`` runs them in today's L-BFGS-B call): one float32 pass
+``A @ W`` over the whole standardized training matrix, then ``A.T @ P`` (the
+matrix streamed from memory twice per iteration), BLAS on one thread, the
+standardization through float64 copies of the features.
 
 Shapes: the main job's (``calm-np evaluate --dataset fashion-mnist``):
 60 000 training and 10 000 test Fashion-MNIST images, the ``best`` preset's
@@ -53,34 +54,20 @@ sys.path.insert(0, str(Path(__file__).parent))
 import _perf  # noqa: E402
 
 
-def old_probe(F_train, y_train, F_test, y_test, *, C=1.0, tol=1e-4, max_iter=1000):
-    """The previous ``linear_probe``, verbatim but for the evaluation counter."""
-    from scipy.optimize import minimize
-    from threadpoolctl import threadpool_limits
+def old_probe(F_train, y_train, F_test, y_test, C):
+    """The previous ``linear_probe``: its standardization and loss in today's
+    solver (the same L-BFGS-B call); ``(accuracy, evaluations)``."""
+    from calm_np import _probe
 
-    F_train = np.asarray(F_train, dtype=np.float64)
-    mean, scale = F_train.mean(axis=0), F_train.std(axis=0)
-    scale[scale == 0] = 1.0
-    A = ((F_train - mean) / scale).astype(np.float32)
-    B = ((np.asarray(F_test, dtype=np.float64) - mean) / scale).astype(np.float32)
+    A, B = old_standardized(F_train, F_test)
     classes, y_index = np.unique(np.asarray(y_train), return_inverse=True)
-    n, d = A.shape
-    k = len(classes)
-    Y = np.zeros((n, k), dtype=np.float32)
-    Y[np.arange(n), y_index] = 1.0
-    with threadpool_limits(limits=1, user_api="blas"):
-        result = minimize(
-            old_softmax_loss(A, Y, 1.0 / (C * n)),
-            np.zeros((d + 1) * k),
-            jac=True,
-            method="L-BFGS-B",
-            options=dict(
-                maxiter=max_iter, gtol=tol, ftol=64 * np.finfo(float).eps, maxcor=100
-            ),
-        )
-    W = result.x[: d * k].reshape(d, k).astype(np.float32)
-    predicted = classes[np.argmax(B @ W + result.x[d * k :], axis=1)]
-    return float(np.mean(predicted == np.asarray(y_test))), result.nfev
+
+    def run():
+        W, b = _probe._fit_probe(A, y_index, len(classes), C=C, tol=1e-4, max_iter=1000)
+        predicted = classes[np.argmax(B @ W.astype(np.float32) + b, axis=1)]
+        return float(np.mean(predicted == np.asarray(y_test)))
+
+    return _counting(old_softmax_loss, run)
 
 
 def old_softmax_loss(A, Y, alpha):
@@ -106,14 +93,24 @@ def old_softmax_loss(A, Y, alpha):
 
 
 def new_probe(F_train, y_train, F_test, y_test, C):
-    """Today's ``linear_probe``, with its function evaluations counted."""
+    """Today's ``linear_probe``; ``(accuracy, evaluations)``."""
     from calm_np import _probe, evaluation
 
-    original = _probe._softmax_loss
-    calls = [0]
+    def run():
+        return evaluation.linear_probe(F_train, y_train, F_test, y_test, C=C)
+
+    return _counting(_probe._softmax_loss, run)
+
+
+def _counting(make_loss, run):
+    """``(run(), evaluations)`` with the probe's loss replaced by ``make_loss``
+    and its loss-and-gradient evaluations counted."""
+    from calm_np import _probe
+
+    original, calls = _probe._softmax_loss, [0]
 
     def counted(*args, **kwargs):
-        loss_grad = original(*args, **kwargs)
+        loss_grad = make_loss(*args, **kwargs)
 
         def count(w):
             calls[0] += 1
@@ -123,10 +120,9 @@ def new_probe(F_train, y_train, F_test, y_test, C):
 
     _probe._softmax_loss = counted
     try:
-        accuracy = evaluation.linear_probe(F_train, y_train, F_test, y_test, C=C)
+        return run(), calls[0]
     finally:
         _probe._softmax_loss = original
-    return accuracy, calls[0]
 
 
 def features(cache, n_train):
