@@ -40,6 +40,12 @@ Rows:
     local1152  the previous default: no whitening, sigma^2 = 1, local
                contrast normalization, 128 kernels 3x3 cells
     local1152_sigma  the same with a learned sigma^2
+    the default's start and neighbours (--rows starts), each one change
+    from best: best_random_patches / best_greedy (init="random_patches" /
+    "greedy_kmeans++" instead of noise), best_weights (learned mixture
+    weights), best_pyramid_patches (2x2 + 3x3 pyramid, random patches),
+    white1152_pyramid / white1152_pyramid_patches (128 kernels on the
+    pyramid, greedy / random-patch start)
     plus the older levers (--rows levers), each one change to local256
     (local1152 with 64 kernels on 2x2 cells): readout,
     latent, preprocessing, kernel size and count, pooling grid, no EM,
@@ -55,6 +61,7 @@ Rows:
     each fitted on the first 1000 training images, 5 EM iterations per layer
 
     python benchmarks/features.py                            # main rows, 60k/10k
+    python benchmarks/features.py --rows best,starts --with-init [--seed 1]
     python benchmarks/features.py --rows whiten --with-init --limit 10000
     python benchmarks/features.py --rows levers --limit 10000 --test-limit 2000
     python benchmarks/features.py --rows raw,kmeans256 --limit 5000
@@ -133,6 +140,18 @@ WHITE_ROWS = {
     "white1152_posterior": calm(WHITE1152, features="posterior"),
     "white256": calm(WHITE256),
 }
+# the default's start and neighbours, each one change from best (which
+# starts from Gaussian noise, init="random"); run with --with-init
+START_ROWS = {
+    "best_random_patches": calm(BEST, init="random_patches"),
+    "best_greedy": calm(BEST, init="greedy_kmeans++"),
+    "best_weights": calm(BEST, learn_weights=True),
+    "best_pyramid_patches": calm(BEST, pooling="2+3", init="random_patches"),
+    "white1152_pyramid": calm(WHITE1152, pooling="2+3"),
+    "white1152_pyramid_patches": calm(
+        WHITE1152, pooling="2+3", init="random_patches"
+    ),
+}
 
 ROWS = {
     "paper": calm(PAPER),
@@ -176,6 +195,7 @@ NETWORK_ROWS = {
 }
 ROWS.update(NETWORK_ROWS)
 ROWS.update(WHITE_ROWS)
+ROWS.update(START_ROWS)
 
 
 # ---------------------------------------------------------------------------
@@ -434,6 +454,7 @@ def main(argv=None):
             "levers": LEVERS,
             "networks": tuple(NETWORK_ROWS),
             "whiten": tuple(WHITE_ROWS),
+            "starts": tuple(START_ROWS),
         }
         rows.extend(groups.get(name, [name]))
     baselines = ("raw", *KMEANS)
