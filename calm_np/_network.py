@@ -317,11 +317,9 @@ def _maps_of(X, kernels, *, log_weights, padding, method, activation, **options)
     if activation == "triangle":
         options["variance"] = 1.0  # distances do not depend on σ²
     batch = _Batch(X, kernels, log_weights, padding, method, **options)
-    if activation == "triangle":
-        batch.log_weights = _readouts.distance_log_weights(batch.log_weights, batch.xp)
+    if activation == "triangle":  # the readouts' distances, chunk by chunk
+        return _readouts.triangle_maps(batch)
     xp, A = batch.xp, batch.log_joint()
-    if activation == "triangle":
-        return _readouts.triangle(A, batch.patch_sq_norms(), batch.log_weights, xp)
     return xp.exp(A - logsumexp(A, axis=1, keepdims=True))
 
 

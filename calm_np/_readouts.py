@@ -93,13 +93,19 @@ def pooled_features(
 
 
 def _pooled_triangle(batch, grids):
-    """:func:`pooled_features` for ``features="triangle"``: from the squared
-    distances (``Engine.distances``, a chunk at a time where the engine
-    can); the weights do not matter."""
+    """:func:`pooled_features` for ``features="triangle"``."""
+    return triangle_maps(batch, lambda act: pool(act, grids, batch.xp, reduce="sum"))
+
+
+def triangle_maps(batch, reduce=None):
+    """The triangle activation ``(n, k, Ho, Wo)`` of a ``_Batch``, or
+    ``reduce`` of it, a chunk of images at a time: from the squared
+    distances (``Engine.distances``); the weights do not matter."""
     xp = batch.xp
 
     def read(D, start, stop):
-        return pool(triangle_of_distances(D, xp), grids, xp, reduce="sum")
+        act = triangle_of_distances(D, xp)  # D is the chunk's scratch
+        return xp.asarray(act, copy=True) if reduce is None else reduce(act)
 
     return batch.engine.distances(batch.kernels, read, batch.patch_sq_norms)
 
@@ -141,18 +147,6 @@ def _apply_bound(func, kernels, weights, options, batch):
     return func(batch, kernels, log_weights=log_w, **options)
 
 
-def distance_log_weights(log_w, xp):
-    """``log_w`` with ``-inf`` (a kernel of weight 0) replaced by 0.
-
-    The triangle activation reads distances ``‖x_u − μ_k‖`` off a log joint
-    and subtracts ``log π_k`` again, so the weights do not matter, but a
-    weight of 0 makes ``A = -inf`` and the distance ``inf − inf``: a log joint
-    computed with these weights keeps every kernel's distance finite.
-    """
-    finite = xp.isfinite(log_w)
-    return xp.where(finite, log_w, xp.zeros_like(log_w))
-
-
 def posterior_mass(A, grids, axes, xp):
     """Posterior mass of each kernel and cell, the posterior normalised over
     ``axes`` of the log joint ``A`` (overwritten): sums of ``exp(A − max)``
@@ -169,29 +163,15 @@ def posterior_mass(A, grids, axes, xp):
     return pool(E, grids, xp, reduce="sum") / xp.reshape(Z, (-1, 1))
 
 
-def triangle(A, sq_norms, log_w, xp):
-    """Triangle activation ``max(0, mean_j z[j,u] − z[k,u])``, ``(n, k, Ho, Wo)``.
-
-    ``z[k, u] = ‖x_u − μ_k‖`` comes from the log joint,
-    ``‖x_u − μ_k‖² = ‖x_u‖² − 2 (A[k, u] − log π_k)``, with the patch norms
-    ``sq_norms = ‖x_u‖²`` (n, Ho, Wo) from an integral image of ``X²``
-    (``_Batch.patch_sq_norms``, as for ``latent="patch"``).  ``A`` and
-    ``log_w`` must be finite: see :func:`distance_log_weights`; ``None``
-    when ``2 log π_k`` (equal for all k) is already in ``sq_norms``.
-    Coates, Lee & Ng (2011) use it on k-means centroids: a
-    kernel is active where the patch is closer to it than to the average
-    kernel, which makes the code sparse and competitive across kernels.
-    """
-    A *= -2.0  # A is scratch: overwritten with dist², dist, activations
-    if log_w is not None:
-        A += xp.reshape(2.0 * log_w, (1, -1, 1, 1))
-    A += sq_norms[:, None, ...]
-    return triangle_of_distances(A, xp)
-
-
 def triangle_of_distances(D, xp):
-    """:func:`triangle` of the squared distances ``D`` (n, k, Ho, Wo),
-    overwritten: ``max(0, mean_j z_j − z_k)`` with ``z = sqrt(max(D, 0))``."""
+    """Triangle activation of the squared distances ``D[n, k, u] = ‖x_u − μ_k‖²``
+    (n, k, Ho, Wo), overwritten: ``max(0, mean_j z_j − z_k)`` with
+    ``z = sqrt(max(D, 0))``.
+
+    Coates, Lee & Ng (2011) use it on k-means centroids: a kernel is active
+    where the patch is closer to it than to the average kernel, which makes
+    the code sparse and competitive across kernels.
+    """
     dist = inplace("sqrt", relu(D, xp), xp)
     act = rsub(xp.mean(dist, axis=1, keepdims=True), dist, xp)  # mean_j z_j − z_k
     return relu(act, xp)

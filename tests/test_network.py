@@ -81,9 +81,8 @@ def test_greedy_fit_equals_fitting_layer_two_by_hand_bit_for_bit():
     model = net().fit(X)
     first = model.layers_[0]
     log_w = np.log(first.weights_)
-    A = calm_np.log_joint(X, first.kernels_, log_weights=log_w)
-    sq_norms = _Batch(X, first.kernels_, log_w).patch_sq_norms()
-    act = calm_np._readouts.triangle(A, sq_norms, log_w, np)
+    # layer 1's triangle maps as the readouts compute them
+    act = calm_np._readouts.triangle_maps(_Batch(X, first.kernels_, log_w))
     n, k, H, W = act.shape
     pooled = act[:, :, : H // 2 * 2, : W // 2 * 2]
     pooled = pooled.reshape(n, k, H // 2, 2, W // 2, 2).mean(axis=(3, 5))
