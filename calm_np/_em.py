@@ -31,8 +31,8 @@ What the EM loop does with the statistics lives here too: :class:`Params`
 (kernels, log weights and σ², the one value a fit threads), :func:`objective`
 (the mean per-image objective ``tol`` is applied to), :func:`m_step` (the
 MAP update of kernels and weights, then σ²), :func:`initial_variance` (σ²'s
-start) and :func:`online_step` (the stepwise blend of ``partial_fit``).  The
-estimator only sequences them.
+start); the stepwise blend of ``partial_fit`` is :mod:`~calm_np._online`.
+The estimator only sequences them.
 """
 
 from __future__ import annotations
@@ -54,8 +54,14 @@ __all__ = [
     "sufficient_statistics",
 ]
 
-# Online EM step size (t + 2) ** -ONLINE_KAPPA, t = 0, 1, ... (0.5 < κ <= 1).
-ONLINE_KAPPA = 0.6
+
+def _window_counts(size, pad, n_windows, length):
+    """How many of ``n_windows`` windows of ``length`` (starting at 0, 1, …
+    of the padded axis) hold each of the ``size`` pixels after ``pad``."""
+    return [
+        min(i + pad, n_windows - 1) - max(0, i + pad - length + 1) + 1
+        for i in range(size)
+    ]
 
 
 class _Batch:
@@ -112,7 +118,7 @@ class _Batch:
             method = choose_method(xp, *shapes, latent=latent)
         self.method = method
         self._engine = None
-        self._sq_norms = None
+        self._sq_norms = self._sq_sums = None
 
     @property
     def engine(self):
@@ -145,12 +151,39 @@ class _Batch:
             # c(X) is large (−½‖X‖²): add it in the wide type
             return cast(log_norm[:, 0, 0, 0]) + cast(self.log_const())
         c, (kh, kw) = self.X.shape[1], self.kernel_shape
-        D = c * kh * kw
-        sq = cast(self.sq_norms()) / self.variance
-        per_patch = cast(log_norm[:, 0, ...]) - 0.5 * sq
-        return xp.sum(per_patch, axis=(1, 2)) - 0.5 * D * self._log_2pi_var() * (
-            per_patch.shape[1] * per_patch.shape[2]
-        )
+        n_pos = log_norm.shape[2] * log_norm.shape[3]
+        # Σ_u (log Z_u − ½‖x_u‖²/σ²) − ½·|U|·D·log 2πσ², summed in ``wide``
+        sums = xp.sum(log_norm, axis=(1, 2, 3), dtype=wide)
+        sums = sums - 0.5 * self.sq_sums(wide) / self.variance
+        return sums - 0.5 * c * kh * kw * self._log_2pi_var() * n_pos
+
+    def sq_sums(self, wide=None):
+        """Per image (n,), the squared values the model explains, in ``wide``
+        if given: ``‖X_n‖²`` (image latent), or ``Σ_u ‖x_u‖²`` over every
+        patch (patch latent).  Unwhitened patches need no per-patch norms:
+        each pixel's square counts once per window that holds it, a
+        separable weight (one pass over the pixels, not over the patches)."""
+        xp = self.xp
+        cast = (lambda a: a) if wide is None else (lambda a: xp.astype(a, wide))
+        if self.latent == "image":
+            return cast(self.sq_norms())
+        if self.whitening is not None:
+            return xp.sum(self.sq_norms(), axis=(1, 2), dtype=wide)
+        if self._sq_sums is None:
+            self._sq_sums = self._pixel_weighted_sq_sums()
+        return cast(self._sq_sums)
+
+    def _pixel_weighted_sq_sums(self):
+        xp = self.xp
+        n, c, H, W = self.X.shape
+        (ph, pw), (kh, kw) = self.padding, self.kernel_shape
+        Hp, Wp = self.padded_shape
+        rows = _window_counts(H, ph, Hp - kh + 1, kh)
+        cols = _window_counts(W, pw, Wp - kw + 1, kw)
+        weight = [r * q for r in rows for q in cols]
+        weight = xp.asarray(weight, dtype=self.dtype, device=self.device)
+        weight = xp.reshape(xp.broadcast_to(weight, (c, H * W)), (-1,))
+        return xp.reshape(self.X * self.X, (n, c * H * W)) @ weight
 
     def _log_2pi_var(self):
         return LOG_2PI + math.log(self.variance)  # exactly LOG_2PI when σ² = 1
@@ -395,7 +428,7 @@ def _statistics(batch, kernels_ndim=4, margin=0):
     if kernels_ndim == 3:
         sums = sums[:, 0, ...]
     ll = xp.sum(batch.log_likelihood(log_norm, wide))
-    sq = xp.sum(xp.astype(batch.sq_norms(), wide))
+    sq = xp.sum(batch.sq_sums(wide))
     n = batch.X.shape[0]
     return SufficientStatistics(counts, sums, ll, n, sq, n * batch.n_values())
 
@@ -513,81 +546,10 @@ def initial_variance(source, kernels, padding, method, latent, whitening=None):
     # A = x_u·μ_k − ½‖μ_k‖² − log k; ‖x − μ_k‖² = ‖x‖² − 2 (A + log k)
     best = batch.readout(lambda A, start, stop: xp.max(A, axis=axes))
     wide = wide_float(xp, batch.device)
-    sq = float(xp.sum(xp.astype(batch.sq_norms(), wide)))
+    sq = float(xp.sum(batch.sq_sums(wide)))
     fit = 2.0 * float(xp.sum(xp.astype(best, wide))) + 2.0 * math.log(
         kernels.shape[0]
     ) * math.prod(best.shape)
     Q = max(sq - fit, VARIANCE_FLOOR * sq)
     n_values = len(idx) * batch.n_values()
     return Q / n_values if Q > 0 else 1.0
-
-
-def running_statistics(stats, t=0):
-    """Per-image statistics ``N_k / n``, ``S_k / n``, ``Σ‖X‖² / n`` and the
-    values per image, as online EM carries them."""
-    n = stats.n_samples
-    return dict(
-        counts=stats.counts / n,
-        sums=stats.sums / n,
-        sq_norm=stats.sq_norm / n,
-        n_values=stats.n_values / n,
-        n_seen=n,
-        t=t,
-    )
-
-
-def running_from_model(stats, kernels, weights, t, variance=1.0):
-    """Running statistics rebuilt from a model's ``kernels``, ``weights``, σ².
-
-    For a model without them (one read by ``load``): ``N̄_k = π_k m`` and
-    ``S̄_k = μ_k N̄_k`` per image, with ``m`` the latent draws per image (the
-    batch's ``Σ_k N_k / n``: 1, or the positions for ``latent="patch"``),
-    and ``Σ‖X‖²`` per image ``σ² v + Σ_k N̄_k ‖μ_k‖²`` (``v`` values per
-    image), so the M-step of the rebuilt state gives the model back when
-    ``reg_kernels=0``.  ``n_seen`` starts at 0 and ``t`` at ``t``.
-    """
-    xp = get_namespace(stats.counts)[0]
-    wide = stats.counts.dtype
-    per_image = xp.sum(stats.counts) / stats.n_samples
-    counts = xp.astype(weights, wide) * per_image
-    shape = (-1,) + (1,) * (stats.sums.ndim - 1)
-    mu = xp.astype(kernels, wide)
-    sums = mu * xp.reshape(counts, shape)
-    values = stats.n_values / stats.n_samples
-    energy = xp.sum(counts * xp.sum(xp.reshape(mu * mu, (counts.shape[0], -1)), axis=1))
-    sq_norm = variance * values + energy
-    return dict(
-        counts=counts, sums=sums, sq_norm=sq_norm, n_values=values, n_seen=0, t=t
-    )
-
-
-def online_step(running, stats):
-    r"""Stepwise (online) EM: blend the running statistics with a batch's.
-
-    :math:`\bar s \leftarrow (1-\eta_t)\,\bar s + \eta_t\, s/n`,
-    :math:`\eta_t = (t+2)^{-\kappa}` (Cappé & Moulines 2009).  ``running`` is
-    ``None`` at the first step or a dict from :func:`running_statistics`;
-    returns the new one and the blended totals (``n_seen`` images) for
-    :func:`m_step`.
-    """
-    if running is None:
-        new = running_statistics(stats)
-    else:
-        n = stats.n_samples
-        eta = (running["t"] + 2) ** -ONLINE_KAPPA
-        per_image = running_statistics(stats)
-        new = {
-            key: (1 - eta) * running[key] + eta * per_image[key]
-            for key in ("counts", "sums", "sq_norm", "n_values")
-        }
-        new.update(n_seen=running["n_seen"] + n, t=running["t"] + 1)
-    n_seen = new["n_seen"]
-    blended = SufficientStatistics(
-        new["counts"] * n_seen,
-        new["sums"] * n_seen,
-        0.0,
-        n_seen,
-        new["sq_norm"] * n_seen,
-        new["n_values"] * n_seen,
-    )
-    return new, blended

@@ -28,17 +28,10 @@ from ._base import ParamsMixin, restore_on_error
 from ._checks import FEATURES  # noqa: F401  (the CLI reads _estimator.FEATURES)
 from ._dask import is_dask_array
 from ._data import checked_source, progress_bar, report
-from ._em import (
-    Params,
-    initial_variance,
-    log_likelihood,
-    objective,
-    online_step,
-    running_from_model,
-    running_statistics,
-)
+from ._em import Params, initial_variance, log_likelihood, objective
 from ._init import check_random_state, kernels_for
 from ._moves import Moves
+from ._online import online_step, running_from_model, running_statistics
 from ._persist import FORMAT_VERSION  # noqa: F401  (kept importable from here)
 from ._warnings import (
     ConvergenceWarning,
