@@ -44,7 +44,15 @@ from typing import Any
 from . import _checks
 from ._engines import ENGINES, LATENT_AXES, choose_method
 from ._whiten import on_namespace
-from ._xp import LOG_2PI, get_namespace, interval_sums, logsumexp, pad_zeros, wide_float
+from ._xp import (
+    LOG_2PI,
+    get_namespace,
+    interval_sums,
+    logsumexp,
+    pad_zeros,
+    single_threaded_blas,
+    wide_float,
+)
 
 __all__ = [
     "SufficientStatistics",
@@ -183,7 +191,9 @@ class _Batch:
         weight = [r * q for r in rows for q in cols]
         weight = xp.asarray(weight, dtype=self.dtype, device=self.device)
         weight = xp.reshape(xp.broadcast_to(weight, (c, H * W)), (-1,))
-        return xp.reshape(self.X * self.X, (n, c * H * W)) @ weight
+        # one thread: OpenBLAS's pool would spin on into the next fused pass
+        with single_threaded_blas():
+            return xp.reshape(self.X * self.X, (n, c * H * W)) @ weight
 
     def _log_2pi_var(self):
         return LOG_2PI + math.log(self.variance)  # exactly LOG_2PI when σ² = 1
