@@ -12,30 +12,27 @@ from __future__ import annotations
 from ._fused_dft import folds
 
 # Effective speeds of the operations of the fused NumPy paths (units per
-# second, 2 threads on a busy 2-core AMD EPYC with AVX-512): GEMM flops of
+# second, 2 threads on an idle 2-core AMD EPYC with AVX-512): GEMM flops of
 # the products, flops of the skinny DFT-by-GEMM row transforms (inner
 # dimensions of 13 to 98: far slower per flop), softmax map entries, copied
 # entries (patches, Toeplitz), images (per-image overhead), and for
-# ``latent="patch"`` the per-position softmax's map entries and the patch
-# norms' pixels.  Only their ratios matter.  Fitted to
-# ``benchmarks/engine_choice.py --save`` timings of 104 shapes × 2 latents
-# (least squares, then a search maximising the (shape, latent) pairs where
-# the pick is within 10 % of the faster engine: 200 of 208); ``--fit``
-# refits them.  The radix-2 fold of the row-DFT plan (long rows) came later:
-# its counts (half-length transforms, butterfly passes as 2/3 of a softmax)
-# use these speeds unrefitted; of the grid's picks it changed four, to fft:
-# 96×96 with 16 kernels 9×9, 200 kernels 15×15, and ×3 with 200 kernels
-# 9×9 (timed: fft 0.7–0.9× im2col with 19–24 images, either latent), and
-# 28×28×3 with 64 kernels 5×5 (a tie: 0.84–1.19× over two timings).
+# ``latent="patch"`` the per-position softmax's map entries and the pixels
+# of the objective's pixel-weighted sum.  Only their ratios matter.  Fitted
+# by ``benchmarks/engine_choice.py --fit`` (least squares, then a coordinate
+# search maximising the (shape, latent) pairs whose pick is within 10 % of
+# the faster engine) to one sweep of 104 shapes x 2 latents, medians of 7
+# (``--repeats 7 --budget 0.25``), with the radix-2 fold's counts in: 200
+# of 208 pairs there, and 190-200 on three earlier sweeps it was not fitted
+# to (the previous speeds: 188-197).
 _FEATURES = ("gemm", "dft", "map", "copy", "image", "pmap", "pixel")
 _SPEED = {
-    "gemm": 4.1e10,
-    "dft": 1.8e10,
-    "map": 4.5e8,
-    "copy": 5.3e8,
-    "image": 8e4,
-    "pmap": 4.5e8,
-    "pixel": 1e8,
+    "gemm": 2.03e+11,
+    "dft": 7.15e+10,
+    "map": 9.83e+08,
+    "copy": 1.4e+09,
+    "image": 2.59e+05,
+    "pmap": 2.83e+10,
+    "pixel": 7.93e+08,
 }
 
 
