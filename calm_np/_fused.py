@@ -141,7 +141,9 @@ def _softmax_inplace(A3, np):
     else:
         mx = A3.max(axis=0).max(axis=-1)
     mx = np.where(np.isfinite(mx), mx, 0).astype(A3.dtype)
-    A3 -= mx[:, None]
+    # shifts as a whole (m, cols) block: the loop runs over m·cols values,
+    # not over short rows of cols against an (m, 1) broadcast
+    A3 -= np.repeat(mx, A3.shape[2]).reshape(A3.shape[1:])
     np.copyto(A3, -np.inf, where=A3 < flush_threshold(A3.dtype))
     np.exp(A3, out=A3)
     return mx
@@ -517,7 +519,7 @@ class _RowDFT:
             Z, inv = _normalise(sk, self.dtype, np)
             acc["counts"] += np.sum(sk * inv, axis=1, dtype=np.float64)
             # the image side scaled by 1/Z_n, not the maps
-            T.reshape(ns, 2 * c * kh, m, Ho)[...] *= inv[:, None]
+            T.reshape(ns, 2 * c * kh, m, Ho)[...] *= np.repeat(inv, Ho).reshape(m, Ho)
             with np.errstate(divide="ignore"):
                 log_norm = mx + np.log(Z)
         # row spectra of γ (reusing E's memory)
