@@ -58,6 +58,9 @@ Rows:
     network_nonorm  the network without the per-channel standardization
     network_layer1  its layer 1 alone (64 kernels, 3x3 grid: 576)
     network_single128  one layer of 128 kernels (best's 1152 features)
+    network_white, network_white_layer1, network_white_single128
+                    the same three on best's layer (whitened patches, noise
+                    start, learned sigma^2; layer 2 whitened too)
     each fitted on the first 1000 training images, 5 EM iterations per layer
 
     python benchmarks/features.py                            # main rows, 60k/10k
@@ -193,6 +196,16 @@ NETWORK_ROWS = {
     "network_layer1": QUICK,
     "network_single128": dict(QUICK, n_kernels=128),
 }
+# the same stack on best's layer (whitened, noise start, learned sigma^2);
+# layer 2 copies layer 1's settings (whitened 3x3x64 patches of the maps)
+QUICK_WHITE = dict(
+    evaluation.preset("best", "fashion-mnist"), n_kernels=64, fit_limit=1000, max_iter=5
+)
+NETWORK_ROWS.update(
+    network_white=dict(QUICK_WHITE, network=NETWORK["network"]),
+    network_white_layer1=QUICK_WHITE,
+    network_white_single128=dict(QUICK_WHITE, n_kernels=128),
+)
 ROWS.update(NETWORK_ROWS)
 ROWS.update(WHITE_ROWS)
 ROWS.update(START_ROWS)
