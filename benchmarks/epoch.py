@@ -139,7 +139,7 @@ def run_setup(setup, args, peak, fused):
 def run_readouts(setup, args):
     """Patch-latent iteration and readouts over ratios to one image iteration."""
     import calm_np
-    from calm_np import _readouts
+    from calm_np import _em, _readouts
 
     cfg = READOUT_SETUPS[setup]
     X, source = _perf.load_images("mnist", args.n_readout)
@@ -182,6 +182,20 @@ def run_readouts(setup, args):
     fns[("score_samples", "image")] = lambda: over_batches(
         lambda Xb: calm_np.log_likelihood(Xb, M, **opts)
     )
+    # floors, no goal: the chunked E-step (log joint, laid out for boxes) and
+    # the triangle's distance GEMM, each read out as one value per image
+    fns[("E-step only", "image")] = lambda: over_batches(
+        lambda Xb: _em._Batch(Xb, M, log_w, pad).engine.readout(
+            M, log_w, lambda A, start, stop: A[:, 0, 0, :1].copy(), 1.0, True
+        )
+    )
+
+    def distances_only(Xb):
+        batch = _em._Batch(Xb, M, log_w, pad)
+        first = lambda D, start, stop: D[:, 0, 0, :1].copy()  # noqa: E731
+        return batch.engine.distances(M, first, batch.patch_sq_norms)
+
+    fns[("distances only", "image")] = lambda: over_batches(distances_only)
     med, _ = _perf.interleaved(fns, args.repeats)
     base = med[("EM iteration", "image")]
     print(
@@ -194,6 +208,13 @@ def run_readouts(setup, args):
     for (what, latent), t in med.items():
         ratio = t / base
         goal = 1.0 if what == "EM iteration" and latent == "image" else None
+        if what.endswith(" only"):  # a floor
+            print(
+                f"{what:18} {latent:6} {t:8.3f} {1e3 * t / X.shape[0]:8.3f} "
+                f"{ratio:6.2f} (floor: no readout)"
+            )
+            results[(setup, what, latent)] = ratio
+            continue
         if goal is None:
             goal = 1.25 if what == "EM iteration" else 0.5
             ok &= ratio <= goal
