@@ -53,6 +53,19 @@ def _tiles(kernels):
     return K.mean(axis=1)
 
 
+def _mosaic(tiles, rows, cols):
+    """Tiles ``(k, h, w[, 3])`` in [0, 1] as one RGBA image of ``rows × cols``
+    tiles, each followed by a transparent gap of one pixel."""
+    k, h, w = tiles.shape[:3]
+    rgb = tiles if tiles.ndim == 4 else np.repeat(tiles[..., None], 3, axis=-1)
+    image = np.zeros((rows * (h + 1), cols * (w + 1), 4))
+    for i in range(k):
+        y, x = (i // cols) * (h + 1), (i % cols) * (w + 1)
+        image[y : y + h, x : x + w, :3] = rgb[i]
+        image[y : y + h, x : x + w, 3] = 1.0
+    return image[:-1, :-1]
+
+
 def kernel_grid(kernels, path, *, title=None, order=None):
     """Save the kernels as a near-square grid of tiles in a PNG file.
 
@@ -80,19 +93,14 @@ def kernel_grid(kernels, path, *, title=None, order=None):
     rows = max(1, math.ceil(k / cols))
     side = min(0.6 * cols, 12.0) / cols  # inches per tile, at most 12 in wide
     fig = _figure(side * cols + 0.4, side * rows + (0.8 if title else 0.4))
-    grid = fig.add_gridspec(rows, cols, wspace=0.08, hspace=0.08)
-    for i in range(rows * cols):
-        ax = fig.add_subplot(grid[i // cols, i % cols])
-        ax.set_axis_off()
-        if i < k:
-            gray = tiles.ndim == 3
-            ax.imshow(
-                tiles[i],
-                cmap="gray" if gray else None,
-                vmin=0.0,
-                vmax=1.0,
-                interpolation="nearest",
-            )
+    width, height = fig.get_figwidth(), fig.get_figheight()
+    ax = fig.add_axes(
+        (0.2 / width, 0.2 / height, side * cols / width, side * rows / height)
+    )
+    ax.set_axis_off()
+    # one image of every tile (one imshow: a subplot per kernel took ~3 s
+    # for 256 kernels), tiles apart by a transparent one-pixel gap
+    ax.imshow(_mosaic(tiles, rows, cols), interpolation="nearest")
     if title:
         fig.suptitle(title)
     fig.savefig(path, dpi=100)

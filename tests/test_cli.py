@@ -56,6 +56,29 @@ def assert_png(path):
     assert float(image[..., :3].std()) > 0.01
 
 
+def test_kernel_grid_draws_every_kernel_in_its_tile(tmp_path):
+    """The figure's one image: tile i at row i // cols, column i % cols,
+    each kernel scaled to [0, 1] on its own, transparent gaps between."""
+    pytest.importorskip("matplotlib")
+    from calm_np import plots
+
+    rng = np.random.default_rng(0)
+    kernels = rng.standard_normal((5, 1, 3, 2)) * np.arange(1, 6)[:, None, None, None]
+    tiles = plots._tiles(kernels)
+    image = plots._mosaic(tiles, 2, 3)
+    assert image.shape == (2 * 4 - 1, 3 * 3 - 1, 4)
+    for i in range(5):
+        y, x = (i // 3) * 4, (i % 3) * 3
+        k = kernels[i, 0]
+        expected = (k - k.min()) / (k.max() - k.min())
+        np.testing.assert_allclose(image[y : y + 3, x : x + 2, 0], expected)
+        assert (image[y : y + 3, x : x + 2, 3] == 1).all()
+    assert (image[3, :, 3] == 0).all() and (image[:, 2, 3] == 0).all()
+    assert (image[4:, 6:, 3] == 0).all()  # no sixth kernel
+    path = plots.kernel_grid(kernels, tmp_path / "k.png", title="five")
+    assert_png(path)
+
+
 # ---------------------------------------------------------------------------
 # end to end
 # ---------------------------------------------------------------------------
