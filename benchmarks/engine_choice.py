@@ -109,8 +109,12 @@ def fit(rows):
         name: (1.0 / s if s > 0 else 1e30)
         for name, s in zip(names, seconds, strict=True)
     }
+    # local searches from the fit and from the model's speeds, each restarted
+    # from its result until a restart finds nothing better
     for start in (speeds, dict(_fused_timing._SPEED)):
         best = _search(rows, start)
+        while _score(rows, again := _search(rows, best)) > _score(rows, best):
+            best = again
         if _score(rows, best) > _score(rows, speeds):
             speeds = best
     return speeds

@@ -14,22 +14,24 @@ from ._fused_dft import folds
 # Effective speeds of the operations of the fused NumPy paths (units per
 # second, 2 threads on an idle 2-core AMD EPYC with AVX-512): GEMM flops of
 # the products, flops of the skinny DFT-by-GEMM row transforms (inner
-# dimensions of 13 to 98: far slower per flop), softmax map entries, copied
-# entries (patches, Toeplitz), images (per-image overhead), and for
-# ``latent="patch"`` the per-position softmax's map entries and the pixels
-# of the objective's pixel-weighted sum.  Only their ratios matter.  Fitted
-# by ``benchmarks/engine_choice.py --fit`` (least squares, then a coordinate
-# search maximising the (shape, latent) pairs whose pick is within 10 % of
-# the faster engine) to one sweep of 104 shapes x 2 latents, medians of 7
-# (``--repeats 7 --budget 0.25``), with the radix-2 fold's counts in: 200
-# of 208 pairs there, and 190-200 on three earlier sweeps it was not fitted
-# to (the previous speeds: 188-197).
+# dimensions of 13 to 98), softmax map entries, copied entries (patches,
+# Toeplitz), images (per-image overhead), and for ``latent="patch"`` the
+# per-position softmax's map entries and the pixels of the objective's
+# pixel-weighted sum.  Only their ratios matter, and they are fitted, not
+# measured rates: on this grid the passes over maps and copies outweigh the
+# GEMMs, so the fit gives GEMM flops little weight.  Fitted by
+# ``benchmarks/engine_choice.py --fit`` (least squares, then a coordinate
+# search, restarted, maximising the (shape, latent) pairs whose pick is
+# within 10 % of the faster engine) to one sweep of 104 shapes x 2 latents,
+# medians of 7 (``results/engine_choice.json``): 206 of 208 there, and 206
+# on a later sweep of the final code it was not fitted to
+# (``results/engine_choice_check.json``; the previous speeds: 193).
 _FEATURES = ("gemm", "dft", "map", "copy", "image", "pmap", "pixel")
 _SPEED = {
-    "gemm": 2.03e+11,
-    "dft": 7.15e+10,
-    "map": 9.83e+08,
-    "copy": 1.4e+09,
+    "gemm": 6.82e+11,
+    "dft": 8.58e+10,
+    "map": 8.36e+08,
+    "copy": 7e+08,
     "image": 2.59e+05,
     "pmap": 2.83e+10,
     "pixel": 7.93e+08,
