@@ -509,22 +509,26 @@ class _RowDFT:
         n_col = m * Ho
         A, (T, E) = self.e_step(Xc, prepared, buffers)
         if self.latent == "patch":
-            A3 = A.reshape(Wo, k, n_col)
-            log_norm = _softmax_over_kernels(A3, 1, np)  # (Wo, m·Ho)
-            log_norm = log_norm.reshape(Wo, m, Ho).transpose(1, 2, 0)
-            acc["counts"] += A3.sum(axis=(0, 2))
+            log_norm = _softmax_over_kernels(A.reshape(Wo, k, n_col), 1, np)
+            log_norm = log_norm.reshape(Wo, m, Ho).transpose(1, 2, 0)  # (m, Ho, Wo)
         else:
             mx = _softmax_inplace(A.reshape(Wo * k, m, Ho), np)
-            sk = A.sum(axis=0).reshape(k, m, Ho).sum(axis=-1)  # (k, m)
+        # row spectra of the maps (reusing E's memory); slot 0's real row is
+        # each map row's DC, its sum over x: the posterior mass per (k, n, y)
+        # without another pass over the maps
+        G = self.rowt.forward(A, E.reshape(2 * ns, k * n_col), buffers)
+        G = G.reshape(ns, 2 * k, n_col)
+        mass = G[0, :k]  # (k, m·Ho)
+        if self.latent == "patch":
+            acc["counts"] += mass.sum(axis=1)
+        else:
+            sk = mass.reshape(k, m, Ho).sum(axis=-1)  # (k, m)
             Z, inv = _normalise(sk, self.dtype, np)
             acc["counts"] += np.sum(sk * inv, axis=1, dtype=np.float64)
             # the image side scaled by 1/Z_n, not the maps
             T.reshape(ns, 2 * c * kh, m, Ho)[...] *= np.repeat(inv, Ho).reshape(m, Ho)
             with np.errstate(divide="ignore"):
                 log_norm = mx + np.log(Z)
-        # row spectra of γ (reusing E's memory)
-        G = self.rowt.forward(A, E.reshape(2 * ns, k * n_col), buffers)
-        G = G.reshape(ns, 2 * k, n_col)
         block, part = acc["block"], acc["part"]  # (ns, 2k, 2ckh), one bin's
         for f in range(ns):
             if acc["pending"]:
