@@ -32,12 +32,15 @@ a few images, keeps its maps in cache from the E-step to the M-step, and
 adds its share of the statistics to a private accumulator.  BLAS runs
 single-threaded inside (threadpoolctl, when installed): the threads already
 use every core, and OpenBLAS's own threads spin badly on a busy machine.
-Two tricks keep passes few:
+Three tricks keep passes few:
 
 * the per-image normaliser 1/Z_n is applied to the chunk's (small)
   image-side matrix, never to the (large) maps;
 * the bias −½‖μ_k‖² + log π_k is added to the DC coefficient before the
-  inverse transform (row-DFT plan) instead of to every map entry.
+  inverse transform (row-DFT plan) instead of to every map entry;
+* the posterior mass of each map row (for ``N_k`` and ``Z_n``) is the DC
+  coefficient of the forward transform the M-step needs anyway (row-DFT
+  plan), not another sum over the maps.
 
 Probabilities below tiny/eps (1e-31 in float32) are flushed to 0 before the
 M-step GEMM: subnormal operands make it ~3× slower (up to 100× on peaked
