@@ -153,10 +153,12 @@ def _softmax_inplace(A3, np):
 
 
 def _softmax_over_kernels(maps, axis, np):
-    """``maps`` (…, k, …) of log joints -> posteriors over ``axis``, in place.
+    """``maps`` (…, k, …) of log joints -> ``exp(A − max)`` over ``axis``, in
+    place; the ``latent="patch"`` softmax per position, not yet normalised.
 
-    The ``latent="patch"`` softmax, per position.  Returns the log
-    normalisers (``maps`` without ``axis``).  Probabilities below
+    Returns the log normalisers (``maps`` without ``axis``) and ``1/Z``
+    (keepdims): the caller divides the maps by ``Z``, or the other operand
+    of its M-step.  Probabilities below
     :func:`~calm_np._xp.flush_threshold` of a position's largest become 0.
     """
     mx = maps.max(axis=axis, keepdims=True)
@@ -165,8 +167,7 @@ def _softmax_over_kernels(maps, axis, np):
     np.copyto(maps, -np.inf, where=maps < flush_threshold(maps.dtype))
     np.exp(maps, out=maps)
     Z = maps.sum(axis=axis, keepdims=True)  # >= 1: the largest is exp(0)
-    maps *= (1.0 / Z).astype(maps.dtype)
-    return np.squeeze(mx + np.log(Z), axis=axis)
+    return np.squeeze(mx + np.log(Z), axis=axis), (1.0 / Z).astype(maps.dtype)
 
 
 def _plan(engine, kernels, log_weights, latent="image", margin=0, scale=1.0):
@@ -347,20 +348,29 @@ class _Im2colPlan:
         if self.whitening is not None:
             acc["sq_norms"] = np.einsum("dl,dl->l", P, P)
         A3 = A.reshape(k, m, L)
+        if q:
+            Xq = np.pad(Xc, ((0, 0), (0, 0), (q, q), (q, q)))
+            P = self.patches(Xq, self.window, buffers, "P_wide")
+        # the normalisers 1/Z go to the smaller operand of the M-step GEMM:
+        # the patches (Dm values per position) or the maps (k per position)
+        patch_side = P.shape[0] < k
         if self.latent == "patch":
-            log_norm = _softmax_over_kernels(A3, 0, np)  # (m, L)
-            acc["counts"] += A.sum(axis=1)
+            log_norm, inv = _softmax_over_kernels(A3, 0, np)  # (m, L), 1/Z_u
+            if patch_side:  # N_k = Σ_u e_ku / Z_u, one GEMV
+                acc["counts"] += A @ inv.reshape(-1)
+                P *= inv.reshape(1, -1)
+            else:
+                A3 *= inv
+                acc["counts"] += A.sum(axis=1)
         else:
             mx = _softmax_inplace(A3, np)
             sk = A3.sum(axis=-1)  # (k, m)
             Z, inv = _normalise(sk, self.dtype, np)
             acc["counts"] += np.sum(sk * inv, axis=1, dtype=np.float64)
-            A3 *= inv[:, None]
+            side = P.reshape(-1, m, L) if patch_side else A3
+            side *= np.repeat(inv, L).reshape(m, L)
             with np.errstate(divide="ignore"):
                 log_norm = mx + np.log(Z)
-        if q:
-            Xq = np.pad(Xc, ((0, 0), (0, 0), (q, q), (q, q)))
-            P = self.patches(Xq, self.window, buffers, "P_wide")
         acc["sums"] += np.matmul(A, P.T, out=acc["part"])  # (k, Dm)
         return log_norm
 
@@ -512,7 +522,9 @@ class _RowDFT:
         n_col = m * Ho
         A, (T, E) = self.e_step(Xc, prepared, buffers)
         if self.latent == "patch":
-            log_norm = _softmax_over_kernels(A.reshape(Wo, k, n_col), 1, np)
+            A3 = A.reshape(Wo, k, n_col)
+            log_norm, inv = _softmax_over_kernels(A3, 1, np)
+            A3 *= inv  # (the M-step runs on row spectra: no patch side)
             log_norm = log_norm.reshape(Wo, m, Ho).transpose(1, 2, 0)  # (m, Ho, Wo)
         else:
             mx = _softmax_inplace(A.reshape(Wo * k, m, Ho), np)

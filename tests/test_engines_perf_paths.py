@@ -42,6 +42,11 @@ SHAPES = [
     # rows of F = 20 (24 with the margin) samples and maps of 18 or more:
     # the row-DFT plan's radix-2 fold
     (5, 2, 7, 20, 3, (3, 3), 0),
+    # fewer patch values than kernels (D < k): the im2col plan divides the
+    # patches by the normalisers, not the maps (with margin 2, Dm = 36:
+    # the maps for the first, the patches still for the second)
+    (8, 1, 9, 10, 12, (2, 2), 1),
+    (5, 1, 8, 8, 40, (2, 2), 0),
 ]
 
 
