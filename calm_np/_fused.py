@@ -34,8 +34,10 @@ single-threaded inside (threadpoolctl, when installed): the threads already
 use every core, and OpenBLAS's own threads spin badly on a busy machine.
 Three tricks keep passes few:
 
-* the per-image normaliser 1/Z_n is applied to the chunk's (small)
-  image-side matrix, never to the (large) maps;
+* the normalisers (1/Z_n per image; 1/Z_u per position for the patch
+  latent, im2col plan) are applied to the smaller operand of the M-step
+  GEMM, the image side (patches, row spectra) unless it holds more values
+  than the maps;
 * the bias −½‖μ_k‖² + log π_k is added to the DC coefficient before the
   inverse transform (row-DFT plan) instead of to every map entry;
 * the posterior mass of each map row (for ``N_k`` and ``Z_n``) is the DC
