@@ -34,10 +34,11 @@ single-threaded inside (threadpoolctl, when installed): the threads already
 use every core, and OpenBLAS's own threads spin badly on a busy machine.
 Three tricks keep passes few:
 
-* the normalisers (1/Z_n per image; 1/Z_u per position for the patch
-  latent, im2col plan) are applied to the smaller operand of the M-step
-  GEMM, the image side (patches, row spectra) unless it holds more values
-  than the maps;
+* the normalisers go to the image side of the M-step GEMM where it is the
+  smaller operand, not to the maps: 1/Z_n to the row-DFT plan's Toeplitz
+  matrix; 1/Z_n, or 1/Z_u per position for the patch latent, to the im2col
+  plan's patches when they hold fewer values per position than there are
+  kernels;
 * the bias −½‖μ_k‖² + log π_k is added to the DC coefficient before the
   inverse transform (row-DFT plan) instead of to every map entry;
 * the posterior mass of each map row (for ``N_k`` and ``Z_n``) is the DC
