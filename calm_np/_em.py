@@ -175,10 +175,11 @@ class _Batch:
         cast = (lambda a: a) if wide is None else (lambda a: xp.astype(a, wide))
         if self.latent == "image":
             return cast(self.sq_norms())
-        if self.whitening is not None:
-            return xp.sum(self.sq_norms(), axis=(1, 2), dtype=wide)
-        if self._sq_sums is None:
-            self._sq_sums = self._pixel_weighted_sq_sums()
+        if self._sq_sums is None:  # once per batch (objective, then σ²'s total)
+            if self.whitening is not None:
+                self._sq_sums = xp.sum(self.sq_norms(), axis=(1, 2))
+            else:
+                self._sq_sums = self._pixel_weighted_sq_sums()
         return cast(self._sq_sums)
 
     def _pixel_weighted_sq_sums(self):

@@ -18,8 +18,8 @@ time.  The maps handed on are (m, k, Ho, Wo) scratch arrays:
 Squared distances ``‖x_u − μ_k‖²`` (the triangle's) come out of the im2col
 GEMM whole: the chunk's patch matrix gains two rows, ``‖x_u‖²`` and ones,
 against the kernels ``−2·μ_k`` with two more columns, 1 and ``‖μ_k‖²``; no
-pass over the maps adds norms or a bias.  Whitened patches' norms come
-from the chunk's own whitened patches (one whitening per patch).
+pass over the maps adds norms or a bias.  The norms come from the chunk's
+own patches, whitened or not (one whitening per patch, no window sums).
 """
 
 from __future__ import annotations
@@ -43,8 +43,9 @@ def distances(engine, kernels, func, sq_norms):
     """``Engine.distances`` on NumPy: ``func(D, start, stop)`` of each chunk's
     squared distances ``D`` (m, k, Ho, Wo), threaded, joined in image order.
 
-    ``sq_norms()`` (the batch's ``‖x_u‖²``) is called unless the plan
-    whitens (then each chunk's norms come from its whitened patches).
+    The im2col plan takes ``‖x_u‖²`` from each chunk's own (whitened or
+    not) patch matrix; the row-DFT plan, which has none, adds ``sq_norms()``
+    (the batch's, from window sums of the squared pixels).
     """
     import numpy as np
 
@@ -53,9 +54,8 @@ def distances(engine, kernels, func, sq_norms):
     zeros = np.zeros(kernels.shape[0], dtype=np.asarray(kernels).dtype)
     # scale −2: kernels −2·μ_k and bias ‖μ_k‖² (exact), −2·x·μ + ‖μ‖²
     Xp, plan, prepared = _plan(engine, kernels, zeros, scale=-2.0)
-    own = getattr(plan, "whitening", None) is not None
-    known = None if own else sq_norms()
     if not isinstance(plan, _Im2colPlan):  # the row-DFT plan: norms added
+        known = sq_norms()
 
         def maps(Xc, start, stop, buffers):
             D = plan.readout_maps(Xc, prepared, buffers)
@@ -72,7 +72,7 @@ def distances(engine, kernels, func, sq_norms):
         m = stop - start
         Q = buffers.get("Q", (d + 2, m * L))
         P = plan.whitened(Xc, buffers, out=Q[:d])
-        Q[d] = np.einsum("dl,dl->l", P, P) if own else known[start:stop].reshape(-1)
+        Q[d] = np.einsum("dl,dl->l", P, P)  # ‖x_u‖² of the chunk's own patches
         Q[d + 1] = 1
         D = np.matmul(Q.T, K, out=buffers.get("A", (m * L, k)))
         return D.reshape(m, plan.Ho, plan.Wo, k).transpose(0, 3, 1, 2)
