@@ -4,6 +4,7 @@ Is ``latent="patch"`` within 1.25x of ``latent="image"``?
     python benchmarks/engine_choice.py            # sweep, check, ~10 minutes
     python benchmarks/engine_choice.py --fit      # also refit the cost model
     python benchmarks/engine_choice.py --load results/engine_choice.json
+    python benchmarks/engine_choice.py --shapes 96/1/64/15 --budget 0.5
 
 Timings move by 10-30 % between runs on a shared 2-core machine, so each
 is a median of 7 interleaved rounds (``--repeats``), ~0.25 s each
@@ -162,7 +163,14 @@ def main(argv=None):
     ap.add_argument("--fit", action="store_true")
     ap.add_argument("--save", help="write the timings to this JSON file")
     ap.add_argument("--load", help="read timings from JSON instead of timing")
+    ap.add_argument(
+        "--shapes",
+        help="only these shapes, e.g. 96/1/64/15,28/1/16/5 (size/channels/K/kernel)",
+    )
     args = ap.parse_args(argv)
+    only = None
+    if args.shapes:
+        only = {tuple(int(v) for v in s.split("/")) for s in args.shapes.split(",")}
     os.environ["CALM_NP_NUM_THREADS"] = str(args.threads)
 
     import array_api_compat.numpy as xp
@@ -179,7 +187,8 @@ def main(argv=None):
     loaded = None
     if args.load:
         loaded = {tuple(r[0]): r[1] for r in json.loads(Path(args.load).read_text())}
-    for size, c, k, ks in shapes():
+    grid = list(shapes()) if only is None else sorted(only)
+    for size, c, k, ks in grid:
         if loaded is not None:
             times = loaded[(size, c, k, ks)]
         else:

@@ -45,7 +45,8 @@ Rows:
     "greedy_kmeans++" instead of noise), best_weights (learned mixture
     weights), best_pyramid_patches (2x2 + 3x3 pyramid, random patches),
     white1152_pyramid / white1152_pyramid_patches (128 kernels on the
-    pyramid, greedy / random-patch start)
+    pyramid, greedy / random-patch start); best_fit20k / best_fit20k_it5
+    (best fitted on 20 000 images, 10 or 5 iterations)
     plus the older levers (--rows levers), each one change to local256
     (local1152 with 64 kernels on 2x2 cells): readout,
     latent, preprocessing, kernel size and count, pooling grid, no EM,
@@ -162,6 +163,9 @@ ROWS = {
     "joint": calm(JOINT),
     "joint64": calm(JOINT, n_kernels=64),
     "best": calm(BEST),
+    # the default fitted on twice the images (10 iterations, or 5: its time)
+    "best_fit20k": calm(BEST, fit_limit=20000),
+    "best_fit20k_it5": calm(BEST, fit_limit=20000, max_iter=5),
     "best256": calm(BEST256),
     # levers: each one change to best256
     "log_joint": calm(features="log_joint"),
