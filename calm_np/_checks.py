@@ -55,9 +55,14 @@ def _kind(xp, dtype):
 
 
 def float_dtype(xp, arrays_and_names, device):
-    """Common real floating dtype of the inputs; integers become float.
+    """Common real floating dtype of the inputs; integers become float, and
+    floats narrower than 32 bits (float16, torch's bfloat16) become float32.
 
-    Complex, boolean and object data are refused with a ``TypeError``.
+    Half precision cannot hold EM's sums (11 significant bits) and its
+    ``tiny / eps`` is 0.06, so its probabilities could not be kept apart
+    from subnormals; it is computed in float32, as NumPy's own float16
+    reductions accumulate.  Complex, boolean and object data are refused
+    with a ``TypeError``.
     """
     floats = []
     for a, name in arrays_and_names:
@@ -78,7 +83,8 @@ def float_dtype(xp, arrays_and_names, device):
             )
     if not floats:
         return default_float(xp, device)
-    return floats[0] if len(floats) == 1 else xp.result_type(*floats)
+    dtype = floats[0] if len(floats) == 1 else xp.result_type(*floats)
+    return xp.float32 if xp.finfo(dtype).bits < 32 else dtype
 
 
 def check_finite(a, name, xp):

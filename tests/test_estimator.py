@@ -265,6 +265,40 @@ def test_fitted_attributes_keep_namespace_dtype_device(backend, dtype):
     assert type(score) is float
 
 
+@pytest.mark.parametrize(
+    "library, half",
+    [("numpy", "float16"), ("torch", "float16"), ("torch", "bfloat16")],
+)
+@pytest.mark.parametrize("latent", ["image", "patch"])
+def test_half_precision_images_are_computed_in_float32(library, half, latent):
+    """float16 (and torch's bfloat16) images are fitted and read out in
+    float32: the same model, features and statistics as the float32 copy of
+    the same values, in the caller's namespace."""
+    if library == "torch":
+        torch = pytest.importorskip("torch")
+        X = torch.asarray(noise(11)).to(getattr(torch, half))
+        X32 = X.to(torch.float32)
+    else:
+        X = noise(11).astype(half)
+        X32 = X.astype(np.float32)
+    params = dict(n_kernels=3, kernel_size=3, max_iter=3, latent=latent, padding=1)
+    model = fit_quiet(quiet(**params), X)
+    ref = fit_quiet(quiet(**params), X32)
+    assert array_namespace(model.kernels_) is array_namespace(X)
+    for got, want in [
+        (model.kernels_, ref.kernels_),
+        (model.transform(X), ref.transform(X32)),
+        (calm_np.posterior(X, ref.kernels_, latent=latent), None),
+    ]:
+        assert str(got.dtype).endswith("float32")
+        if want is not None:
+            assert_close(got, to_numpy(want), rtol=1e-6, atol=1e-6)
+    stats = calm_np.sufficient_statistics(X, ref.kernels_, latent=latent)
+    want = calm_np.sufficient_statistics(X32, ref.kernels_, latent=latent)
+    assert_close(stats.sums, to_numpy(want.sums), rtol=1e-6, atol=1e-6)
+    assert model.lower_bounds_ == pytest.approx(ref.lower_bounds_, rel=1e-9)
+
+
 def test_score_samples_equals_log_likelihood(backend):
     X = backend.asarray(noise(10))
     model = fit_quiet(
