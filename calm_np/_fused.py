@@ -45,9 +45,10 @@ Three tricks keep passes few:
   coefficient of the forward transform the M-step needs anyway (row-DFT
   plan), not another sum over the maps.
 
-Probabilities below tiny/eps (1e-31 in float32) are flushed to 0 before the
-M-step GEMM: subnormal operands make it ~3× slower (up to 100× on peaked
-posteriors), and the change to S_k and N_k is below 1e-31 each.
+Probabilities are flushed to 0 or at least tiny/eps (1e-31 in float32)
+before the M-step GEMM (``(p + T) − T``, two passes without branches):
+subnormal operands make it ~3× slower (up to 100× on peaked posteriors), and
+each probability moves by at most 1e-31 or a unit in its last place.
 
 ``method="fft"`` here is the row-DFT plan, a Fourier method that is not a
 2-D FFT: it transforms along image *rows* only (length F = Wp, as real GEMMs
@@ -70,7 +71,7 @@ from ._fused_dft import RowTransforms, dft_matrices
 from ._fused_readout import distances, readout, sq_norms  # noqa: F401  (the readouts)
 from ._fused_timing import choose_method  # noqa: F401  (the fast path's pick)
 from ._whiten import whiten_in_place
-from ._xp import _BLAS, flush_threshold  # noqa: F401  (tests reach _BLAS here)
+from ._xp import _BLAS, flush_tiny_inplace  # noqa: F401  (tests reach _BLAS here)
 from ._xp import single_threaded_blas as _single_threaded_blas
 
 
@@ -139,8 +140,8 @@ def _parallel_chunks(n, chunk, work, make_acc):
 def _softmax_inplace(A3, np):
     """``A3`` (rows, m, cols) of log joints -> exp(A - max_n), in place.
 
-    Returns the per-image max (m,), finite.  Probabilities below
-    :func:`~calm_np._xp.flush_threshold` become exactly 0.
+    Returns the per-image max (m,), finite.  Probabilities near 0 are
+    flushed (:func:`~calm_np._xp.flush_tiny_inplace`).
     """
     if A3.shape[1] == 1:
         mx = np.max(A3, keepdims=True).reshape(1)  # contiguous: fastest
@@ -150,8 +151,8 @@ def _softmax_inplace(A3, np):
     # shifts as a whole (m, cols) block: the loop runs over m·cols values,
     # not over short rows of cols against an (m, 1) broadcast
     A3 -= np.repeat(mx, A3.shape[2]).reshape(A3.shape[1:])
-    np.copyto(A3, -np.inf, where=A3 < flush_threshold(A3.dtype))
     np.exp(A3, out=A3)
+    flush_tiny_inplace(A3, np)
     return mx
 
 
@@ -161,14 +162,14 @@ def _softmax_over_kernels(maps, axis, np):
 
     Returns the log normalisers (``maps`` without ``axis``) and ``1/Z``
     (keepdims): the caller divides the maps by ``Z``, or the other operand
-    of its M-step.  Probabilities below
-    :func:`~calm_np._xp.flush_threshold` of a position's largest become 0.
+    of its M-step.  Probabilities (relative to a position's largest) near 0
+    are flushed (:func:`~calm_np._xp.flush_tiny_inplace`).
     """
     mx = maps.max(axis=axis, keepdims=True)
     mx = np.where(np.isfinite(mx), mx, 0).astype(maps.dtype)
     maps -= mx
-    np.copyto(maps, -np.inf, where=maps < flush_threshold(maps.dtype))
     np.exp(maps, out=maps)
+    flush_tiny_inplace(maps, np)
     Z = maps.sum(axis=axis, keepdims=True)  # >= 1: the largest is exp(0)
     return np.squeeze(mx + np.log(Z), axis=axis), (1.0 / Z).astype(maps.dtype)
 

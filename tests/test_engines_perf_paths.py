@@ -133,6 +133,31 @@ def test_fused_statistics_minus_inf_weight_and_peaked_posterior(method, latent):
         _assert_same(fused, generic, dtype)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@given(
+    log_p=st.lists(st.floats(-800, 0, allow_nan=False), min_size=1, max_size=64),
+    exact=st.lists(st.integers(-1100, 0), max_size=8),
+)
+def test_flush_keeps_probabilities_off_subnormals(dtype, log_p, exact):
+    """``(p + T) − T``: 0 or at least tiny/eps, within tiny/eps or a unit in
+    the last place of ``p``, unchanged from ``T / eps`` up, 0 below
+    tiny/(2 eps); probabilities drawn over the whole range, subnormals and
+    powers of two (the rounding edges) included."""
+    info = np.finfo(dtype)
+    p = np.concatenate(
+        [np.exp(np.array(log_p)), np.ldexp(1.0, np.array(exact, dtype=np.int32))]
+    ).astype(dtype)
+    T = float(info.tiny) / float(info.eps) ** 2
+    floor = float(info.tiny) / float(info.eps)
+    got = _fused.flush_tiny_inplace(p.copy(), np)
+    assert got.dtype == p.dtype
+    assert np.all((got == 0) | (got >= floor))
+    err = np.abs(got.astype(float) - p.astype(float))
+    assert np.all(err <= np.maximum(floor, float(info.eps) * p.astype(float)))
+    assert np.array_equal(got[p >= T / float(info.eps)], p[p >= T / float(info.eps)])
+    assert np.all(got[p < floor / 2] == 0)
+
+
 @pytest.mark.parametrize("latent", ["image", "patch"])
 @pytest.mark.parametrize("method", ["im2col", "fft"])
 def test_fused_statistics_many_chunks_on_threads(method, latent, monkeypatch):
