@@ -204,6 +204,19 @@ class ImageSource:
                 break
         return xp.concat(out, axis=0)
 
+    def spaced(self, count):
+        """An :class:`ImageSource` of ``count`` evenly spaced images (every
+        ``n // count``-th from the first), the same whatever the batching: a
+        strided view of an array (a memmap or a Dask array stays lazy, read
+        batch by batch), a copy of the images otherwise."""
+        step = max(self.n_samples // count, 1)
+        stop = step * min(count, self.n_samples)
+        if self.kind in ("array", "dask"):
+            images = self.X[:stop:step, ...]
+        else:
+            images = self.take(list(range(0, stop, step)))
+        return ImageSource(images, batch_size=self.batch_size)
+
     def statistics(
         self,
         kernels,

@@ -274,7 +274,7 @@ default="log_joint"
             bounds, converged, change = [], False, math.inf
             with progress_bar(self.verbose) as bar:
                 e_step = functools.partial(
-                    self._e_step, source, padding=padding, bar=bar
+                    self._e_step, source=source, padding=padding, bar=bar
                 )
                 stats = e_step(params)
                 lower_bound = objective(stats, params.kernels, self.reg_kernels)
@@ -307,7 +307,7 @@ default="log_joint"
         self._set_fitted(best, source, kernel_size, padding)
         warn_after_fit(best, self.max_iter, self.tol)
 
-    def _e_step(self, source, params, padding, bar, margin=0):
+    def _e_step(self, params, source, padding, bar, margin=0):
         """Statistics of one pass over ``source`` (window ones if ``margin``)."""
         progress = None
         if bar is not None:
@@ -412,7 +412,7 @@ default="log_joint"
             running = getattr(self, "_online", None)
         variance = self._variance(source, kernels, padding, new=not fitted)
         params = Params(kernels, xp.log(weights), variance)
-        stats = self._e_step(source, params, padding, None)
+        stats = self._e_step(params, source, padding, None)
         if running is None and fitted:
             running = running_from_model(
                 stats, kernels, weights, self.n_iter_, variance

@@ -17,7 +17,9 @@ from hypothesis import strategies as st
 from scipy.optimize import linear_sum_assignment
 
 import calm_np
-from calm_np import ConvergenceWarning, ConvolutionalMixture, NotFittedError
+from calm_np import ConvergenceWarning, ConvolutionalMixture, NotFittedError, _moves
+from calm_np._data import ImageSource
+from calm_np._em import Params
 from calm_np._xp import array_namespace, to_numpy
 
 
@@ -433,6 +435,109 @@ def test_dead_kernel_keeps_its_value_and_is_named():
             model.fit(X)
     np.testing.assert_array_equal(model.kernels_[1], init[1])
     assert np.all(np.isfinite(model.kernels_))
+
+
+# moves --------------------------------------------------------------------------------
+
+
+def _planted_source(n=80, batch_size=7):
+    truth = 3.0 * np.random.default_rng(21).standard_normal((2, 1, 4, 4))
+    X, _ = planted_images(21, n, 1, 10, 10, truth)
+    return truth, ImageSource(X, batch_size=batch_size)
+
+
+def test_a_move_is_judged_on_an_evenly_spaced_sample_first(monkeypatch):
+    """``Moves._gains_on_sample``: a move that lowers the objective on
+    ``SCREEN_IMAGES`` evenly spaced images is dropped without a whole pass; one
+    that raises it goes on to be judged on all; a fit under four times the
+    sample is not screened."""
+    monkeypatch.setattr(_moves, "SCREEN_IMAGES", 16)
+    truth, source = _planted_source()
+    moves = _moves.Moves(source, (4, 4), (0, 0), np.random.RandomState(0), 0.0, False)
+    read = []
+
+    def e_step(params, margin=0, source=source):
+        read.append(source.n_samples)
+        return source.statistics(params.kernels, params.log_weights, (0, 0), "auto")
+
+    log_w = np.log(np.full(2, 0.5))
+    right = Params(truth, log_w)
+    wrong = Params(truth[::-1, :, ::-1, :].copy(), log_w)  # flipped patterns
+    assert moves._gains_on_sample(e_step, wrong, right)
+    assert not moves._gains_on_sample(e_step, right, wrong)
+    assert not moves._gains_on_sample(e_step, right, right)  # no gain, no pass
+    assert read == [16] * 6
+    np.testing.assert_array_equal(to_numpy(moves.sample.X), source.X[0:80:5])
+    # the penalty's change counts: the same kernels scaled up lose under λ
+    heavy = _moves.Moves(source, (4, 4), (0, 0), np.random.RandomState(0), 1e4, False)
+    assert not heavy._gains_on_sample(e_step, wrong, Params(2 * truth, log_w))
+    small = _moves.Moves(
+        _planted_source(n=63)[1], (4, 4), (0, 0), np.random.RandomState(0), 0.0, False
+    )
+    read.clear()
+    assert small._gains_on_sample(e_step, right, wrong) and read == []
+
+
+class _Lazy:
+    """An array-like read by slices only (like ``calm_np.datasets``' STL-10)."""
+
+    def __init__(self, X):
+        self.X, self.shape = X, X.shape
+
+    def __len__(self):
+        return len(self.X)
+
+    def __getitem__(self, key):
+        if isinstance(key, slice) and key.step not in (None, 1):
+            raise IndexError("read by slices")
+        return self.X[key]
+
+
+@pytest.mark.parametrize("kind", ["array", "memmap", "batches", "lazy", "dask"])
+def test_spaced_sample_is_the_same_images_for_every_input_kind(kind, tmp_path):
+    X = noise(22, (83, 1, 5, 5))
+    if kind == "memmap":
+        X_in = readonly_memmap(X, tmp_path / "x.dat")
+    elif kind == "batches":
+        X_in = [X[i : i + 10] for i in range(0, 83, 10)]
+    elif kind == "lazy":
+        X_in = _Lazy(X)
+    elif kind == "dask":
+        da = pytest.importorskip("dask.array")
+        X_in = da.from_array(X, chunks=(20, 1, 5, 5))
+    else:
+        X_in = X
+    sample = ImageSource(X_in, batch_size=9).spaced(16)  # every 5th image
+    got = np.concatenate([np.asarray(b) for b in sample.batches()])
+    np.testing.assert_array_equal(got, X[0:80:5])
+    assert sample.batch_size == 9
+    if kind in ("array", "memmap"):
+        assert np.shares_memory(np.asarray(sample.X), X_in)  # a view, no copy
+
+
+def test_screened_moves_keep_fits_monotone_and_batching_free(monkeypatch):
+    """With the screen active (a stalled fit tries a move every iteration),
+    the objective never drops and the batch size changes nothing but
+    rounding: the sample is the same images whatever the batching."""
+    monkeypatch.setattr(_moves, "SCREEN_IMAGES", 16)
+    screened = []
+    gains = _moves.Moves._gains_on_sample
+
+    def spy(self, *args):
+        screened.append(gains(self, *args))
+        return screened[-1]
+
+    monkeypatch.setattr(_moves.Moves, "_gains_on_sample", spy)
+    truth, source = _planted_source(n=96)
+    params = dict(n_kernels=3, kernel_size=4, max_iter=8, tol=1e3, init="random")
+    models = [
+        fit_quiet(quiet(batch_size=b, **params), source.X) for b in (None, 7, 40)
+    ]
+    assert len(screened) >= 3  # one screened move per fit at least
+    for m in models:
+        assert np.all(np.diff(m.lower_bounds_) >= -1e-9 * np.abs(m.lower_bounds_[1:]))
+        assert_close(m.kernels_, models[0].kernels_, rtol=1e-8, atol=1e-10)
+        assert m.lower_bounds_ == pytest.approx(models[0].lower_bounds_, rel=1e-10)
 
 
 # callback and verbose -----------------------------------------------------------------
