@@ -181,20 +181,24 @@ def _standardized(F_train, *others):
     """``F_train`` and ``others`` standardized with ``F_train``'s mean and
     standard deviation (float64, two passes), as float32 arrays.
 
-    Works block by block, so no float64 copy of the whole features is made;
-    a constant feature is divided by 1, not 0.
+    Works block by block, so no float64 copy of the whole features is made
+    (the float32 blocks go into float64 sums and differences directly, the
+    same values as through a float64 copy); a constant feature is divided
+    by 1, not 0.
     """
     F_train = np.asarray(F_train)
     n, d = F_train.shape
 
-    def add(expression):  # sum over the rows of expression(float64 block)
-        def work(start, stop, acc):
-            acc += expression(np.asarray(F_train[start:stop], dtype=np.float64)).sum(0)
+    def add_rows(start, stop, acc):
+        acc += F_train[start:stop].sum(0, dtype=np.float64)
 
-        return _over_rows(n, work, d)
+    mean = _over_rows(n, add_rows, d) / n
 
-    mean = add(lambda block: block) / n
-    scale = np.sqrt(add(lambda block: np.square(block - mean)) / n)
+    def add_squares(start, stop, acc):
+        dev = np.subtract(F_train[start:stop], mean, dtype=np.float64)
+        acc += np.square(dev, out=dev).sum(0)
+
+    scale = np.sqrt(_over_rows(n, add_squares, d) / n)
     scale[scale == 0] = 1.0
 
     def standardize(F):
@@ -202,9 +206,8 @@ def _standardized(F_train, *others):
         out = np.empty(F.shape, dtype=np.float32)
 
         def work(start, stop, acc):
-            out[start:stop] = (
-                np.asarray(F[start:stop], dtype=np.float64) - mean
-            ) / scale
+            dev = np.subtract(F[start:stop], mean, dtype=np.float64)
+            np.divide(dev, scale, out=out[start:stop], casting="same_kind")
 
         _over_rows(len(F), work, 0)
         return out
