@@ -82,8 +82,9 @@ def float_dtype(xp, arrays_and_names, device):
                 "floating array)"
             )
     if not floats:
-        return default_float(xp, device)
-    dtype = floats[0] if len(floats) == 1 else xp.result_type(*floats)
+        dtype = default_float(xp, device)
+    else:
+        dtype = floats[0] if len(floats) == 1 else xp.result_type(*floats)
     return xp.float32 if xp.finfo(dtype).bits < 32 else dtype
 
 

@@ -3,10 +3,11 @@
 ``ImageSource`` hides whether ``X`` is an in-memory array (any namespace), a
 NumPy memmap (read batch by batch, never whole), a re-iterable of batches, or
 a Dask array (statistics computed on the workers).  The estimator only asks a
-source for a few sampled images (``take``), the statistics of a pass
-(``statistics``) and a per-batch function's results (``map``: a loop over
-batches, or a lazy ``dask.array`` for Dask input); this class is the one
-place that dispatches on the kind of input.
+source for a few sampled images (``take``), an evenly spaced sample as a
+source of its own (``spaced``, where moves are screened), the statistics of
+a pass (``statistics``) and a per-batch function's results (``map``: a loop
+over batches, or a lazy ``dask.array`` for Dask input); this class is the
+one place that dispatches on the kind of input.
 """
 
 from __future__ import annotations
@@ -205,16 +206,16 @@ class ImageSource:
         return xp.concat(out, axis=0)
 
     def spaced(self, count):
-        """An :class:`ImageSource` of ``count`` evenly spaced images (every
-        ``n // count``-th from the first), the same whatever the batching: a
-        strided view of an array (a memmap or a Dask array stays lazy, read
-        batch by batch), a copy of the images otherwise."""
+        """An :class:`ImageSource` of every ``n // count``-th image, from the
+        first to the last (``count`` to ``2·count`` images, evenly spread
+        over all of them), the same whatever the batching: a strided view of
+        an array (a memmap or a Dask array stays lazy, read batch by batch),
+        a copy of the images otherwise."""
         step = max(self.n_samples // count, 1)
-        stop = step * min(count, self.n_samples)
         if self.kind in ("array", "dask"):
-            images = self.X[:stop:step, ...]
+            images = self.X[::step, ...]
         else:
-            images = self.take(list(range(0, stop, step)))
+            images = self.take(list(range(0, self.n_samples, step)))
         return ImageSource(images, batch_size=self.batch_size)
 
     def statistics(
@@ -306,6 +307,8 @@ def _release_pages(X, start, stop):
     import numpy as np
 
     if not isinstance(X, np.memmap) or getattr(X, "mode", "c") == "c":
+        return
+    if not X.flags.c_contiguous:  # a strided sample: its rows are not a range
         return
     raw = getattr(X, "_mmap", None)
     if raw is None or not hasattr(raw, "madvise") or start >= stop:

@@ -89,8 +89,9 @@ class Moves:
     def try_move(self, e_step, stats, params, current, tol):
         """Re-centre and re-seed; ``(params, stats, objective)`` or None.
 
-        ``e_step(params, margin=0, source=...)`` gives the statistics of a
-        pass (over the fit's images unless ``source`` is given);
+        ``e_step(params, margin=0, source=..., bar=...)`` gives the
+        statistics of a pass (over the fit's images unless ``source`` is
+        given);
         ``current`` is the objective of ``(stats, params)``.  σ² is kept.
         """
         if self.left <= 0:
@@ -131,16 +132,18 @@ class Moves:
         132 nats per image).  So ``moved`` and ``params`` are compared on a
         fixed sample (the penalty's change counted once, as in the whole
         objective), and only a move that gains there is judged on all the
-        images as before.  The sample depends neither on the batching nor
-        on ``rng``.
+        images as before; so is one whose objective on the sample is not
+        finite.  The sample (every ``n // SCREEN_IMAGES``-th image) depends
+        neither on the batching nor on ``rng``, and is read without a
+        progress bar.
         """
         n = self.source.n_samples
         if n < 4 * SCREEN_IMAGES:
             return True
         if self.sample is None:
             self.sample = self.source.spaced(SCREEN_IMAGES)
-        after = e_step(moved, source=self.sample)
-        before = e_step(params, source=self.sample)
+        after = e_step(moved, source=self.sample, bar=None)
+        before = e_step(params, source=self.sample, bar=None)
         xp = self.source.xp
         penalty = 0.5 * self.reg * float(
             xp.sum(moved.kernels**2) - xp.sum(params.kernels**2)

@@ -526,7 +526,7 @@ def flush_offset(dtype):
     import numpy as np
 
     info = np.finfo(dtype)
-    return info.dtype.type(float(info.tiny) / float(info.eps) ** 2)
+    return info.tiny / (info.eps * info.eps)  # in the dtype (long double too)
 
 
 def flush_tiny_inplace(E, np):
@@ -538,8 +538,9 @@ def flush_tiny_inplace(E, np):
     above ``eps`` (DFT weights, pixels, 1/Z) stay normal numbers: subnormal
     GEMM operands cost ~3× the time (up to 100× on peaked posteriors).  Each
     probability moves by at most ``tiny / eps`` (1e-31 in float32), or by a
-    unit in its last place when above ``T``; at or above ``T / eps``
-    (7e-18 in float32) it is unchanged.  Two scalar passes without
+    unit in its last place when above ``T``; from ``4 T / eps`` (2.8e-17 in
+    float32) up it is unchanged (below that, ``T`` can be half a unit in
+    the last place, a tie that rounds to even).  Two scalar passes without
     branches: the masked copy it replaces took up to 4× longer on a trained
     model's maps, where a few percent of the probabilities are flushed.
     """

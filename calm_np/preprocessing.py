@@ -3,7 +3,8 @@
 Each transformer follows scikit-learn's conventions (``fit``,
 ``transform``, ``fit_transform``, ``get_params``/``set_params``, and
 ``inverse_transform`` where the map can be undone), is array-API generic and
-returns its results on the input's namespace, device and floating dtype:
+returns its results on the input's namespace, device and floating dtype
+(float16 and bfloat16 become float32, as everywhere in calm_np):
 
 - :class:`Standardize`: one mean and one scale for every value of the
   training set;
@@ -15,7 +16,6 @@ returns its results on the input's namespace, device and floating dtype:
 
 :func:`make_preprocessor` builds them by the names the command line uses
 (``PREPROCESSORS``), and :func:`to_unit_float` scales pixels to [0, 1].
-
 Tested backends: NumPy, array-api-strict (2023.12), PyTorch (CPU).
 """
 
@@ -556,7 +556,7 @@ class _Chain(_Transformer):
 
 
 class _Identity(_Transformer):
-    """``none``: the values as they are, as floats (no copy when they are)."""
+    """``none``: the values as they are, as floats (no copy of float32/64)."""
 
     def fit(self, X, y=None):
         """Checks ``X`` only (no copy: 70 000 images took 0.5 s to copy)."""

@@ -301,6 +301,18 @@ def test_half_precision_images_are_computed_in_float32(library, half, latent):
     assert model.lower_bounds_ == pytest.approx(ref.lower_bounds_, rel=1e-9)
 
 
+def test_integer_images_under_a_half_precision_default_run_in_float32():
+    torch = pytest.importorskip("torch")
+    X = torch.asarray(np.random.default_rng(0).integers(0, 4, (20, 1, 8, 8)))
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float16)
+    try:
+        model = fit_quiet(quiet(n_kernels=3, kernel_size=3, max_iter=3), X)
+    finally:
+        torch.set_default_dtype(default)
+    assert model.kernels_.dtype == torch.float32
+
+
 def test_score_samples_equals_log_likelihood(backend):
     X = backend.asarray(noise(10))
     model = fit_quiet(
@@ -456,7 +468,7 @@ def test_a_move_is_judged_on_an_evenly_spaced_sample_first(monkeypatch):
     moves = _moves.Moves(source, (4, 4), (0, 0), np.random.RandomState(0), 0.0, False)
     read = []
 
-    def e_step(params, margin=0, source=source):
+    def e_step(params, margin=0, source=source, bar=None):
         read.append(source.n_samples)
         return source.statistics(params.kernels, params.log_weights, (0, 0), "auto")
 
@@ -467,7 +479,7 @@ def test_a_move_is_judged_on_an_evenly_spaced_sample_first(monkeypatch):
     assert not moves._gains_on_sample(e_step, right, wrong)
     assert not moves._gains_on_sample(e_step, right, right)  # no gain, no pass
     assert read == [16] * 6
-    np.testing.assert_array_equal(to_numpy(moves.sample.X), source.X[0:80:5])
+    np.testing.assert_array_equal(to_numpy(moves.sample.X), source.X[::5])
     # the penalty's change counts: the same kernels scaled up lose under λ
     heavy = _moves.Moves(source, (4, 4), (0, 0), np.random.RandomState(0), 1e4, False)
     assert not heavy._gains_on_sample(e_step, wrong, Params(2 * truth, log_w))
@@ -507,12 +519,31 @@ def test_spaced_sample_is_the_same_images_for_every_input_kind(kind, tmp_path):
         X_in = da.from_array(X, chunks=(20, 1, 5, 5))
     else:
         X_in = X
-    sample = ImageSource(X_in, batch_size=9).spaced(16)  # every 5th image
+    sample = ImageSource(X_in, batch_size=9).spaced(16)  # every 5th, to the end
     got = np.concatenate([np.asarray(b) for b in sample.batches()])
-    np.testing.assert_array_equal(got, X[0:80:5])
+    np.testing.assert_array_equal(got, X[::5])
     assert sample.batch_size == 9
     if kind in ("array", "memmap"):
         assert np.shares_memory(np.asarray(sample.X), X_in)  # a view, no copy
+
+
+def test_the_screen_sample_reaches_the_last_images(monkeypatch):
+    """A pattern only in the last images (ordered data): the sample runs to
+    the end, so the re-seeding move that finds it is kept (with a sample of
+    the first ``SCREEN_IMAGES · (n // SCREEN_IMAGES)`` images it was not)."""
+    monkeypatch.setattr(_moves, "SCREEN_IMAGES", 8)  # 39 images play 5119
+    rng = np.random.default_rng(0)
+    A, B = 3 * rng.standard_normal((1, 4, 4)), 3 * rng.standard_normal((1, 4, 4))
+    X = rng.standard_normal((39, 1, 10, 10))
+    for i in range(39):
+        y, x = rng.integers(7, size=2)
+        X[i, :, y : y + 4, x : x + 4] += B if i >= 32 else A
+    init = np.stack([A, A + 0.01 * rng.standard_normal(A.shape)])  # duplicates
+    model = fit_quiet(
+        quiet(n_kernels=2, kernel_size=4, init=init, max_iter=30, tol=0.05), X
+    )
+    found = max(abs(np.corrcoef(k.ravel(), B.ravel())[0, 1]) for k in model.kernels_)
+    assert found > 0.9
 
 
 def test_screened_moves_keep_fits_monotone_and_batching_free(monkeypatch):
@@ -530,9 +561,7 @@ def test_screened_moves_keep_fits_monotone_and_batching_free(monkeypatch):
     monkeypatch.setattr(_moves.Moves, "_gains_on_sample", spy)
     truth, source = _planted_source(n=96)
     params = dict(n_kernels=3, kernel_size=4, max_iter=8, tol=1e3, init="random")
-    models = [
-        fit_quiet(quiet(batch_size=b, **params), source.X) for b in (None, 7, 40)
-    ]
+    models = [fit_quiet(quiet(batch_size=b, **params), source.X) for b in (None, 7, 40)]
     assert len(screened) >= 3  # one screened move per fit at least
     for m in models:
         assert np.all(np.diff(m.lower_bounds_) >= -1e-9 * np.abs(m.lower_bounds_[1:]))
