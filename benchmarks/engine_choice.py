@@ -4,6 +4,7 @@ Is ``latent="patch"`` within 1.25x of ``latent="image"``?
     python benchmarks/engine_choice.py            # sweep, check, ~10 minutes
     python benchmarks/engine_choice.py --fit      # also refit the cost model
     python benchmarks/engine_choice.py --load results/engine_choice.json
+    python benchmarks/engine_choice.py --fit --load A.json,B.json   # pooled
     python benchmarks/engine_choice.py --shapes 96/1/64/15 --budget 0.5
 
 Timings move by 10-30 % between runs on a shared 2-core machine, so each
@@ -162,7 +163,11 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=_perf.n_cpus())
     ap.add_argument("--fit", action="store_true")
     ap.add_argument("--save", help="write the timings to this JSON file")
-    ap.add_argument("--load", help="read timings from JSON instead of timing")
+    ap.add_argument(
+        "--load",
+        help="read timings from JSON instead of timing (comma-separated files: "
+        "their rows pooled, e.g. to fit one model to several sweeps)",
+    )
     ap.add_argument(
         "--shapes",
         help="only these shapes, e.g. 96/1/64/15,28/1/16/5 (size/channels/K/kernel)",
@@ -184,14 +189,17 @@ def main(argv=None):
         f"{'pat/img':>7}"
     )
     rows, ok, ok_patch = [], 0, 0
-    loaded = None
     if args.load:
-        loaded = {tuple(r[0]): r[1] for r in json.loads(Path(args.load).read_text())}
-    grid = list(shapes()) if only is None else sorted(only)
-    for size, c, k, ks in grid:
-        if loaded is not None:
-            times = loaded[(size, c, k, ks)]
-        else:
+        grid = [
+            (tuple(shape), times)
+            for name in args.load.split(",")
+            for shape, times in json.loads(Path(name).read_text())
+            if only is None or tuple(shape) in only
+        ]
+    else:
+        grid = [(shape, None) for shape in (shapes() if only is None else sorted(only))]
+    for (size, c, k, ks), times in grid:
+        if times is None:
             times, _ = measure(size, c, k, ks, args.repeats, args.budget)
         rows.append(((size, c, k, ks), times))
         line, best = "", {}
