@@ -24,10 +24,10 @@ from ._fused_dft import folds
 # search, restarted, maximising the (shape, latent) pairs whose pick is
 # within 10 % of the faster engine) to three sweeps of 104 shapes x 2
 # latents pooled, medians of 7 (``results/engine_choice.json``,
-# ``_check.json``, ``_holdout.json``): 617 of 624 there, and 206 of 208 on
-# a sweep none of them saw, of the current code
-# (``results/engine_choice_final.json``; the previous speeds, fitted to
-# the first sweep alone: 202).
+# ``_check.json``, ``_holdout.json``): 617 of 624 there; 206 of 208 on a
+# fourth sweep, of the current code, which chose it over the speeds fitted
+# to the first sweep alone (202; ``results/engine_choice_final.json``), and
+# 206 on a fifth made afterwards (204; ``results/engine_choice_fresh.json``).
 _SPEED = {
     "gemm": 9.05e12,
     "dft": 1.75e11,
