@@ -220,12 +220,14 @@ ROWS.update(START_ROWS)
 # ---------------------------------------------------------------------------
 
 
-PROBE_C = {"C": 0.1}  # set from --C by main()
+PROBE_C = {"C": 0.1, "tol": 1e-4}  # set from --C and --probe-tol by main()
 
 
 def probe(F_train, y_train, F_test, y_test):
     """Standardize, multinomial logistic regression; test accuracy."""
-    return evaluation.linear_probe(F_train, y_train, F_test, y_test, C=PROBE_C["C"])
+    return evaluation.linear_probe(
+        F_train, y_train, F_test, y_test, C=PROBE_C["C"], tol=PROBE_C["tol"]
+    )
 
 
 def raw_features(X_train, X_test):
@@ -461,10 +463,17 @@ def main(argv=None):
     ap.add_argument("--json", type=Path, help="also write the rows here")
     ap.add_argument("--C", type=float, default=0.1, help="the probe's C (all rows)")
     ap.add_argument(
+        "--probe-tol",
+        type=float,
+        default=1e-4,
+        help="the probe's stopping gradient (1e-4, as calm-np evaluate; smaller "
+        "is nearer the optimum and slower)",
+    )
+    ap.add_argument(
         "--with-init", action="store_true", help="also every CALM row at max_iter=0"
     )
     args = ap.parse_args(argv)
-    PROBE_C["C"] = args.C
+    PROBE_C.update(C=args.C, tol=args.probe_tol)
     rows = []
     for name in args.rows.split(","):
         groups = {
@@ -491,7 +500,7 @@ def main(argv=None):
     print(
         f"Fashion-MNIST {len(X_train)} train / {len(X_test)} test; {info['cpu']}, "
         f"{info['cores']} cores, load {info['load_1min']}; numpy {info['numpy']}; "
-        f"probe C={args.C}",
+        f"probe C={args.C}, tol={args.probe_tol}",
         flush=True,
     )
     results = []
@@ -514,6 +523,7 @@ def main(argv=None):
                     n_test=len(X_test),
                     command=sys.argv,
                     probe_C=args.C,
+                    probe_tol=args.probe_tol,
                     rows=results,
                 ),
                 indent=2,
