@@ -132,8 +132,8 @@ class Moves:
         132 nats per image).  So ``moved`` and ``params`` are compared on a
         fixed sample (the penalty's change counted once, as in the whole
         objective), and only a move that gains there is judged on all the
-        images as before; so is one whose objective on the sample is not
-        finite.  The sample (every ``n // SCREEN_IMAGES``-th image) depends
+        images as before (one whose objective on the sample is not finite is
+        dropped too).  The sample (every ``n // SCREEN_IMAGES``-th image) depends
         neither on the batching nor on ``rng``, and is read without a
         progress bar.
         """
