@@ -132,8 +132,7 @@ class Moves:
         132 nats per image).  So ``moved`` and ``params`` are compared on a
         fixed sample (the penalty's change counted once, as in the whole
         objective), and only a move that gains there is judged on all the
-        images as before (one whose objective on the sample is not finite is
-        dropped too).  The sample (every ``n // SCREEN_IMAGES``-th image) depends
+        images as before.  The sample (every ``n // SCREEN_IMAGES``-th image) depends
         neither on the batching nor on ``rng``, and is read without a
         progress bar.
         """
@@ -144,12 +143,12 @@ class Moves:
             self.sample = self.source.spaced(SCREEN_IMAGES)
         after = e_step(moved, source=self.sample, bar=None)
         before = e_step(params, source=self.sample, bar=None)
-        xp = self.source.xp
-        penalty = 0.5 * self.reg * float(
-            xp.sum(moved.kernels**2) - xp.sum(params.kernels**2)
+        # λ scaled by the sample's share: the penalty's change counts once
+        reg = self.reg * after.n_samples / n
+        gain = objective(after, moved.kernels, reg) - objective(
+            before, params.kernels, reg
         )
-        gain = float(after.log_likelihood - before.log_likelihood) / after.n_samples
-        return gain - penalty / n > 0
+        return gain > 0
 
     def _bad(self, stats, kernels, margin):
         """Starved kernels and the lighter of each duplicate pair, sorted."""

@@ -29,7 +29,6 @@ __all__ = [
     "array_namespace",
     "device_of",
     "extract_patches",
-    "flush_offset",
     "flush_tiny",
     "flush_tiny_inplace",
     "get_namespace",
@@ -520,18 +519,9 @@ def _zeros(size, dtype):
     return zeros
 
 
-def flush_offset(dtype):
-    """``T = tiny / eps²`` of a NumPy dtype (2⁻⁸⁰ in float32), the offset of
-    :func:`flush_tiny_inplace`."""
-    import numpy as np
-
-    info = np.finfo(dtype)
-    return info.tiny / (info.eps * info.eps)  # in the dtype (long double too)
-
-
 def flush_tiny_inplace(E, np):
     """NumPy: probabilities ``E`` rounded to multiples of ``tiny / eps`` near
-    0, in place: ``(E + T) − T`` with ``T`` = :func:`flush_offset`.
+    0, in place: ``(E + T) − T`` with ``T = tiny / eps²`` (2⁻⁸⁰ in float32).
 
     Those below ``tiny / (2 eps)`` (5e-32 in float32) become exactly 0 and
     every other one is at least ``tiny / eps``, so kept ones times any factor
@@ -544,7 +534,8 @@ def flush_tiny_inplace(E, np):
     branches: the masked copy it replaces took up to 4× longer on a trained
     model's maps, where a few percent of the probabilities are flushed.
     """
-    T = flush_offset(E.dtype)
+    info = np.finfo(E.dtype)
+    T = info.tiny / (info.eps * info.eps)  # in the dtype (long double too)
     np.add(E, T, out=E)
     return np.subtract(E, T, out=E)
 
