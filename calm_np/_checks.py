@@ -55,8 +55,10 @@ def _kind(xp, dtype):
 
 
 def float_dtype(xp, arrays_and_names, device):
-    """Common real floating dtype of the inputs; integers become float, and
-    floats narrower than 32 bits (float16, torch's bfloat16) become float32.
+    """Common real floating dtype of the inputs; integers become float,
+    floats narrower than 32 bits (float16, torch's bfloat16) become float32,
+    and wider than 64 bits (NumPy's longdouble) float64, which every backend
+    computes in and a model file holds.
 
     Half precision cannot hold EM's sums (11 significant bits) and its
     ``tiny / eps`` is 0.06, so its probabilities could not be kept apart
@@ -85,7 +87,8 @@ def float_dtype(xp, arrays_and_names, device):
         dtype = default_float(xp, device)
     else:
         dtype = floats[0] if len(floats) == 1 else xp.result_type(*floats)
-    return xp.float32 if xp.finfo(dtype).bits < 32 else dtype
+    bits = xp.finfo(dtype).bits
+    return xp.float32 if bits < 32 else xp.float64 if bits > 64 else dtype
 
 
 def check_finite(a, name, xp):
@@ -102,9 +105,10 @@ def check_images_finite(X, name, xp):
     One reduction (``max |X|``, which NaN propagates through).  The bound
     ``sqrt(max_float / pixels per image)`` keeps ``‖X‖²`` and the
     correlations finite; beyond it the objective would be ``-inf``.
+    Returns ``max |X|`` (0 for no images).
     """
     if X.shape[0] == 0:
-        return
+        return 0.0
     peak = float(xp.max(xp.abs(X)))
     if not math.isfinite(peak):
         check_finite(X, name, xp)  # the usual message
@@ -116,6 +120,33 @@ def check_images_finite(X, name, xp):
             f"{X.dtype} (largest usable magnitude {limit:.3g} for images of "
             f"{pixels} pixels); rescale the images (calm_np assumes unit noise "
             "variance) or pass float64"
+        )
+    return peak
+
+
+def check_log_joint_range(kernels, variance, patch_norm, xp):
+    """Refuse kernels and a variance σ² whose log joint would overflow.
+
+    The log joint is ``scale·(x_u·μ_k − ½‖μ_k‖²)``, at most ``scale·(‖x_u‖
+    ‖μ_k‖ + ½‖μ_k‖²)`` in magnitude; ``patch_norm`` bounds ``‖x_u‖`` (0 where
+    unknown, for whitened patches).  Beyond the dtype's range the posterior
+    would be NaN.  One reduction over the kernels, in float64.
+    """
+    try:
+        wide = xp.astype(kernels, xp.float64)
+    except (TypeError, RuntimeError):  # a device without float64
+        wide = kernels
+    top = float(xp.max(xp.abs(wide)))  # squares taken after scaling by it:
+    unit = wide / top if top > 0 else wide  # no overflow (nor its warning)
+    sq = top * top * float(xp.max(xp.sum(unit * unit, axis=(1, 2, 3))))
+    bound = (patch_norm * math.sqrt(sq) + 0.5 * sq) / variance
+    largest = float(xp.finfo(kernels.dtype).max)
+    if not bound < largest:  # also NaN and inf
+        raise ValueError(
+            f"kernels (largest squared norm {sq:.3g}) and variance "
+            f"{variance:.3g} give log-joint values up to {bound:.3g}, beyond "
+            f"{kernels.dtype}'s range ({largest:.3g}); rescale the kernels, "
+            "use a larger variance, or pass float64"
         )
 
 
@@ -341,10 +372,12 @@ def _pair(name, value):
     """An int or a pair of ints, each >= 1 (``kernel_size``, ``pooling``)."""
     try:
         pair = check_padding(value)
-    except (TypeError, ValueError) as exc:
+    except TypeError as exc:
         raise TypeError(
             f"{name} must be an int or a pair of ints, got {value!r}"
         ) from exc
+    except ValueError:  # ints, but negative
+        pair = (-1,)
     if min(pair) < 1:
         raise ValueError(f"{name} must be >= 1, got {value!r}")
     return pair
@@ -496,18 +529,25 @@ def check_model_size(params, map_shape, n_patches):
                 f"pooling={shown} asks for more cells than the {Ho}x{Wo} "
                 f"positions of the feature map; use pooling <= ({Ho}, {Wo})"
             )
-    if isinstance(params["init"], str) and n_patches is not None and k > n_patches:
-        raise ValueError(
-            f"n_kernels={k} is more than the {n_patches} patches of X that "
-            f"init={params['init']!r} draws kernels from; use fewer n_kernels "
-            "or more images"
-        )
+    if isinstance(params["init"], str) and n_patches is not None:
+        check_patch_count(params["init"], k, n_patches)
     map_bytes = k * Ho * Wo * 8
     if map_bytes > MAX_MAP_BYTES:
         raise ValueError(
             f"n_kernels={k} needs {map_bytes / 2**30:.3g} GiB of maps per image "
             f"({Ho}x{Wo} positions), more than the {MAX_MAP_BYTES / 2**30:g} GiB "
             "calm_np allows; use fewer n_kernels or smaller images"
+        )
+
+
+def check_patch_count(init, n_kernels, n_patches):
+    """Refuse more kernels than the patches a string ``init`` draws them from
+    (``"random"`` draws noise, not patches)."""
+    if init != "random" and n_kernels > n_patches:
+        raise ValueError(
+            f"n_kernels={n_kernels} is more than the {n_patches} patches of X that "
+            f"init={init!r} draws kernels from; use fewer n_kernels, more images "
+            "or init='random'"
         )
 
 

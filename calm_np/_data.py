@@ -113,8 +113,9 @@ class ImageSource:
                 raise ValueError("X contains no images; pass at least one image")
             first = self._slice(0, 1)
             return first.compute() if self.kind == "dask" else first
-        for batch in self._iter_raw():
-            return batch
+        for batch in self._iter_raw():  # the first batch holding images
+            if batch.shape[0] > 0:
+                return batch
         raise ValueError("X contains no images; pass at least one image")
 
     @property

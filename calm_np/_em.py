@@ -102,7 +102,7 @@ class _Batch:
         dtype = _checks.float_dtype(xp, [(X, "X"), (kernels, "kernels")], device)
         X = xp.astype(X, dtype)
         kernels = xp.astype(kernels, dtype)
-        _checks.check_images_finite(X, "X", xp)
+        peak = _checks.check_images_finite(X, "X", xp)
         _checks.check_finite(kernels, "kernels", xp)
         kernel_shape = tuple(kernels.shape[2:])
         Hp, Wp = _checks.check_sizes(tuple(X.shape[2:]), kernel_shape, padding)
@@ -119,6 +119,8 @@ class _Batch:
             _checks.check_finite(self.whitening.matrix, "whitening", xp)
             _checks.check_finite(self.whitening.mean, "whitening", xp)
             method = "im2col"  # the one engine that whitens (see _whiten)
+        patch_norm = 0.0 if whitening is not None else math.sqrt(D) * peak
+        _checks.check_log_joint_range(kernels, self.variance, patch_norm, xp)
         if X.shape[0] == 0:
             method = "im2col"  # nothing to transform (torch's FFT refuses n=0)
         elif method == "auto":

@@ -109,8 +109,8 @@ class ConvolutionalMixture(ParamsMixin):
     callback : callable or None, default=None
         ``callback(estimator)`` after every iteration, with the current
         ``kernels_``, ``weights_``, ``lower_bounds_`` and ``n_iter_``; a
-        ``True`` return value stops the fit (all of it when ``n_init > 1``:
-        the best run so far is kept).
+        ``True`` return value (Python's or NumPy's bool) stops the fit (all
+        of it when ``n_init > 1``: the best run so far is kept).
     features : {"log_joint", "log_posterior", "posterior", "triangle"}, \
 default="log_joint"
         What :meth:`transform` returns per kernel and pooling cell:
@@ -348,7 +348,8 @@ default="log_joint"
         if self.callback is None:
             return False
         self._set_state(params, bounds, len(bounds), source)
-        return self.callback(self) is True
+        stop = self.callback(self)
+        return isinstance(stop, (bool, np.bool_)) and bool(stop)
 
     def _set_state(self, params, bounds, n_iter, source):
         self.kernels_ = params.kernels
@@ -456,7 +457,7 @@ default="log_joint"
         values = self.score_samples(X)
         if is_dask_array(values):
             values = values.compute()
-        return float(np.mean(to_numpy(values)))
+        return float(np.mean(to_numpy(values), dtype=np.float64))
 
     def transform(self, X):
         """Pooled posterior features, ``(n_samples, n_features)``.

@@ -14,7 +14,7 @@ import numpy as np
 from . import _checks, _whiten
 from ._checks import INITS  # noqa: F401  (the CLI reads _init.INITS)
 from ._engines import Im2col
-from ._xp import device_of, pad_zeros, single_threaded_blas, to_numpy
+from ._xp import device_of, get_namespace, pad_zeros, single_threaded_blas, to_numpy
 
 
 def check_random_state(seed):
@@ -165,6 +165,8 @@ def similarity(kernels, max_shift, xp):
 def check_init_array(init, n_kernels, n_channels, kernel_size, xp, dtype, device):
     """An ``init`` array as ``(n_kernels, n_channels, kh, kw)`` in ``dtype``."""
     init = _checks.detached(_checks.as_array(init, "init"))
+    own, own_device = get_namespace(init)
+    _checks.float_dtype(own, [(init, "init")], own_device)  # refuses complex, bool
     if init.ndim == 3:
         init = init[:, None, ...]
     expected = (n_kernels, n_channels, *kernel_size)
@@ -173,7 +175,8 @@ def check_init_array(init, n_kernels, n_channels, kernel_size, xp, dtype, device
             f"init has shape {tuple(init.shape)} but must be (n_kernels, "
             f"n_channels, kh, kw) = {expected}"
         )
-    init = xp.asarray(to_numpy(init), dtype=dtype, device=device)
+    # a copy: the fitted kernels never share memory with the caller's init
+    init = xp.asarray(to_numpy(init), dtype=dtype, device=device, copy=True)
     _checks.check_finite(init, "init", xp)
     if n_kernels > 1 and bool(xp.all(init == init[:1, ...])):
         raise ValueError(
@@ -199,6 +202,10 @@ def kernels_for(
         if not whiten:
             return kernels, None
     images = sample_images(source, max(1000, 4 * n_kernels), rng)
+    if not given:  # the data's patches, where ImageSource could not count them
+        Hp, Wp = (s + 2 * p for s, p in zip(images.shape[2:], padding, strict=True))
+        positions = (Hp - kernel_size[0] + 1) * (Wp - kernel_size[1] + 1)
+        _checks.check_patch_count(init, n_kernels, images.shape[0] * positions)
     # the sample is checked like every batch: same message, no warnings
     _checks.check_finite(xp.astype(images, dtype), "X", xp)
     args = (images, n_kernels, padding, kernel_size, rng, xp, dtype)

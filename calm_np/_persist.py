@@ -6,9 +6,15 @@ file from an untrusted source cannot run code, and a model saved from CuPy
 or PyTorch loads on a machine with only NumPy.  ``ConvolutionalMixture.save``
 and ``.load`` are thin wrappers over :func:`save` and :func:`load`.
 
+Writing goes to a temporary file in the target's folder, renamed over the
+target only when complete: an interrupted or failed save leaves the previous
+file as it was.  A model is checked before anything is written (a dtype
+:func:`load` reads, parameters JSON can hold).
+
 Reading trusts nothing, in this order, and every failure is a ``ValueError``
-naming the file: the zip's directory (known members only, sizes read from
-the central directory); the JSON header (a dict with every key, known
+naming the file: the zip's directory (known members only, stored
+uncompressed as ``np.savez`` writes them, sizes read from the central
+directory); the JSON header (a dict with every key, known
 parameters that pass ``_checks.check_params``, consistent shapes); each
 member's declared size against what the header's shapes imply (so a "zip
 bomb" is refused before anything is decompressed); each array's own ``.npy``
@@ -22,7 +28,9 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import os
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -57,12 +65,40 @@ HEADER_KEYS = {
 
 
 def _plain(value):
-    """A JSON-able Python value (NumPy scalars and tuples included)."""
-    if isinstance(value, np.generic):
-        value = value.item()
+    """A JSON-able Python value (NumPy scalars, arrays and tuples included)."""
+    if isinstance(value, (np.generic, np.ndarray)):
+        value = value.tolist()
     if isinstance(value, (tuple, list)):
         return [_plain(v) for v in value]
     return value
+
+
+# reading can also fail with a damaged zip (zlib.error; NotImplementedError:
+# an unknown compression method or zip version) or a deeply nested header
+_UNREADABLE = (zipfile.BadZipFile, EOFError, OSError, zlib.error)
+_UNREADABLE += (NotImplementedError, RecursionError)
+
+
+def _write_atomic(path, write):
+    """``write(file)`` into a new file next to ``path``, then renamed over it.
+
+    The previous ``path`` (if any) stays intact until the new file is
+    complete; on any failure the partial file is removed and the error
+    raised.  The new file gets the permissions a plain ``open`` would give.
+    """
+    path = os.fspath(path)
+    folder, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    try:
+        with open(tmp, "xb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def save(model, path):
@@ -84,6 +120,11 @@ def save(model, path):
             value = None
         params[name] = _plain(value)
     kernels = to_numpy(model.kernels_)
+    if str(kernels.dtype) not in FLOAT_DTYPES:  # nothing written: load reads these
+        raise ValueError(
+            f"cannot save kernels of dtype {kernels.dtype}; a model file holds "
+            f"{', '.join(FLOAT_DTYPES)} (fit on float64 data)"
+        )
     header = dict(
         format=FORMAT,
         format_version=FORMAT_VERSION,
@@ -103,17 +144,16 @@ def save(model, path):
         mean, matrix, header["whiten_eps"] = model.whitening_
         whitening = dict(whiten_mean=to_numpy(mean), whiten_matrix=to_numpy(matrix))
     blob = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
-    with open(path, "wb") as fh:
-        np.savez(
-            fh,
-            header=blob,
-            kernels=kernels,
-            weights=to_numpy(model.weights_),
-            lower_bounds=np.asarray(
-                [float(b) for b in model.lower_bounds_], dtype=np.float64
-            ),
-            **whitening,
-        )
+    arrays = dict(
+        header=blob,
+        kernels=kernels,
+        weights=to_numpy(model.weights_),
+        lower_bounds=np.asarray(
+            [float(b) for b in model.lower_bounds_], dtype=np.float64
+        ),
+        **whitening,
+    )
+    _write_atomic(path, lambda fh: np.savez(fh, **arrays))
 
 
 def load(cls, path, *, xp=None, device=None):
@@ -152,7 +192,7 @@ def _read(path, cls):
                 raise zipfile.BadZipFile("no zip signature")
         with zipfile.ZipFile(path) as zf:
             sizes = _members(zf, path)
-            header = _header(_array(zf, "header", sizes, path, None), path)
+            header = _header(_array(zf, "header", sizes, path, "uint8"), path)
             params = _params(header, cls, path)
             expected = _expected(header, params, path)
             extra = sorted(set(sizes) - set(expected) - {"header"})
@@ -176,11 +216,11 @@ def _read(path, cls):
                         "declares; refusing to read it"
                     )
                 arrays[name] = _array(zf, name, sizes, path, (shape, dtype))
-    except (zipfile.BadZipFile, EOFError, OSError) as exc:
+    except _UNREADABLE as exc:
         if isinstance(exc, (FileNotFoundError, IsADirectoryError, PermissionError)):
             raise
         raise ValueError(
-            f"{path} is truncated or not an .npz file ({exc}); save the model again"
+            f"{path} is truncated or not an .npz file ({exc!r}); save the model again"
         ) from exc
     _check_values(arrays, header, path)
     whitening = None
@@ -193,17 +233,32 @@ def _read(path, cls):
     return header, params, kernels, weights, arrays["lower_bounds"], whitening
 
 
-def _members(zf, path):
-    """Uncompressed sizes of the members, by array name (central directory)."""
+def _stored_sizes(zf, path):
+    """Sizes of the members, by array name (central directory), after checking
+    that each is stored uncompressed, as ``np.savez`` writes it: no member
+    can then hold more bytes than the file, so no "zip bomb" gets read."""
     sizes = {}
     for info in zf.infolist():
-        name = info.filename.removesuffix(".npy")
+        if info.compress_type != zipfile.ZIP_STORED or (
+            info.compress_size != info.file_size
+        ):
+            raise ValueError(
+                f"{path} is not a calm_np file: member {info.filename!r} is "
+                "compressed, and calm_np writes its files uncompressed"
+            )
+        sizes[info.filename.removesuffix(".npy")] = info.file_size
+    return sizes
+
+
+def _members(zf, path):
+    """Sizes of the members, by array name (central directory)."""
+    sizes = _stored_sizes(zf, path)
+    for name in sizes:
         if name not in ("header", "kernels", "weights", "lower_bounds", *WHITENING):
             raise ValueError(
                 f"{path} is not a calm_np model file (unexpected member "
-                f"{info.filename!r}); write models with ConvolutionalMixture.save"
+                f"{name + '.npy'!r}); write models with ConvolutionalMixture.save"
             )
-        sizes[name] = info.file_size
     if not {"header", "kernels", "weights"} <= set(sizes):
         raise ValueError(
             f"{path} is not a calm_np model file (missing arrays); write models "
@@ -218,7 +273,9 @@ def _members(zf, path):
 
 
 def _array(zf, name, sizes, path, expected):
-    """Member ``name`` as an array; its ``.npy`` header checked first."""
+    """Member ``name`` as an array; its ``.npy`` header checked first against
+    ``expected``: ``(shape, dtype)``, or a dtype name for a 1-D array filling
+    the member (a JSON header's bytes, a network's layer files)."""
     with zf.open(name + ".npy") as fh:
         try:
             version = np.lib.format.read_magic(fh)
@@ -235,10 +292,9 @@ def _array(zf, name, sizes, path, expected):
                 f"{path} holds object arrays, which calm_np never writes; "
                 "refusing to unpickle it"
             )
-        if expected is None:  # the JSON header: bytes
-            expected = ((sizes[name] - fh.tell(),), "uint8")
-            if len(shape) != 1:
-                expected = ((), "uint8")
+        if isinstance(expected, str):  # a vector filling the member
+            count = (sizes[name] - fh.tell()) // np.dtype(expected).itemsize
+            expected = ((count,) if len(shape) == 1 else (), expected)
         want_shape, want_dtype = expected
         if tuple(shape) != tuple(want_shape) or str(dtype) != want_dtype:
             raise ValueError(
@@ -257,8 +313,11 @@ def _array(zf, name, sizes, path, expected):
 def _header(blob, path):
     try:
         header = json.loads(bytes(blob).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path} is corrupt: its header is not JSON ({exc})") from exc
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        # ValueError: not JSON, or an integer longer than Python reads
+        raise ValueError(
+            f"{path} is corrupt: its header is not JSON ({exc!r:.200})"
+        ) from exc
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise ValueError(f"{path} is not a calm_np model file")
     version = header.get("format_version")
@@ -312,9 +371,14 @@ def _header(blob, path):
 def _variance(header, path):
     """σ², checked; files written before σ² was learned have none: 1.0."""
     try:
-        return _checks.check_variance(header.get("variance", 1.0), "its variance")
+        variance = _checks.check_variance(header.get("variance", 1.0), "its variance")
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{path} is corrupt: {exc}") from exc
+    if not math.isfinite(1.0 / variance):
+        raise ValueError(
+            f"{path} is corrupt: its variance {variance!r} has no finite 1/σ²"
+        )
+    return variance
 
 
 def _int(value):
@@ -423,13 +487,12 @@ def save_network(network, path):
     header = dict(
         format=NETWORK_FORMAT,
         format_version=FORMAT_VERSION,
-        params={name: getattr(network, name) for name in NETWORK_PARAMS},
+        params={name: _plain(getattr(network, name)) for name in NETWORK_PARAMS},
         n_layers=len(network.layers_),
         n_features=int(network.n_features_),
     )
     blob = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
-    with open(path, "wb") as fh:
-        np.savez(fh, header=blob, **arrays)
+    _write_atomic(path, lambda fh: np.savez(fh, header=blob, **arrays))
 
 
 def load_network(cls, layer_cls, path, *, xp=None, device=None):
@@ -477,47 +540,47 @@ def load_network(cls, layer_cls, path, *, xp=None, device=None):
 
 
 def _read_network(path):
-    """``(header, arrays)`` of a network file; only known members, bounded."""
-    import zipfile
-
+    """``(header, arrays)`` of a network file: only known members, stored
+    uncompressed, each ``.npy`` header checked before its bytes are read (the
+    model file's rules, :func:`_array`)."""
     try:
-        if not zipfile.is_zipfile(path):
-            raise zipfile.BadZipFile("no zip directory")
+        with open(path, "rb") as fh:
+            if fh.read(4) != b"PK\x03\x04":
+                raise zipfile.BadZipFile("no zip signature")
         with zipfile.ZipFile(path) as zf:
-            sizes = {i.filename: i.file_size for i in zf.infolist()}
-        if "header.npy" not in sizes or max(sizes.values()) > MAX_NETWORK_MEMBER_BYTES:
-            raise ValueError(f"{path} is not a calm_np network file")
-        with np.load(path, allow_pickle=False) as data:
-            header = _network_header(data["header"], path)
+            sizes = _stored_sizes(zf, path)
+            if "header" not in sizes or sizes["header"] > MAX_HEADER_BYTES:
+                raise ValueError(f"{path} is not a calm_np network file")
+            header = _network_header(_array(zf, "header", sizes, path, "uint8"), path)
             n = header["n_layers"]
             wanted = {f"layer{i}": "uint8" for i in range(n)}
             for i in range(n - 1):
                 wanted[f"norm_mean{i}"] = wanted[f"norm_scale{i}"] = "float64"
-            if set(sizes) != {f"{name}.npy" for name in [*wanted, "header"]}:
+            if set(sizes) != {*wanted, "header"}:
                 raise ValueError(
                     f"{path} is corrupt: its arrays {sorted(sizes)} are not "
                     f"those of a {n}-layer network"
                 )
-            arrays = {name: data[name] for name in wanted}
-    except (zipfile.BadZipFile, EOFError, OSError) as exc:
+            if max(sizes.values()) > MAX_NETWORK_MEMBER_BYTES:
+                raise ValueError(f"{path} holds a member larger than calm_np reads")
+            arrays = {
+                name: _array(zf, name, sizes, path, dtype)
+                for name, dtype in wanted.items()
+            }
+    except _UNREADABLE as exc:
         if isinstance(exc, (FileNotFoundError, IsADirectoryError, PermissionError)):
             raise
-        raise ValueError(f"{path} is truncated or not an .npz file ({exc})") from exc
-    except ValueError as exc:
-        if str(path) in str(exc):
-            raise
-        raise ValueError(f"{path} is not a valid calm_np network: {exc}") from exc
-    for name, dtype in wanted.items():
-        if arrays[name].ndim != 1 or str(arrays[name].dtype) != dtype:
-            raise ValueError(f"{path} is corrupt: its {name} array is not 1-D {dtype}")
+        raise ValueError(f"{path} is truncated or not an .npz file ({exc!r})") from exc
     return header, arrays
 
 
 def _network_header(blob, path):
     try:
         header = json.loads(bytes(np.asarray(blob, dtype=np.uint8)).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, TypeError) as exc:
-        raise ValueError(f"{path} is corrupt: its header is not JSON ({exc})") from exc
+    except (UnicodeDecodeError, ValueError, TypeError, RecursionError) as exc:
+        raise ValueError(
+            f"{path} is corrupt: its header is not JSON ({exc!r:.200})"
+        ) from exc
     if not isinstance(header, dict) or header.get("format") != NETWORK_FORMAT:
         raise ValueError(f"{path} is not a calm_np network file")
     version, n = header.get("format_version"), header.get("n_layers")

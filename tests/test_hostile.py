@@ -730,13 +730,22 @@ def test_zip_bomb_is_refused_before_decompression(saved, tmp_path):
         warnings.simplefilter("ignore")  # the duplicate name is the point
         zf.writestr("kernels.npy", bomb.getvalue())  # a second, huge member
     assert path.stat().st_size < 2**20
+    with pytest.raises(ValueError, match="'kernels.npy' is compressed"):
+        ConvolutionalMixture.load(path)
+
+
+def test_oversized_stored_member_is_refused_before_reading(saved, tmp_path):
+    """Stored (as np.savez writes), a member larger than its header declares."""
+    path = _write(
+        tmp_path / "big.npz", saved[0], dict(saved[1], kernels=np.zeros(2**20))
+    )
     with pytest.raises(ValueError, match="kernels array takes .* more than the"):
         ConvolutionalMixture.load(path)
 
 
 def test_header_bomb_is_refused(saved, tmp_path):
     path = tmp_path / "bad.npz"
-    np.savez_compressed(path, header=np.zeros(4 * 2**20, np.uint8), **saved[1])
+    np.savez(path, header=np.zeros(4 * 2**20, np.uint8), **saved[1])
     with pytest.raises(ValueError, match="its header takes"):
         ConvolutionalMixture.load(path)
 

@@ -294,7 +294,10 @@ HOSTILE = [
     (lambda a: a.update(extra=np.zeros(3)), "are not those of a 2-layer network"),
     (lambda a: a.update(norm_mean0=np.zeros(7)), "statistics of 7 channels"),
     (lambda a: a.update(norm_scale0=-a["norm_scale0"]), "layer 0's statistics"),
-    (lambda a: a.update(layer0=a["layer0"].astype(np.float64)), "not 1-D uint8"),
+    (
+        lambda a: a.update(layer0=a["layer0"].astype(np.float64)),
+        "its layer0 array has shape",
+    ),
     (lambda a: a.update(layer0=a["layer0"][:100]), "layer 0 is not valid"),
     (corrupt_layer, "layer 1 is not valid"),
     (set_header("format", "calm_np.ConvolutionalMixture"), "not a calm_np network"),
@@ -335,7 +338,7 @@ def test_pickles_and_non_zip_files_are_refused(tmp_path):
     rewrite(tmp_path / "net.npz", tmp_path / "bad.npz", add_pickle)
     with zipfile.ZipFile(tmp_path / "bad.npz") as zf:
         assert "layer0.npy" in zf.namelist()
-    with pytest.raises(ValueError, match="not a valid calm_np network.*allow_pickle"):
+    with pytest.raises(ValueError, match="object arrays.*refusing to unpickle"):
         ConvolutionalMixtureNetwork.load(tmp_path / "bad.npz")
     (tmp_path / "text.npz").write_text("hello")
     with pytest.raises(ValueError, match="truncated or not an .npz file"):

@@ -1,0 +1,318 @@
+"""Hostile input found by a review of the whole library: each case failed before
+its mend (silent NaN, data loss, aliasing, a crash instead of a ``ValueError``).
+
+The cases are grouped by the standard they hold: nothing produces NaN
+silently; no data is lost (saves are atomic and reload bit-exact, fitted
+state never aliases the caller's arrays); batching does not change what is
+refused; tampered files are refused with a ``ValueError`` naming the file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import warnings
+import zipfile
+
+import numpy as np
+import pytest
+
+import calm_np
+from calm_np import ConvolutionalMixture, ConvolutionalMixtureNetwork
+from calm_np._xp import to_numpy
+
+RNG = np.random.default_rng(0)
+X = RNG.standard_normal((10, 1, 8, 8))
+K = RNG.standard_normal((3, 1, 3, 3))
+
+
+def fit(model, data=X):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return model.fit(data)
+
+
+def small(**kw):
+    return ConvolutionalMixture(
+        **{"n_kernels": 3, "kernel_size": 3, "max_iter": 2, **kw}
+    )
+
+
+# -- nothing produces NaN silently ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kernels, variance, dtype",
+    [
+        (K * 1e160, 1.0, np.float64),  # ||mu||^2 overflows float64
+        (K * 1e19, 1.0, np.float32),  # ... float32
+        (K, 1e-310, np.float64),  # 1/sigma^2 overflows
+        (K, 1e-38, np.float32),  # the scaled log joint overflows float32
+    ],
+)
+@pytest.mark.parametrize("func", [calm_np.log_joint, calm_np.posterior])
+def test_overflowing_kernels_or_variance_are_refused(func, kernels, variance, dtype):
+    with pytest.raises(
+        ValueError, match="log-joint values up to .* rescale the kernels"
+    ):
+        func(X.astype(dtype), kernels.astype(dtype), variance=variance)
+
+
+def test_the_overflow_bound_still_lets_large_finite_models_through():
+    """Kernels of norm 1e150 (squares 1e300) stay inside float64: no error, no NaN."""
+    P = calm_np.posterior(X, K * 1e150)
+    assert np.isfinite(P).all()
+    assert np.isfinite(calm_np.log_joint(X, K * 1e150)).all()
+
+
+def test_torch_float32_overflow_is_refused():
+    torch = pytest.importorskip("torch")
+    Xt = torch.asarray(X, dtype=torch.float32)
+    with pytest.raises(ValueError, match="torch.float32's range"):
+        calm_np.posterior(Xt, torch.asarray(K * 1e19, dtype=torch.float32))
+
+
+def test_a_model_file_whose_variance_has_no_finite_inverse_is_refused(tmp_path):
+    path = tmp_path / "m.npz"
+    fit(small(learn_variance=True)).save(path)
+    with np.load(path) as f:
+        arrays = dict(f)
+    header = json.loads(bytes(arrays["header"]).decode())
+    header["variance"] = 1e-310
+    arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    np.savez(path, **arrays)
+    with pytest.raises(ValueError, match="no finite 1/σ²"):
+        ConvolutionalMixture.load(path)
+
+
+def test_score_averages_in_float64():
+    """float32 scores near the dtype's limit: their float32 mean overflowed."""
+    X32 = (np.tile(X, (4, 1, 1, 1)) / np.abs(X).max() * 2.2e18).astype(np.float32)
+    m = fit(small(max_iter=1), X32)
+    values = to_numpy(m.score_samples(X32))
+    assert np.isfinite(values).all()
+    assert m.score(X32) == pytest.approx(float(np.mean(values, dtype=np.float64)))
+    assert np.isfinite(m.score(X32))
+
+
+# -- no data is lost ----------------------------------------------------------------
+
+
+def test_fitted_kernels_never_alias_the_init_array():
+    init = RNG.standard_normal((3, 1, 3, 3))
+    m = fit(small(init=init, max_iter=0))
+    assert not np.shares_memory(m.kernels_, init)
+    kept = init.copy()
+    init[:] = 0  # the caller edits its array: the model keeps its kernels
+    np.testing.assert_array_equal(m.kernels_, kept)
+    m.kernels_[:] = 1  # and the other way round: init is untouched
+    np.testing.assert_array_equal(init, 0)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [dict(kernel_size=np.array([3, 3])), dict(pooling=np.array([1, 2]))],
+)
+def test_numpy_valued_parameters_save_and_reload(params, tmp_path):
+    m = fit(small(**params))
+    m.save(tmp_path / "m.npz")
+    back = ConvolutionalMixture.load(tmp_path / "m.npz")
+    np.testing.assert_array_equal(back.kernels_, m.kernels_)
+    np.testing.assert_array_equal(back.transform(X), m.transform(X))
+
+
+def test_network_with_numpy_int_parameters_saves_and_reloads(tmp_path):
+    layers = [
+        small(latent="patch", features="triangle"),
+        small(kernel_size=2, latent="patch", features="triangle"),
+    ]
+    net = ConvolutionalMixtureNetwork(
+        layers, pool_size=np.int64(2), batch_size=np.int64(4)
+    )
+    fit(net)
+    net.save(tmp_path / "net.npz")
+    back = ConvolutionalMixtureNetwork.load(tmp_path / "net.npz")
+    np.testing.assert_array_equal(back.transform(X), net.transform(X))
+
+
+def test_longdouble_images_fit_in_float64_and_reload(tmp_path):
+    m = fit(small(max_iter=1), X.astype(np.longdouble))
+    assert m.kernels_.dtype == np.float64
+    m.save(tmp_path / "m.npz")
+    back = ConvolutionalMixture.load(tmp_path / "m.npz")
+    np.testing.assert_array_equal(back.kernels_, m.kernels_)
+
+
+def test_a_model_whose_dtype_no_file_holds_is_refused_before_writing(tmp_path):
+    path = tmp_path / "m.npz"
+    m = fit(small())
+    m.save(path)
+    before = path.read_bytes()
+    m.kernels_ = m.kernels_.astype(np.longdouble)
+    with pytest.raises(ValueError, match="cannot save kernels of dtype"):
+        m.save(path)
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("kind", ["model", "network"])
+def test_a_failed_save_leaves_the_previous_file_intact(kind, tmp_path, monkeypatch):
+    if kind == "model":
+        m, cls = fit(small()), ConvolutionalMixture
+    else:
+        layers = [
+            small(latent="patch", features="triangle"),
+            small(kernel_size=2, latent="patch", features="triangle"),
+        ]
+        m, cls = fit(ConvolutionalMixtureNetwork(layers)), ConvolutionalMixtureNetwork
+    path = tmp_path / "m.npz"
+    m.save(path)
+    before = path.read_bytes()
+
+    savez = np.savez
+
+    def broken_savez(fh, **arrays):  # writes half the target, then fails
+        if kind == "network" and "layer0" not in arrays:
+            return savez(fh, **arrays)  # a layer's own file: written whole
+        fh.write(b"PK\x03\x04 partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", broken_savez)
+    with pytest.raises(OSError, match="disk full"):
+        m.save(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["m.npz"]  # no temporary file left
+    cls.load(path)
+
+
+def test_a_saved_file_gets_the_permissions_of_a_plain_open(tmp_path):
+    (tmp_path / "plain").write_bytes(b"")
+    fit(small()).save(tmp_path / "m.npz")
+    mode = os.stat(tmp_path / "m.npz").st_mode & 0o777
+    assert mode == os.stat(tmp_path / "plain").st_mode & 0o777
+
+
+# -- batching does not change what is refused --------------------------------------
+
+
+def test_a_list_of_batches_refuses_more_kernels_than_patches_as_an_array_does():
+    too_many = dict(n_kernels=100, kernel_size=3, max_iter=1, random_state=0)
+    for data in (X[:2], [X[:1], X[1:2]]):
+        with pytest.raises(ValueError, match="n_kernels=100 is more than the 72"):
+            fit(ConvolutionalMixture(**too_many), data)
+
+
+def test_init_random_may_have_more_kernels_than_patches():
+    """Noise kernels are not drawn from the patches."""
+    m = fit(ConvolutionalMixture(100, kernel_size=3, init="random", max_iter=1), X[:2])
+    assert m.kernels_.shape[0] == 100
+
+
+def test_a_list_of_empty_batches_is_refused_clearly():
+    with pytest.raises(ValueError, match="X contains no images"):
+        fit(small(), [X[:0], X[:0]])
+    # an empty batch before real ones is skipped
+    m = fit(small(random_state=0), [X[:0], X])
+    ref = fit(small(random_state=0), X)
+    np.testing.assert_allclose(m.kernels_, ref.kernels_, rtol=1e-12, atol=1e-12)
+
+
+def test_a_numpy_bool_from_the_callback_stops_the_fit():
+    m = fit(small(max_iter=10, tol=0.0, callback=lambda est: np.True_))
+    assert m.n_iter_ == 1
+
+
+@pytest.mark.parametrize("name", ["kernel_size", "pooling"])
+def test_negative_sizes_are_value_errors(name):
+    with pytest.raises(ValueError, match=f"{name} must be >= 1, got -2"):
+        fit(small(**{name: -2}))
+
+
+@pytest.mark.parametrize("dtype", [np.complex128, np.bool_])
+def test_complex_or_bool_init_is_refused(dtype):
+    init = (RNG.standard_normal((3, 1, 3, 3)) > 0).astype(dtype)
+    with pytest.raises(TypeError, match="init has"):
+        fit(small(init=init))
+
+
+# -- tampered files are refused with a ValueError naming the file -------------------
+
+
+@pytest.fixture
+def saved(tmp_path):
+    path = tmp_path / "m.npz"
+    fit(small()).save(path)
+    return path
+
+
+def _with_header(path, text):
+    with np.load(path) as f:
+        arrays = dict(f)
+    arrays["header"] = np.frombuffer(text.encode(), np.uint8)
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize(
+    "text", ["[" * 100000 + "]" * 100000, '{"format": ' + "9" * 5000 + "}"]
+)
+def test_pathological_json_headers_are_value_errors(saved, text):
+    with pytest.raises(ValueError, match=f"{saved}.*header is not JSON"):
+        ConvolutionalMixture.load(_with_header(saved, text))
+
+
+@pytest.mark.parametrize("offset, value", [(10, 99), (6, 97)])
+def test_a_damaged_central_directory_is_a_value_error(saved, offset, value):
+    """Offset 10: the compression method; 6: the zip version needed."""
+    raw = bytearray(saved.read_bytes())
+    raw[raw.find(b"PK\x01\x02") + offset] = value
+    saved.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=str(saved)):
+        ConvolutionalMixture.load(saved)
+
+
+@pytest.fixture
+def saved_network(tmp_path):
+    layers = [
+        small(latent="patch", features="triangle"),
+        small(kernel_size=2, latent="patch", features="triangle"),
+    ]
+    path = tmp_path / "net.npz"
+    fit(ConvolutionalMixtureNetwork(layers)).save(path)
+    with np.load(path) as f:
+        return path, dict(f)
+
+
+def test_a_compressed_network_member_is_refused_before_decompression(saved_network):
+    """400 MB of zeros deflated to ~400 kB: refused from the zip directory."""
+    path, arrays = saved_network
+    bomb = io.BytesIO()
+    np.save(bomb, np.zeros(50 * 2**20, np.uint8))
+    with zipfile.ZipFile(path, "w") as zf:  # stored, as np.savez writes
+        for name, a in arrays.items():
+            buf = io.BytesIO()
+            np.save(buf, a)
+            if name == "layer0":  # but this member deflated
+                zf.writestr("layer0.npy", bomb.getvalue(), zipfile.ZIP_DEFLATED)
+            else:
+                zf.writestr(name + ".npy", buf.getvalue())
+    assert path.stat().st_size < 2**20
+    with pytest.raises(ValueError, match="'layer0.npy' is compressed"):
+        ConvolutionalMixtureNetwork.load(path)
+
+
+def test_a_network_member_declaring_a_huge_shape_is_refused(saved_network):
+    path, arrays = saved_network
+    buf = io.BytesIO()
+    np.save(buf, arrays["layer0"])
+    raw = buf.getvalue().replace(
+        f"({arrays['layer0'].size},)".encode(), b"(4398046511104,)", 1
+    )
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, a in arrays.items():
+            one = io.BytesIO()
+            np.save(one, a)
+            zf.writestr(name + ".npy", raw if name == "layer0" else one.getvalue())
+    with pytest.raises(ValueError, match="layer0 array has shape \\(4398046511104,\\)"):
+        ConvolutionalMixtureNetwork.load(path)
