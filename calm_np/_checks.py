@@ -531,12 +531,18 @@ def check_model_size(params, map_shape, n_patches):
             )
     if isinstance(params["init"], str) and n_patches is not None:
         check_patch_count(params["init"], k, n_patches)
+    check_map_size(k, map_shape)
+
+
+def check_map_size(n_kernels, map_shape):
+    """Refuse maps of more than ``MAX_MAP_BYTES`` per image (before any work)."""
+    (Ho, Wo), k = map_shape, n_kernels
     map_bytes = k * Ho * Wo * 8
     if map_bytes > MAX_MAP_BYTES:
         raise ValueError(
             f"n_kernels={k} needs {map_bytes / 2**30:.3g} GiB of maps per image "
             f"({Ho}x{Wo} positions), more than the {MAX_MAP_BYTES / 2**30:g} GiB "
-            "calm_np allows; use fewer n_kernels or smaller images"
+            "calm_np allows; use fewer kernels, less padding or smaller images"
         )
 
 

@@ -48,6 +48,7 @@ from ._xp import (
     LOG_2PI,
     get_namespace,
     interval_sums,
+    log_or_minus_inf,
     logsumexp,
     pad_zeros,
     single_threaded_blas,
@@ -107,6 +108,8 @@ class _Batch:
         kernel_shape = tuple(kernels.shape[2:])
         Hp, Wp = _checks.check_sizes(tuple(X.shape[2:]), kernel_shape, padding)
         k = kernels.shape[0]
+        map_shape = (Hp - kernel_shape[0] + 1, Wp - kernel_shape[1] + 1)
+        _checks.check_map_size(k, map_shape)
         self.log_weights = _checks.check_log_weights(log_weights, k, xp, dtype, device)
         self.xp, self.device, self.dtype = xp, device, dtype
         self.X, self.kernels, self.padding = X, kernels, padding
@@ -370,6 +373,12 @@ class SufficientStatistics:
     def __add__(self, other):
         if not isinstance(other, SufficientStatistics):
             return NotImplemented
+        if tuple(self.sums.shape) != tuple(other.sums.shape):
+            raise ValueError(
+                f"cannot add statistics of kernels {tuple(self.sums.shape)} and "
+                f"{tuple(other.sums.shape)}; add statistics of the same kernels"
+            )
+        get_namespace(self.counts, other.counts)  # one library, or a TypeError
         return SufficientStatistics(
             self.counts + other.counts,
             self.sums + other.sums,
@@ -378,6 +387,9 @@ class SufficientStatistics:
             self.sq_norm + other.sq_norm,
             self.n_values + other.n_values,
         )
+
+    def __radd__(self, other):  # sum(stats) starts from 0
+        return self if isinstance(other, int) and other == 0 else NotImplemented
 
     def m_step(self, reg_kernels=0.0, variance=1.0):
         """MAP kernel update ``μ_k = S_k / (N_k + λσ²)`` (SPEC §2).
@@ -515,7 +527,7 @@ def m_step(
     new = xp.where(mask, xp.astype(new, dtype), kernels)
     if learn_weights:
         total = xp.sum(stats.counts)
-        log_weights = xp.astype(xp.log(stats.counts / total), dtype)
+        log_weights = xp.astype(log_or_minus_inf(stats.counts / total, xp), dtype)
     return new, log_weights
 
 

@@ -39,7 +39,7 @@ from ._warnings import (
     NotFittedError,
     warn_after_fit,
 )
-from ._xp import to_numpy
+from ._xp import log_or_minus_inf, to_numpy
 
 __all__ = [
     "ConvergenceWarning",
@@ -327,7 +327,8 @@ default="log_joint"
         xp, dtype, device = source.xp, source.work_dtype, source.device
         if warm:
             kernels = xp.asarray(self.kernels_, dtype=dtype, device=device)
-            log_w = xp.log(xp.asarray(self.weights_, dtype=dtype, device=device))
+            weights = xp.asarray(self.weights_, dtype=dtype, device=device)
+            log_w = log_or_minus_inf(weights, xp)
         else:
             k, args = self.n_kernels, (self.init, self.n_kernels, size, padding, rng)
             kernels, self.whitening_ = kernels_for(source, *args, dtype, self.whiten)
@@ -412,7 +413,7 @@ default="log_joint"
             # a loaded model has none: rebuilt below from the model
             running = getattr(self, "_online", None)
         variance = self._variance(source, kernels, padding, new=not fitted)
-        params = Params(kernels, xp.log(weights), variance)
+        params = Params(kernels, log_or_minus_inf(weights, xp), variance)
         stats = self._e_step(params, source, padding, None)
         if running is None and fitted:
             running = running_from_model(

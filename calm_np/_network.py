@@ -266,18 +266,26 @@ def check_stack(layers, image_shape, pool_size):
     H, W = image_shape
     for i, layer in enumerate(layers):
         (kh, kw), (ph, pw) = _geometry(layer)
+        below = (
+            "the images"
+            if i == 0
+            else f"layers[{i - 1}]'s maps pooled {pool_size}x{pool_size}"
+        )
         if kh > H + 2 * ph or kw > W + 2 * pw:
-            below = (
-                "the images"
-                if i == 0
-                else f"layers[{i - 1}]'s maps pooled {pool_size}x{pool_size}"
-            )
             raise ValueError(
                 f"layers[{i}]: kernel size ({kh}, {kw}) is larger than its padded "
                 f"input ({H + 2 * ph}, {W + 2 * pw}) ({below} are {H}x{W}); use "
                 "smaller kernels, more padding or a smaller pool_size"
             )
-        H, W = (H + 2 * ph - kh + 1) // pool_size, (W + 2 * pw - kw + 1) // pool_size
+        Ho, Wo = H + 2 * ph - kh + 1, W + 2 * pw - kw + 1
+        for gh, gw in check_params(layer.get_params())["pooling"]:
+            if gh > Ho or gw > Wo:
+                raise ValueError(
+                    f"layers[{i}]: pooling grid ({gh}, {gw}) has more cells than "
+                    f"its {Ho}x{Wo} map positions ({below} are {H}x{W}); use a "
+                    "coarser pooling, smaller kernels or a smaller pool_size"
+                )
+        H, W = Ho // pool_size, Wo // pool_size
         if i + 1 < len(layers) and min(H, W) < 1:
             raise ValueError(
                 f"layers[{i}]'s maps are smaller than one {pool_size}x{pool_size} "

@@ -321,7 +321,7 @@ def _header(blob, path):
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise ValueError(f"{path} is not a calm_np model file")
     version = header.get("format_version")
-    if not isinstance(version, int) or isinstance(version, bool):
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise ValueError(f"{path} has no valid format version ({version!r})")
     if version > FORMAT_VERSION:
         raise ValueError(

@@ -31,6 +31,7 @@ from ._xp import (
     box_sums,
     get_namespace,
     inplace,
+    log_or_minus_inf,
     logsumexp,
     piece_logsumexp,
     relu,
@@ -137,14 +138,7 @@ def _apply_bound(func, kernels, weights, options, batch):
     dtype = _checks.float_dtype(xp, [(batch, "X")], device)
     kernels = xp.asarray(kernels, dtype=dtype, device=device)
     weights = xp.asarray(weights, dtype=dtype, device=device)
-    positive = weights > 0
-    # log 0 = -inf without a divide-by-zero warning
-    log_w = xp.where(
-        positive,
-        xp.log(xp.where(positive, weights, xp.ones_like(weights))),
-        xp.full_like(weights, -math.inf),
-    )
-    return func(batch, kernels, log_weights=log_w, **options)
+    return func(batch, kernels, log_weights=log_or_minus_inf(weights, xp), **options)
 
 
 def posterior_mass(A, grids, axes, xp):

@@ -460,6 +460,17 @@ def _box_matrix(H, W, boxes, dtype, w_major=False):
     return C
 
 
+def log_or_minus_inf(a, xp):
+    """``log(a)`` of non-negative ``a``, ``-inf`` where ``a`` is 0, without
+    NumPy's divide-by-zero warning (mixture weights of dead kernels)."""
+    positive = a > 0
+    return xp.where(
+        positive,
+        xp.log(xp.where(positive, a, xp.ones_like(a))),
+        xp.full_like(a, -math.inf),
+    )
+
+
 def relu(x, xp):
     """``max(x, 0)``: in place on NumPy (``x`` is scratch), a new array
     elsewhere.  NumPy's ``maximum`` with a scalar runs ~4× slower than with

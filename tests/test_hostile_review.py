@@ -20,6 +20,7 @@ import pytest
 
 import calm_np
 from calm_np import ConvolutionalMixture, ConvolutionalMixtureNetwork
+from calm_np._warnings import DeadKernelWarning
 from calm_np._xp import to_numpy
 
 RNG = np.random.default_rng(0)
@@ -316,3 +317,79 @@ def test_a_network_member_declaring_a_huge_shape_is_refused(saved_network):
             zf.writestr(name + ".npy", raw if name == "layer0" else one.getvalue())
     with pytest.raises(ValueError, match="layer0 array has shape \\(4398046511104,\\)"):
         ConvolutionalMixtureNetwork.load(path)
+
+
+def test_a_network_layer_whose_pooling_does_not_fit_is_refused_before_any_work(
+    monkeypatch,
+):
+    """Layer 1 sees 3x3 maps (8x8 images, 3x3 kernels, pooled 2x2): 4x4 cells
+    cannot fit; refused naming the layer, before layer 0 is fitted."""
+    layers = [
+        small(latent="patch", features="triangle"),
+        small(kernel_size=1, latent="patch", features="triangle", pooling=4),
+    ]
+    fitted_layers = []
+    original = ConvolutionalMixture.fit
+
+    def spy(self, *args, **kwargs):
+        fitted_layers.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ConvolutionalMixture, "fit", spy)
+    net = ConvolutionalMixtureNetwork(layers, pool_size=2)
+    with pytest.raises(ValueError, match=r"layers\[1\]: pooling grid \(4, 4\)"):
+        net.fit(X)
+    assert fitted_layers == []
+
+
+# -- clear errors where a NumPy error or a MemoryError came out ---------------------
+
+
+def test_statistics_add_up_with_sum_and_refuse_other_kernels():
+    a = calm_np.sufficient_statistics(X[:5], K)
+    b = calm_np.sufficient_statistics(X[5:], K)
+    total = sum([a, b])
+    whole = calm_np.sufficient_statistics(X, K)
+    np.testing.assert_allclose(total.counts, whole.counts, rtol=1e-12)
+    np.testing.assert_allclose(total.sums, whole.sums, rtol=1e-12, atol=1e-12)
+    other = calm_np.sufficient_statistics(X, K[:2])
+    with pytest.raises(ValueError, match="statistics of kernels"):
+        a + other
+
+
+def test_statistics_of_two_libraries_do_not_add():
+    torch = pytest.importorskip("torch")
+    a = calm_np.sufficient_statistics(X, K)
+    b = calm_np.sufficient_statistics(torch.asarray(X), torch.asarray(K))
+    with pytest.raises(TypeError, match="numpy.*torch|torch.*numpy"):
+        a + b
+
+
+def test_absurd_padding_is_refused_before_allocating():
+    with pytest.raises(ValueError, match="GiB of maps per image"):
+        calm_np.log_joint(X, K, padding=10**6)
+
+
+def test_a_dead_kernel_under_learned_weights_raises_no_warning():
+    """Weight exactly 0: log 0 = -inf, without NumPy's divide-by-zero warning."""
+    init = np.concatenate([K, 50 + K[:1]])  # kernel 3 far from every patch
+    m = small(n_kernels=4, init=init, learn_weights=True, max_iter=3, tol=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # NumPy's divide by zero
+        warnings.simplefilter("ignore", calm_np.ConvergenceWarning)
+        warnings.simplefilter("ignore", DeadKernelWarning)  # calm_np's own
+        m.fit(X)
+        assert float(m.weights_[3]) == 0.0
+        m.set_params(warm_start=True).fit(X)
+        m.partial_fit(X)
+
+
+def test_a_negative_format_version_is_refused(saved):
+    with np.load(saved) as f:
+        arrays = dict(f)
+    header = json.loads(bytes(arrays["header"]).decode())
+    header["format_version"] = -5
+    arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    np.savez(saved, **arrays)
+    with pytest.raises(ValueError, match="no valid format version"):
+        ConvolutionalMixture.load(saved)
