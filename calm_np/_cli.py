@@ -119,9 +119,16 @@ def _fit(args, params, network, X_train, to_backend, saved, log):
         times.append(now - last[0])
         last[0] = now
 
-    init = args.init
+    init, shape = args.init, {}
     if "init" in saved:
-        init = to_backend(to_numpy(saved["init"].kernels_))
+        kernels = saved["init"].kernels_
+        init = to_backend(to_numpy(kernels))
+        if network["layers"] == 1:  # the init model's shape, unless given
+            shape = dict(n_kernels=kernels.shape[0], kernel_size=kernels.shape[2:])
+            shape = {
+                k: tuple(v) if k == "kernel_size" else int(v) for k, v in shape.items()
+            }
+            shape = {k: v for k, v in shape.items() if k not in _explicit_params(args)}
     if "warm_start" in saved:
         # the saved model's settings, then what the command line says
         model = saved["warm_start"]
@@ -138,7 +145,7 @@ def _fit(args, params, network, X_train, to_backend, saved, log):
     else:
         model = _cli_network.build(params, network)
     if init is not None:
-        model = _cli_network.set_layer_params(model, init=init)
+        model = _cli_network.set_layer_params(model, init=init, **shape)
     verbose = _progress_verbosity(args.quiet)
     _cli_network.set_layer_params(model, callback=record, verbose=verbose)
     log(

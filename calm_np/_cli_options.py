@@ -432,19 +432,19 @@ def _readable(path, flag):
 
 
 def _check_writable(path, flag):
-    """A file to write: not a folder; overwritable, or its folder creatable."""
+    """A file to write: not a folder, overwritable if it exists, and its folder
+    writable or creatable (a model is saved as a temporary file there, then
+    renamed over ``path``)."""
     if path.is_dir():
         raise UserError(
             f"{flag}: {path} is a folder, but a file is written there; remove it "
             f"or choose another {flag}"
         )
-    if path.exists():
-        if not os.access(path, os.W_OK):
-            raise UserError(
-                f"{flag}: cannot overwrite {path} (no write permission); choose "
-                f"another {flag}"
-            )
-        return
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UserError(
+            f"{flag}: cannot overwrite {path} (no write permission); choose "
+            f"another {flag}"
+        )
     _check_folder(path.parent, flag)
 
 
@@ -488,9 +488,14 @@ def load_model(path, flag, networks=False):
     try:
         return ConvolutionalMixture.load(path)
     except _LOAD_ERRORS as exc:
-        if networks:
-            with contextlib.suppress(*_LOAD_ERRORS):
-                return ConvolutionalMixtureNetwork.load(path)
+        with contextlib.suppress(*_LOAD_ERRORS):
+            network = ConvolutionalMixtureNetwork.load(path)
+            if networks:
+                return network
+            raise UserError(
+                f"{flag} {path} is a {len(network.layers_)}-layer network (calm-np "
+                f"fit --layers); {flag} takes a single-layer model"
+            ) from None
         text = " ".join((str(exc) or type(exc).__name__).split())
         if isinstance(exc, KeyError):
             text = f"its header lacks {text}"

@@ -321,9 +321,7 @@ def test_cli_best_presets_use_the_measured_readout():
     assert best256["n_kernels"] * best256["pooling"] ** 2 <= 256
     for preset in (best, best256, evaluation.PRESETS["best1152"]["mnist"]):
         params = {
-            k: v
-            for k, v in preset.items()
-            if k not in ("preprocess", "fit_limit", "C")
+            k: v for k, v in preset.items() if k not in ("preprocess", "fit_limit", "C")
         }
         calm_np.ConvolutionalMixture(**params)._check_params()  # valid settings
 
@@ -654,3 +652,31 @@ def test_cli_network_preset_and_refusals(tmp_path, capsys):
     assert_one_line_error(status, err, 1, "--layers > 1 fits a new network")
     status, _, err = run(capsys, "fit", "--layers", "0")
     assert status == 2 and "--layers" in err
+
+
+def test_cli_init_model_sets_the_shape_unless_given(tmp_path, capsys):
+    """--init MODEL.npz without --n-kernels/--kernel-size takes the model's."""
+    base = ["fit", "--dataset", "digits", "--limit", "60", "--max-iter", "1", "--quiet"]
+    run(
+        capsys, *base, "--n-kernels", "3", "--kernel-size", "2", "--out", tmp_path / "a"
+    )
+    a = tmp_path / "a" / "model.npz"
+    status, _, err = run(capsys, *base, "--init", a, "--out", tmp_path / "b")
+    assert status == 0, err
+    b = calm_np.ConvolutionalMixture.load(tmp_path / "b" / "model.npz")
+    assert b.kernels_.shape == (3, 1, 2, 2)
+    status, _, err = run(
+        capsys, *base, "--init", a, "--n-kernels", "4", "--out", tmp_path / "c"
+    )
+    assert_one_line_error(status, err, 1, "init has shape (3, 1, 2, 2)")
+
+
+def test_cli_a_network_file_is_refused_where_one_layer_is_expected(tmp_path, capsys):
+    base = ["fit", "--dataset", "digits", "--limit", "60", "--max-iter", "1", "--quiet"]
+    net = ["--n-kernels", "3", "--kernel-size", "2", "--layers", "2"]
+    run(capsys, *base, *net, "--out", tmp_path / "n")
+    for flag in ("--warm-start", "--init"):
+        status, _, err = run(
+            capsys, *base, flag, tmp_path / "n" / "model.npz", "--out", tmp_path / "x"
+        )
+        assert_one_line_error(status, err, 1, "is a 2-layer network", "single-layer")
