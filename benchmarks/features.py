@@ -152,9 +152,7 @@ START_ROWS = {
     "best_weights": calm(BEST, learn_weights=True),
     "best_pyramid_patches": calm(BEST, pooling="2+3", init="random_patches"),
     "white1152_pyramid": calm(WHITE1152, pooling="2+3"),
-    "white1152_pyramid_patches": calm(
-        WHITE1152, pooling="2+3", init="random_patches"
-    ),
+    "white1152_pyramid_patches": calm(WHITE1152, pooling="2+3", init="random_patches"),
 }
 
 ROWS = {

@@ -19,7 +19,7 @@ from ._xp import default_float, is_array_api_obj, logsumexp
 METHODS = ("auto", "im2col", "fft")
 LATENTS = ("image", "patch")
 INITS = ("kmeans++", "greedy_kmeans++", "random_patches", "random")
-FEATURES = ("log_joint", "log_posterior", "posterior", "triangle")
+FEATURES = ("log_joint", "log_posterior", "posterior", "sqrt_posterior", "triangle")
 
 
 def as_array(a, name):

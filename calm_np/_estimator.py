@@ -111,14 +111,17 @@ class ConvolutionalMixture(ParamsMixin):
         ``kernels_``, ``weights_``, ``lower_bounds_`` and ``n_iter_``; a
         ``True`` return value (Python's or NumPy's bool) stops the fit (all
         of it when ``n_init > 1``: the best run so far is kept).
-    features : {"log_joint", "log_posterior", "posterior", "triangle"}, \
-default="log_joint"
+    features : {"log_joint", "log_posterior", "posterior", "sqrt_posterior", \
+"triangle"}, default="log_joint"
         What :meth:`transform` returns per kernel and pooling cell:
         ``logsumexp_u A[k, u]`` over the cell (the paper's image-wide
         ``log p(Z=k, X) − c(X)`` when ``pooling=1``), the log of the posterior
         mass in the cell (``log p(Z=k, U∈cell | X)``; with
         ``latent="patch"``, the log expected count of patches of kernel
-        ``k`` in the cell), that mass itself, or the "triangle" activation of
+        ``k`` in the cell), that mass itself, its square root (a soft count's
+        variance-stabilising transform, as the Hellinger kernel of
+        histograms; +0.15 points on real MNIST digits, README "Real MNIST
+        digits"), or the "triangle" activation of
         Coates et al. (2011) summed over the cell: with the distance
         ``z[k, u] = ‖x_u − μ_k‖`` read off the log joint,
         ``max(0, mean_j z[j, u] − z[k, u])``.
@@ -466,7 +469,8 @@ default="log_joint"
         ``n_features = n_kernels · Σ gh·gw`` over the ``pooling`` grids; each
         is a logsumexp of the log joint ``A[k, u]`` over a cell of positions
         (``features="log_joint"``), the log posterior mass of the cell
-        (``"log_posterior"``), that mass (``"posterior"``), or the sum of the
+        (``"log_posterior"``), that mass (``"posterior"``) or its square root
+        (``"sqrt_posterior"``), or the sum of the
         triangle activations of the cell (``"triangle"``).  A kernel whose
         learned weight is 0 has ``-inf`` log features (their exact value) and
         posterior 0; its triangle features stay finite (they ignore the

@@ -6,6 +6,7 @@ A fitted model is read out per batch of images from the log joint
     features="log_joint"      logsumexp_u A[k, u] over the cell
     features="log_posterior"  log of the posterior mass of (kernel k, cell)
     features="posterior"      that mass
+    features="sqrt_posterior" its square root (soft counts' variance stabilised)
     features="triangle"       Coates et al.'s triangle activation, summed
 
 :func:`pooled_features` does this for any ``X, kernels, log_weights``, a
@@ -75,8 +76,9 @@ def pooled_features(
     def read(A, start, stop):
         if features == "log_joint":
             return pool(A, grids, xp)
-        if features == "posterior":
-            return posterior_mass(A, grids, LATENT_AXES[latent], xp)
+        if features in ("posterior", "sqrt_posterior"):
+            mass = posterior_mass(A, grids, LATENT_AXES[latent], xp)
+            return mass if features == "posterior" else xp.sqrt(mass)
         # the log of that mass under the latent, a logsumexp per cell
         if latent == "patch":
             A -= batch.log_normalizer(A)

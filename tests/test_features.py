@@ -142,3 +142,17 @@ def test_readouts_pooled_features_without_an_estimator_equal_transform(
     )
     assert direct.shape == (6, 3 * 2 * 3)
     assert_close(direct, model.transform(X), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("latent", ["image", "patch"])
+def test_sqrt_posterior_is_the_square_root_of_the_posterior_mass(latent):
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((6, 2, 9, 8))
+    kernels = rng.standard_normal((4, 2, 3, 3))
+    opts = dict(latent=latent, pooling=((1, 1), (2, 3)), padding=1)
+    from calm_np._readouts import pooled_features
+
+    mass = pooled_features(X, kernels, features="posterior", **opts)
+    root = pooled_features(X, kernels, features="sqrt_posterior", **opts)
+    np.testing.assert_allclose(root**2, mass, rtol=1e-12, atol=1e-15)
+    assert (root >= 0).all()

@@ -21,7 +21,7 @@ import calm_np
 from calm_np import _checks, _readouts
 from calm_np._xp import native_paths
 
-FEATURES = ("log_joint", "log_posterior", "posterior", "triangle")
+FEATURES = ("log_joint", "log_posterior", "posterior", "sqrt_posterior", "triangle")
 PYRAMID = ((2, 2), (3, 3))
 
 grids = st.tuples(st.integers(1, 4), st.integers(1, 4))

@@ -192,6 +192,8 @@ def test_readouts_equal_the_brute_force_on_both_numpy_paths(features):
     expected = np.stack(cells, axis=2).reshape(len(X), -1)
     if features == "posterior":
         expected = np.exp(expected)
+    if features == "sqrt_posterior":
+        expected = np.exp(expected / 2)
     np.testing.assert_allclose(out[True], expected, rtol=1e-8, atol=1e-8)
 
 
