@@ -503,10 +503,12 @@ def objective(stats, kernels, reg_kernels=0.0):
         penalty = 0.5 * reg_kernels * float(xp.sum(kernels * kernels))
     value = (float(stats.log_likelihood) - penalty) / stats.n_samples
     if not math.isfinite(value):
+        wider = "" if xp.finfo(kernels.dtype).bits >= 64 else ", or pass float64"
         raise ValueError(
-            f"the objective is {value} (not finite): the images are too large "
-            "for the floating dtype; rescale X to unit noise variance or pass "
-            "float64"
+            f"the objective is {value} (not finite) in {kernels.dtype}: the "
+            "data's scale is out of that dtype's range (images or init kernels "
+            "too large, or with learn_variance too small); rescale X to about "
+            f"unit noise variance{wider}"
         )
     return value
 
@@ -548,7 +550,19 @@ def variance_step(stats, kernels, variance=1.0):
     Q = max(sq - float(fit), VARIANCE_FLOOR * sq)
     if not (Q > 0 and stats.n_values > 0 and math.isfinite(Q)):
         return float(variance)
-    return Q / stats.n_values
+    return _learned_variance(Q / stats.n_values, kernels.dtype, xp)
+
+
+def _learned_variance(value, dtype, xp):
+    """A learned σ², refused with a clear error where the data's scale puts it
+    out of ``dtype``'s reach (``1/σ²`` and ``‖μ‖²/σ²`` must be finite)."""
+    if math.isfinite(value) and value * float(xp.finfo(dtype).max) > 1.0:
+        return value
+    wider = "" if xp.finfo(dtype).bits >= 64 else ", or pass float64"
+    raise ValueError(
+        f"learn_variance: the data give a variance of {value:.3g}, out of "
+        f"{dtype}'s range; rescale X to about unit noise variance{wider}"
+    )
 
 
 def initial_variance(source, kernels, padding, method, latent, whitening=None):
@@ -577,4 +591,4 @@ def initial_variance(source, kernels, padding, method, latent, whitening=None):
     ) * math.prod(best.shape)
     Q = max(sq - fit, VARIANCE_FLOOR * sq)
     n_values = len(idx) * batch.n_values()
-    return Q / n_values if Q > 0 else 1.0
+    return _learned_variance(Q / n_values, batch.dtype, xp) if Q > 0 else 1.0

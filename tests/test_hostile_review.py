@@ -393,3 +393,22 @@ def test_a_negative_format_version_is_refused(saved):
     np.savez(saved, **arrays)
     with pytest.raises(ValueError, match="no valid format version"):
         ConvolutionalMixture.load(saved)
+
+
+@pytest.mark.parametrize(
+    "data, dtype_name",
+    [(X * 1e-160, "float64"), ((X * 1e-20).astype(np.float32), "float32")],
+)
+def test_a_learned_variance_out_of_the_dtypes_range_is_named(data, dtype_name):
+    """Data so small that sigma^2 underflows: the error says learn_variance."""
+    m = small(learn_variance=True, random_state=0)
+    with pytest.raises(ValueError, match=f"learn_variance: .* out of {dtype_name}"):
+        fit(m, data)
+
+
+def test_a_non_finite_objective_names_the_dtype_and_not_only_large_images():
+    with pytest.raises(ValueError, match="not finite\\) in float64: .* too small"):
+        fit(
+            ConvolutionalMixture(2, kernel_size=2, max_iter=1),
+            np.full((200, 1, 4, 4), 3e153),
+        )
