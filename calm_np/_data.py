@@ -148,6 +148,12 @@ class ImageSource:
                         f"{(self.n_channels, *self.image_shape)}, got "
                         f"{tuple(batch.shape[1:])}"
                     )
+                if get_namespace(batch)[0] is not self.xp:
+                    raise TypeError(
+                        "every batch of X must come from one array library; "
+                        f"got {type(batch).__module__.split('.')[0]} batches after "
+                        f"{self.xp.__name__.split('.')[-1]} ones; convert them all"
+                    )
                 yield batch
             return
         n = self.n_samples

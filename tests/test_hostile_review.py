@@ -412,3 +412,12 @@ def test_a_non_finite_objective_names_the_dtype_and_not_only_large_images():
             ConvolutionalMixture(2, kernel_size=2, max_iter=1),
             np.full((200, 1, 4, 4), 3e153),
         )
+
+
+@pytest.mark.parametrize("torch_first", [True, False])
+def test_a_list_mixing_array_libraries_is_refused_clearly(torch_first):
+    torch = pytest.importorskip("torch")
+    batches = [torch.asarray(X[:5]), X[5:]]
+    batches = batches if torch_first else batches[::-1]
+    with pytest.raises(TypeError, match="one array library"):
+        fit(small(), batches)
