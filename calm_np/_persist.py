@@ -80,20 +80,21 @@ _UNREADABLE += (NotImplementedError, RecursionError)
 
 
 def _write_atomic(path, write):
-    """``write(file)`` into a new file next to ``path``, then renamed over it.
-
-    The previous ``path`` (if any) stays intact until the new file is
-    complete; on any failure the partial file is removed and the error
-    raised.  The new file gets the permissions a plain ``open`` would give.
-    """
-    path = os.fspath(path)
-    folder, name = os.path.split(os.path.abspath(path))
+    """``write(file)`` into a new file next to ``path``, then renamed over it:
+    the previous ``path`` stays intact until the new file is complete (on any
+    failure the partial file is removed and the error raised).  A symbolic
+    link is followed; the new file keeps the old one's permissions, or gets
+    those of a plain ``open``."""
+    path = os.path.realpath(os.fspath(path))
+    folder, name = os.path.split(path)
     tmp = os.path.join(folder, f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     try:
         with open(tmp, "xb") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        if os.path.exists(path):
+            os.chmod(tmp, os.stat(path).st_mode & 0o7777)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -421,3 +421,17 @@ def test_a_list_mixing_array_libraries_is_refused_clearly(torch_first):
     batches = batches if torch_first else batches[::-1]
     with pytest.raises(TypeError, match="one array library"):
         fit(small(), batches)
+
+
+def test_a_save_over_a_symlink_replaces_its_target_and_keeps_its_mode(tmp_path):
+    target, link = tmp_path / "real.npz", tmp_path / "link.npz"
+    fit(small()).save(target)
+    os.chmod(target, 0o600)
+    link.symlink_to(target)
+    m = fit(small(random_state=1))
+    m.save(link)
+    assert link.is_symlink()
+    assert os.stat(target).st_mode & 0o777 == 0o600
+    np.testing.assert_array_equal(
+        ConvolutionalMixture.load(target).kernels_, m.kernels_
+    )
