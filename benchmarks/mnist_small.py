@@ -176,7 +176,9 @@ ROWS = {
     "noise_posterior": row(
         evaluation.preset("best", "mnist"), features="posterior", init="random"
     ),
-    "default_k512": row(evaluation.preset("best", "mnist"), n_kernels=512),
+    "default_posterior_k512": row(
+        evaluation.preset("best", "mnist"), features="posterior", n_kernels=512
+    ),
     "network": row(evaluation.preset("network", "mnist"), network=dict(NETWORK), C=1.0),
     "network_white": row(n_kernels=64, network=dict(NETWORK)),
 }

@@ -125,12 +125,15 @@ def check_images_finite(X, name, xp):
 
 
 def check_log_joint_range(kernels, variance, patch_norm, xp):
-    """Refuse kernels and a variance σ² whose log joint would overflow.
+    """Refuse kernels and a variance σ² whose log joint could be NaN.
 
-    The log joint is ``scale·(x_u·μ_k − ½‖μ_k‖²)``, at most ``scale·(‖x_u‖
-    ‖μ_k‖ + ½‖μ_k‖²)`` in magnitude; ``patch_norm`` bounds ``‖x_u‖`` (0 where
-    unknown, for whitened patches).  Beyond the dtype's range the posterior
-    would be NaN.  One reduction over the kernels, in float64.
+    The log joint ``(x_u·μ_k − ½‖μ_k‖²)/σ²`` is computed from two terms: the
+    correlation, at most ``‖x_u‖ ‖μ_k‖/σ²`` in magnitude, and the bias
+    ``½‖μ_k‖²/σ²``; their difference is at most ``½‖x_u‖²/σ²``.  While these
+    three are finite the log joint is finite or ``-inf`` (a probability of
+    0), never ``+inf`` or ``inf − inf``.  ``patch_norm`` bounds ``‖x_u‖`` (0
+    where unknown, for whitened patches).  One reduction over the kernels,
+    in float64.
     """
     try:
         wide = xp.astype(kernels, xp.float64)
@@ -139,12 +142,13 @@ def check_log_joint_range(kernels, variance, patch_norm, xp):
     top = float(xp.max(xp.abs(wide)))  # squares taken after scaling by it:
     unit = wide / top if top > 0 else wide  # no overflow (nor its warning)
     sq = top * top * float(xp.max(xp.sum(unit * unit, axis=(1, 2, 3))))
-    bound = (patch_norm * math.sqrt(sq) + 0.5 * sq) / variance
+    terms = (patch_norm * math.sqrt(sq), 0.5 * sq, 0.5 * patch_norm * patch_norm)
+    bound = max(terms) / variance
     largest = float(xp.finfo(kernels.dtype).max)
     if not bound < largest:  # also NaN and inf
         raise ValueError(
             f"kernels (largest squared norm {sq:.3g}) and variance "
-            f"{variance:.3g} give log-joint values up to {bound:.3g}, beyond "
+            f"{variance:.3g} give log-joint terms up to {bound:.3g}, beyond "
             f"{kernels.dtype}'s range ({largest:.3g}); rescale the kernels, "
             "use a larger variance, or pass float64"
         )

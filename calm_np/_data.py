@@ -150,8 +150,8 @@ class ImageSource:
                     )
                 if get_namespace(batch)[0] is not self.xp:
                     raise TypeError(
-                        "every batch of X must come from one array library; "
-                        f"got {type(batch).__module__.split('.')[0]} batches after "
+                        "every batch of X must come from one array library; got a "
+                        f"{type(batch).__module__.split('.')[0]} batch among "
                         f"{self.xp.__name__.split('.')[-1]} ones; convert them all"
                     )
                 yield batch

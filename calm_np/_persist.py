@@ -7,9 +7,10 @@ or PyTorch loads on a machine with only NumPy.  ``ConvolutionalMixture.save``
 and ``.load`` are thin wrappers over :func:`save` and :func:`load`.
 
 Writing goes to a temporary file in the target's folder, renamed over the
-target only when complete: an interrupted or failed save leaves the previous
-file as it was.  A model is checked before anything is written (a dtype
-:func:`load` reads, parameters JSON can hold).
+target only when complete (:func:`~calm_np._write.write_replacing`): an
+interrupted or failed save leaves the previous file as it was.  A model is
+checked before anything is written (a dtype :func:`load` reads, parameters
+JSON can hold).
 
 Reading trusts nothing, in this order, and every failure is a ``ValueError``
 naming the file: the zip's directory (known members only, stored
@@ -28,7 +29,6 @@ from __future__ import annotations
 import json
 import math
 import numbers
-import os
 import zipfile
 import zlib
 
@@ -36,6 +36,7 @@ import numpy as np
 
 from . import _checks
 from ._whiten import Whitening, on_namespace
+from ._write import write_replacing
 from ._xp import to_numpy
 
 FORMAT_VERSION = 1
@@ -77,29 +78,6 @@ def _plain(value):
 # an unknown compression method or zip version) or a deeply nested header
 _UNREADABLE = (zipfile.BadZipFile, EOFError, OSError, zlib.error)
 _UNREADABLE += (NotImplementedError, RecursionError)
-
-
-def _write_atomic(path, write):
-    """``write(file)`` into a new file next to ``path``, then renamed over it:
-    the previous ``path`` stays intact until the new file is complete (on any
-    failure the partial file is removed and the error raised).  A symbolic
-    link is followed; the new file keeps the old one's permissions, or gets
-    those of a plain ``open``."""
-    path = os.path.realpath(os.fspath(path))
-    folder, name = os.path.split(path)
-    tmp = os.path.join(folder, f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    try:
-        with open(tmp, "xb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if os.path.exists(path):
-            os.chmod(tmp, os.stat(path).st_mode & 0o7777)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def save(model, path):
@@ -154,7 +132,7 @@ def save(model, path):
         ),
         **whitening,
     )
-    _write_atomic(path, lambda fh: np.savez(fh, **arrays))
+    write_replacing(path, lambda fh: np.savez(fh, **arrays))
 
 
 def load(cls, path, *, xp=None, device=None):
@@ -493,7 +471,7 @@ def save_network(network, path):
         n_features=int(network.n_features_),
     )
     blob = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
-    _write_atomic(path, lambda fh: np.savez(fh, header=blob, **arrays))
+    write_replacing(path, lambda fh: np.savez(fh, header=blob, **arrays))
 
 
 def load_network(cls, layer_cls, path, *, xp=None, device=None):

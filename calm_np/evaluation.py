@@ -254,7 +254,8 @@ def preset(name, dataset):
 
     A data set reads its family's entry of :data:`PRESETS` (``mnist`` and
     ``fashion-mnist`` both read ``mnist``), except ``best`` on real MNIST
-    digits, which has its own (posterior readout, sigma^2 = 1, 2x2 + 3x3).
+    digits, which has its own (the square root of the posterior mass,
+    sigma^2 = 1, 2x2 + 3x3).
 
     Parameters
     ----------

@@ -657,18 +657,19 @@ def test_cli_network_preset_and_refusals(tmp_path, capsys):
 def test_cli_init_model_sets_the_shape_unless_given(tmp_path, capsys):
     """--init MODEL.npz without --n-kernels/--kernel-size takes the model's."""
     base = ["fit", "--dataset", "digits", "--limit", "60", "--max-iter", "1", "--quiet"]
-    run(
-        capsys, *base, "--n-kernels", "3", "--kernel-size", "2", "--out", tmp_path / "a"
-    )
+    shape = ["--n-kernels", "3", "--kernel-size", "2"]
+    status, _, err = run(capsys, *base, *shape, "--out", tmp_path / "a")
+    assert status == 0, err
     a = tmp_path / "a" / "model.npz"
     status, _, err = run(capsys, *base, "--init", a, "--out", tmp_path / "b")
     assert status == 0, err
     b = calm_np.ConvolutionalMixture.load(tmp_path / "b" / "model.npz")
     assert b.kernels_.shape == (3, 1, 2, 2)
-    status, _, err = run(
-        capsys, *base, "--init", a, "--n-kernels", "4", "--out", tmp_path / "c"
-    )
-    assert_one_line_error(status, err, 1, "init has shape (3, 1, 2, 2)")
+    for given in (["--n-kernels", "4"], ["--kernel-size", "3"]):  # given: kept
+        status, _, err = run(
+            capsys, *base, "--init", a, *given, "--out", tmp_path / "c"
+        )
+        assert_one_line_error(status, err, 1, "init has shape (3, 1, 2, 2)")
 
 
 def test_cli_a_network_file_is_refused_where_one_layer_is_expected(tmp_path, capsys):

@@ -1,5 +1,7 @@
-"""Hostile input found by a review of the whole library: each case failed before
-its mend (silent NaN, data loss, aliasing, a crash instead of a ``ValueError``).
+"""Hostile input found by reviews of the whole library: most cases failed before
+their mend (silent NaN, data loss, aliasing, a crash instead of a ``ValueError``);
+the others guard a mend against its own regressions (large but finite models,
+symbolic links, permissions, devices and hard links).
 
 The cases are grouped by the standard they hold: nothing produces NaN
 silently; no data is lost (saves are atomic and reload bit-exact, fitted
@@ -55,7 +57,7 @@ def small(**kw):
 @pytest.mark.parametrize("func", [calm_np.log_joint, calm_np.posterior])
 def test_overflowing_kernels_or_variance_are_refused(func, kernels, variance, dtype):
     with pytest.raises(
-        ValueError, match="log-joint values up to .* rescale the kernels"
+        ValueError, match="log-joint terms up to .* rescale the kernels"
     ):
         func(X.astype(dtype), kernels.astype(dtype), variance=variance)
 
@@ -265,7 +267,8 @@ def test_pathological_json_headers_are_value_errors(saved, text):
 
 @pytest.mark.parametrize("offset, value", [(10, 99), (6, 97)])
 def test_a_damaged_central_directory_is_a_value_error(saved, offset, value):
-    """Offset 10: the compression method; 6: the zip version needed."""
+    """Offset 10: the compression method (refused as a compressed member);
+    6: the zip version needed (zipfile's NotImplementedError)."""
     raw = bytearray(saved.read_bytes())
     raw[raw.find(b"PK\x01\x02") + offset] = value
     saved.write_bytes(bytes(raw))
@@ -286,7 +289,7 @@ def saved_network(tmp_path):
 
 
 def test_a_compressed_network_member_is_refused_before_decompression(saved_network):
-    """400 MB of zeros deflated to ~400 kB: refused from the zip directory."""
+    """50 MiB of zeros deflated to ~50 kB: refused from the zip directory."""
     path, arrays = saved_network
     bomb = io.BytesIO()
     np.save(bomb, np.zeros(50 * 2**20, np.uint8))
@@ -414,13 +417,17 @@ def test_a_non_finite_objective_names_the_dtype_and_not_only_large_images():
         )
 
 
-@pytest.mark.parametrize("torch_first", [True, False])
-def test_a_list_mixing_array_libraries_is_refused_clearly(torch_first):
+@pytest.mark.parametrize("order", ["torch_first", "numpy_first", "empty_numpy_first"])
+def test_a_list_mixing_array_libraries_is_refused_clearly(order):
     torch = pytest.importorskip("torch")
-    batches = [torch.asarray(X[:5]), X[5:]]
-    batches = batches if torch_first else batches[::-1]
-    with pytest.raises(TypeError, match="one array library"):
-        fit(small(), batches)
+    batches = {
+        "torch_first": ([torch.asarray(X[:5]), X[5:]], "numpy batch among torch"),
+        "numpy_first": ([X[:5], torch.asarray(X[5:])], "torch batch among numpy"),
+        "empty_numpy_first": ([X[:0], torch.asarray(X)], "numpy batch among torch"),
+    }
+    data, message = batches[order]
+    with pytest.raises(TypeError, match=f"one array library; got a {message}"):
+        fit(small(), data)
 
 
 def test_a_save_over_a_symlink_replaces_its_target_and_keeps_its_mode(tmp_path):
@@ -435,3 +442,67 @@ def test_a_save_over_a_symlink_replaces_its_target_and_keeps_its_mode(tmp_path):
     np.testing.assert_array_equal(
         ConvolutionalMixture.load(target).kernels_, m.kernels_
     )
+
+
+# -- saving where a rename would change what the path is ----------------------------
+
+
+def test_the_overflow_bound_lets_kernels_as_large_as_the_images_through():
+    """Kernels equal to float32 images near the dtype's limit: finite results
+    (a review found the first bound three times too strict here)."""
+    peak = 0.9 * np.sqrt(np.finfo(np.float32).max / 64)
+    Xb = (RNG.uniform(0.8, 1, (4, 1, 8, 8)) * peak).astype(np.float32)
+    A = calm_np.log_joint(Xb, Xb[:2])
+    assert np.isfinite(A).all()
+    assert np.isfinite(calm_np.posterior(Xb, Xb[:2])).all()
+
+
+def test_a_save_into_a_pipe_writes_into_it(tmp_path):
+    """A FIFO stays a FIFO (renaming over it would replace it with a file)."""
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
+    reader.start()
+    fit(small()).save(fifo)
+    reader.join(timeout=30)
+    assert received and received[0][:4] == b"PK\x03\x04"
+    assert os.path.exists(fifo) and not os.path.isfile(fifo)
+
+
+def test_a_save_over_a_hard_linked_file_updates_every_link(tmp_path):
+    first, second = tmp_path / "a.npz", tmp_path / "b.npz"
+    fit(small()).save(first)
+    os.link(first, second)
+    m = fit(small(random_state=1))
+    m.save(first)
+    assert os.path.samefile(first, second)
+    np.testing.assert_array_equal(
+        ConvolutionalMixture.load(second).kernels_, m.kernels_
+    )
+
+
+def test_a_long_file_name_saves(tmp_path):
+    path = tmp_path / ("m" * 240 + ".npz")
+    m = fit(small())
+    m.save(path)
+    np.testing.assert_array_equal(ConvolutionalMixture.load(path).kernels_, m.kernels_)
+
+
+def test_a_save_into_a_missing_folder_names_the_target(tmp_path):
+    with pytest.raises(FileNotFoundError) as info:
+        fit(small()).save(tmp_path / "nope" / "m.npz")
+    assert info.value.filename == os.path.realpath(tmp_path / "nope" / "m.npz")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes regardless of permissions")
+def test_a_read_only_file_is_not_overwritten(tmp_path):
+    path = tmp_path / "m.npz"
+    fit(small()).save(path)
+    before = path.read_bytes()
+    os.chmod(path, 0o444)
+    with pytest.raises(PermissionError):
+        fit(small(random_state=1)).save(path)
+    assert path.read_bytes() == before
