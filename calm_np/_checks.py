@@ -252,7 +252,8 @@ def _four_d(a, name, message):
     if min(a.shape[1:]) < 1:
         raise ValueError(
             f"{name} has shape {tuple(a.shape)}: every channel, row and column "
-            "axis needs at least 1 element; pass images with at least one channel"
+            "axis needs at least 1 element; pass images with at least one "
+            "channel, row and column"
         )
     return a
 

@@ -103,7 +103,12 @@ def _size(low):
 def _pooling(text):
     """``3``, ``2x3`` or a pyramid ``2+3`` (each grid ``G`` or ``GHxGW``):
     the grid, or a tuple of (gh, gw) grids whose features are concatenated."""
-    grids = [_size(1)(part) for part in text.split("+")]
+    parts = text.split("+")
+    if "" in parts:
+        raise argparse.ArgumentTypeError(
+            f"expected a grid G or GHxGW, or grids joined by + (e.g. 2+3), got {text!r}"
+        )
+    grids = [_size(1)(part) for part in parts]
     if len(grids) == 1:
         return grids[0]
     return tuple(g if isinstance(g, tuple) else (g, g) for g in grids)

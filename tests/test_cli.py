@@ -681,3 +681,9 @@ def test_cli_a_network_file_is_refused_where_one_layer_is_expected(tmp_path, cap
             capsys, *base, flag, tmp_path / "n" / "model.npz", "--out", tmp_path / "x"
         )
         assert_one_line_error(status, err, 1, "is a 2-layer network", "single-layer")
+
+
+@pytest.mark.parametrize("text", ["2+", "+3", "2++3"])
+def test_cli_pooling_with_an_empty_grid_is_refused_by_name(capsys, text):
+    status, _, err = run(capsys, "fit", "--pooling", text)
+    assert_one_line_error(status, err, 2, "--pooling", "grids joined by +", repr(text))
