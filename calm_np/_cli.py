@@ -55,7 +55,7 @@ def _load_data(args, labelled):
     return evaluation.load_dataset(name, folder, limit=limit, test=labelled, seed=seed)
 
 
-def _preprocess(mode, X_train, X_test, window):
+def _preprocess(mode, X_train, X_test, window, dtype):
     """``evaluation.preprocess``; whole-image ZCA only on small images."""
     pixels = math.prod(X_train.shape[1:])
     if mode == "zca" and pixels > ZCA_MAX_PIXELS:
@@ -63,7 +63,7 @@ def _preprocess(mode, X_train, X_test, window):
             f"--preprocess zca whitens whole images, but these have {pixels} "
             f"values (at most {ZCA_MAX_PIXELS}); use --preprocess per-image"
         )
-    return evaluation.preprocess(mode, X_train, X_test, window=window)
+    return evaluation.preprocess(mode, X_train, X_test, window=window, dtype=dtype)
 
 
 def _backend(name, device, dtype):
@@ -209,7 +209,7 @@ def _run_fit(args, evaluate):
     for option in ("model", "warm_start"):
         if option in saved:  # normalize as for the saved model's kernels
             window = tuple(_cli_network.layers_of(saved[option])[0].kernel_size_)
-    X_train, X_test = _preprocess(preprocess, X_train, X_test, window)
+    X_train, X_test = _preprocess(preprocess, X_train, X_test, window, args.dtype)
     log(f"{args.dataset}: {X_train.shape[0]} training images, preprocess {preprocess}")
     X_train_b = to_backend(X_train)
     clock.lap("preprocess")

@@ -311,18 +311,28 @@ def load_dataset(name, data_dir=None, *, limit=None, test=True, seed=0):
     raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
 
 
-def preprocess(name, X_train, X_test=None, *, window=7):
+def preprocess(name, X_train, X_test=None, *, window=7, dtype="float64"):
     """Pixels to [0, 1] (:func:`~calm_np.preprocessing.to_unit_float`), then
     the preprocessing ``name`` fitted on ``X_train`` only.
 
+    The arithmetic runs in float64 and the result is cast to ``dtype``;
+    ``"none"``, which does none, scales the pixels straight into ``dtype``
+    (the same values, without a float64 copy of the images).
+
     Returns
     -------
-    X_train, X_test : ndarray of shape (n, c, H, W), float64
+    X_train, X_test : ndarray of shape (n, c, H, W), of ``dtype``
         ``X_test`` is ``None`` when not given.
     """
+    dtype = np.dtype(dtype).type
     step = make_preprocessor(name, window=window)
-    out_train = step.fit_transform(to_unit_float(X_train))
-    out_test = None if X_test is None else step.transform(to_unit_float(X_test))
+    work = dtype if name == "none" else np.float64
+
+    def run(X, transform):
+        return transform(to_unit_float(X, work)).astype(dtype, copy=False)
+
+    out_train = run(X_train, step.fit_transform)
+    out_test = None if X_test is None else run(X_test, step.transform)
     return out_train, out_test
 
 

@@ -99,18 +99,18 @@ def _as_float(X, name):
     return xp.astype(X, dtype), xp, device, dtype
 
 
-def to_unit_float(X):
-    """Pixels as float64 host images in [0, 1]: ``(n, c, H, W)``.
+def to_unit_float(X, dtype=np.float64):
+    """Pixels as host images of ``dtype`` in [0, 1]: ``(n, c, H, W)``.
 
-    uint8 images are divided by 255, other values are kept; a 3-D batch
-    ``(n, H, W)`` gets a channel axis.
+    uint8 images are divided by 255 in one pass (in float32 the same values
+    as through float64: both round the exact quotient once), other values
+    are kept; a 3-D batch ``(n, H, W)`` gets a channel axis.
     """
     X = np.asarray(to_numpy(X))
-    if X.ndim == 3:
-        X = X[:, None]
-    if X.dtype == np.uint8:  # one pass, the same values as astype, then / 255
-        return np.divide(X, 255.0, dtype=np.float64)
-    return X.astype(np.float64)
+    X = X[:, None] if X.ndim == 3 else X
+    if X.dtype == np.uint8:
+        return np.divide(X, 255.0, dtype=dtype)
+    return X.astype(dtype)
 
 
 # ---------------------------------------------------------------------------

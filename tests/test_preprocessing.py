@@ -218,6 +218,29 @@ def test_to_unit_float():
     np.testing.assert_array_equal(preprocessing.to_unit_float(out * 3), out * 3)
 
 
+def test_uint8_pixels_scaled_in_float32_equal_those_through_float64():
+    """Every uint8 value: x / 255 rounded once in float32 or twice via float64."""
+    X = np.arange(256, dtype=np.uint8).reshape(1, 16, 16)
+    wide = preprocessing.to_unit_float(X).astype(np.float32)
+    narrow = preprocessing.to_unit_float(X, np.float32)
+    assert narrow.dtype == np.float32
+    np.testing.assert_array_equal(narrow, wide)
+
+
+@pytest.mark.parametrize("name", ["none", "standardize", "local"])
+def test_preprocess_into_float32_equals_the_float64_result_cast(name):
+    from calm_np import evaluation
+
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, 256, (6, 12, 12)).astype(np.uint8)
+    test = rng.integers(0, 256, (3, 12, 12)).astype(np.uint8)
+    wide = evaluation.preprocess(name, train, test, window=5)
+    narrow = evaluation.preprocess(name, train, test, window=5, dtype="float32")
+    for a, b in zip(wide, narrow, strict=True):
+        assert a.dtype == np.float64 and b.dtype == np.float32
+        np.testing.assert_array_equal(b, a.astype(np.float32))
+
+
 # ---------------------------------------------------------------------------
 # evaluation
 # ---------------------------------------------------------------------------
