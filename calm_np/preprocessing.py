@@ -102,9 +102,9 @@ def _as_float(X, name):
 def to_unit_float(X, dtype=np.float64):
     """Pixels as host images of ``dtype`` in [0, 1]: ``(n, c, H, W)``.
 
-    uint8 images are divided by 255 in one pass (in float32 the same values
-    as through float64: both round the exact quotient once), other values
-    are kept; a 3-D batch ``(n, H, W)`` gets a channel axis.
+    uint8 images are divided by 255 in one pass (in float32, the same values
+    as through float64 for all 256 pixel values: a test checks it), other
+    values are kept; a 3-D batch ``(n, H, W)`` gets a channel axis.
     """
     X = np.asarray(to_numpy(X))
     X = X[:, None] if X.ndim == 3 else X
