@@ -437,19 +437,20 @@ def _readable(path, flag):
 
 
 def _check_writable(path, flag):
-    """A file to write: not a folder, overwritable if it exists, and its folder
-    writable or creatable (a model is saved as a temporary file there, then
-    renamed over ``path``)."""
+    """A file to write: not a folder; overwritable, or its folder creatable
+    (a model saved over a file in a read-only folder is written in place)."""
     if path.is_dir():
         raise UserError(
             f"{flag}: {path} is a folder, but a file is written there; remove it "
             f"or choose another {flag}"
         )
-    if path.exists() and not os.access(path, os.W_OK):
-        raise UserError(
-            f"{flag}: cannot overwrite {path} (no write permission); choose "
-            f"another {flag}"
-        )
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            raise UserError(
+                f"{flag}: cannot overwrite {path} (no write permission); choose "
+                f"another {flag}"
+            )
+        return
     _check_folder(path.parent, flag)
 
 
