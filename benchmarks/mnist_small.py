@@ -176,6 +176,7 @@ ROWS = {
     "noise_posterior": row(
         evaluation.preset("best", "mnist"), features="posterior", init="random"
     ),
+    "default_iter30": row(evaluation.preset("best", "mnist"), max_iter=30, tol=3.0),
     "default_posterior_k512": row(
         evaluation.preset("best", "mnist"), features="posterior", n_kernels=512
     ),
