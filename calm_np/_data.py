@@ -57,8 +57,10 @@ class ImageSource:
             # array-like read by slices (e.g. calm_np.datasets' STL-10 memmap):
             # each batch is converted when it is read, never the whole
             self.kind = "lazy"
-            if len(X.shape) not in (3, 4):
-                _checks.check_images(X[:1], name)  # the usual shape error
+            if len(X.shape) not in (3, 4):  # the usual error, with X's shape:
+                import numpy as np  # checked on a zero-stride view (no memory)
+
+                _checks.check_images(np.broadcast_to(np.float32(0), X.shape), name)
             self.X = X
         elif isinstance(X, (str, bytes, Mapping)):
             raise TypeError(

@@ -506,3 +506,14 @@ def test_a_read_only_file_is_not_overwritten(tmp_path):
     with pytest.raises(PermissionError):
         fit(small(random_state=1)).save(path)
     assert path.read_bytes() == before
+
+
+def test_a_lazy_array_like_of_the_wrong_rank_is_reported_with_its_own_shape():
+    class Lazy:  # sliceable, with a shape, no array namespace
+        shape = (60000, 28)
+
+        def __getitem__(self, key):
+            return np.zeros((60000, 28), np.float32)[key]
+
+    with pytest.raises(ValueError, match=r"of shape \(60000, 28\)"):
+        fit(small(), Lazy())
