@@ -123,12 +123,10 @@ def _fit(args, params, network, X_train, to_backend, saved, log):
     if "init" in saved:
         kernels = saved["init"].kernels_
         init = to_backend(to_numpy(kernels))
-        if network["layers"] == 1:  # the init model's shape, unless given
-            shape = dict(n_kernels=kernels.shape[0], kernel_size=kernels.shape[2:])
-            shape = {
-                k: tuple(v) if k == "kernel_size" else int(v) for k, v in shape.items()
-            }
-            shape = {k: v for k, v in shape.items() if k not in _explicit_params(args)}
+        # the init model's shape, unless given (networks refuse --init MODEL)
+        inferred = dict(n_kernels=int(kernels.shape[0]), kernel_size=kernels.shape[2:])
+        given = _explicit_params(args)
+        shape = {k: v for k, v in inferred.items() if k not in given}
     if "warm_start" in saved:
         # the saved model's settings, then what the command line says
         model = saved["warm_start"]
