@@ -187,7 +187,7 @@ def standardize_memory(F_train, F_test):
 def time_pass(F_train, y_train, rows_list, repeats, C):
     """Median seconds of one loss-and-gradient evaluation, old and new."""
     from calm_np import _probe
-    from calm_np._fused import _single_threaded_blas
+    from calm_np._xp import single_threaded_blas as _single_threaded_blas
 
     A, _ = _probe._standardized(F_train)
     n, d = A.shape
@@ -226,7 +226,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.threads is not None:
         os.environ["CALM_NP_NUM_THREADS"] = str(args.threads)
-    from calm_np._fused import _n_threads
+    from calm_np._pool import n_threads as _n_threads
 
     F_train, y_train, F_test, y_test = features(args.cache, args.n_train)
     print(_perf.machine_line(_n_threads()))

@@ -17,8 +17,8 @@ from pathlib import Path
 from . import __version__, _cli_network, datasets, evaluation
 from ._checks import INITS
 from ._estimator import ConvolutionalMixture
-from ._fused import _n_threads
 from ._network import ConvolutionalMixtureNetwork
+from ._pool import n_threads as _n_threads
 from .evaluation import DATASETS, PRESETS
 from .preprocessing import PREPROCESSORS
 

@@ -30,7 +30,7 @@ import sys
 
 import numpy as np
 
-from ._em import SufficientStatistics, sufficient_statistics
+from ._em import Options, SufficientStatistics, batch_statistics
 from ._xp import get_namespace, is_array_api_obj, is_numpy_namespace
 
 __all__ = ["is_dask_array", "map_images", "statistics"]
@@ -109,27 +109,17 @@ def _register_sizeof():
 _SIZEOF_REGISTERED: list = []
 
 
-def _block_statistics(
-    block,
-    kernels,
-    log_weights,
-    padding,
-    method,
-    margin=0,
-    latent="image",
-    variance=1.0,
-    whitening=None,
-):
+def _block_statistics(block, kernels, log_weights, options, margin=0, whitening=None):
     # module-level and pure: workers pickle it by reference, and a retried
-    # task recomputes exactly the same sums
+    # task recomputes exactly the same sums; ``whitening`` travels as its own
+    # graph key (a tuple), the other options in ``options``.  Each chunk is
+    # checked on its worker (no boundary has seen its values).
     _register_sizeof()
-    kw = dict(log_weights=log_weights, padding=padding, method=method)
-    kw.update(latent=latent, variance=variance, whitening=whitening)
-    if margin:
-        from ._em import window_statistics
+    if whitening is not None:
+        from ._whiten import Whitening
 
-        return window_statistics(block, kernels, margin=margin, **kw)
-    return sufficient_statistics(block, kernels, **kw)
+        options = options.replace(whitening=Whitening(*whitening))
+    return batch_statistics(block, kernels, log_weights, options, margin)
 
 
 def _add_statistics(*parts):
@@ -144,13 +134,10 @@ def statistics(
     kernels,
     *,
     log_weights=None,
-    padding=0,
-    method="auto",
-    latent="image",
+    options=None,
     margin=0,
     split_every=SPLIT_EVERY,
-    variance=1.0,
-    whitening=None,
+    **fields,
 ):
     r"""EM sufficient statistics of a Dask array of images, summed on the cluster.
 
@@ -175,22 +162,19 @@ def statistics(
         one graph key that every task depends on.
     log_weights : array of shape (n_kernels,), default=None
         Log mixture weights; ``None`` is uniform.
-    padding : int or (int, int), default=0
-        Zeros added on each side of every image.
-    method : {"auto", "im2col", "fft"}, default="auto"
-        Engine used on each chunk.
-    latent : {"image", "patch"}, default="image"
-        One (kernel, position) per image, or a mixture per patch (SPEC §1).
+    options : calm_np._em.Options, default=None
+        How the maps are computed (``padding``, ``method``, ``latent``,
+        ``variance``, ``whitening``); ``None`` builds them from ``fields``.
+    **fields
+        ``padding``, ``method``, ``latent``, ``variance``, ``whitening`` as
+        keywords, as for :func:`calm_np.sufficient_statistics` (without
+        ``options``).
     margin : int, default=0
         ``> 0`` maps :func:`calm_np._em.window_statistics` instead (``sums``
         over windows enlarged by ``margin``; the estimator's re-centring).
     split_every : int, default=8
-        Fan-in of the reduction tree.
-    variance : float, default=1.0
-        The shared pixel variance σ² (SPEC §2).
-    whitening : Whitening or None, default=None
-        Whiten the patches first (``calm_np.sufficient_statistics``); sent
-        with the kernels, one graph key.
+        Fan-in of the reduction tree.  A whitening is sent with the kernels,
+        as one graph key.
 
     Returns
     -------
@@ -223,9 +207,12 @@ def statistics(
     # Validate on the client with zero images: bad shapes, padding or method
     # fail here with calm_np's messages instead of inside a worker.  The
     # result is also the answer for an array without images.
+    options = Options(**fields) if options is None else options.replace(**fields)
+    whitening = options.whitening
+    options = options.replace(whitening=None)
     empty = xp.zeros((0, *X.shape[1:]), dtype=X.dtype)
-    options = (padding, method, margin, latent, variance)
-    nothing = _block_statistics(empty, kernels, log_weights, *options, whitening)
+    args = (empty, kernels, log_weights, options, margin)
+    nothing = _block_statistics(*args, None if whitening is None else tuple(whitening))
     if X.shape[0] == 0 or X.numblocks[0] == 0:
         return nothing
 
@@ -235,10 +222,10 @@ def statistics(
     # lineage and is lost with its worker; a graph key is recomputable.)
     kernels_key = dask.delayed(kernels, pure=True)
     weights_key = None if log_weights is None else dask.delayed(log_weights, pure=True)
-    token = dask.base.tokenize(X.name, kernels, log_weights, *options, whitening)
+    fields = (options.padding, options.method, options.latent, options.variance)
+    token = dask.base.tokenize(X.name, kernels, log_weights, *fields, margin, whitening)
     # the whitening's arrays as one more key, after the options
     whiten = None if whitening is None else dask.delayed(tuple(whitening), pure=True)
-    options = (*options, whiten)
     # A blockwise map that keeps every axis (one statistics object per chunk
     # as a 1x1x1(x1) "block") fuses with the layers that produce the chunk
     # (reading it from disk, scaling it), so each chunk is read and reduced
@@ -248,7 +235,9 @@ def statistics(
         _block_statistics,
         kernels_key,
         weights_key,
-        *options,
+        options,
+        margin,
+        whiten,
         chunks=((1,) * X.numblocks[0],) + ((1,),) * (X.ndim - 1),
         meta=np.empty((0,) * X.ndim, dtype=object),
         name=f"calm_np-statistics-{token}",

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator, Mapping
 
 from . import _checks
 from ._dask import is_dask_array
-from ._em import sufficient_statistics, window_statistics
+from ._em import batch_statistics
 from ._xp import get_namespace, is_array_api_obj
 
 
@@ -82,6 +82,10 @@ class ImageSource:
                 f"array or a re-iterable of batches, got {type(X).__name__}"
             )
         self._n = None
+        # the images' values were checked (finite, in range): after
+        # validate(), or after one whole pass that checked every batch; the
+        # passes after that trust them (no host sync per batch)
+        self.validated = False
         first = self._first_batch()
         if first.ndim == 3:
             first = first[:, None, ...]
@@ -89,6 +93,21 @@ class ImageSource:
         self.n_channels = first.shape[1]
         self.image_shape = tuple(first.shape[2:])
         self.dtype_source = first.dtype
+
+    def validate(self):
+        """Check an in-memory array's values once, at the boundary (one
+        reduction, one host sync); its passes then trust them.  Memmaps,
+        lazy arrays and iterables are checked batch by batch on their first
+        pass instead (never read whole up front); Dask chunks on the
+        workers, on every pass."""
+        import numpy as np
+
+        if self.kind == "array" and not isinstance(self.X, np.memmap):
+            xp = self.xp
+            X = xp.astype(self.X, self.work_dtype, copy=False)
+            _checks.check_images_finite(X, "X", xp)
+            self.validated = True
+        return self
 
     def check(self, kernel_size, padding, n_channels=None, n_kernels=None):
         """Refuse images too small for the kernels, or with the wrong channels.
@@ -225,39 +244,32 @@ class ImageSource:
             images = self.X[::step, ...]
         else:
             images = self.take(list(range(0, self.n_samples, step)))
-        return ImageSource(images, batch_size=self.batch_size)
+        sample = ImageSource(images, batch_size=self.batch_size)
+        sample.validated = self.validated
+        return sample
 
-    def statistics(
-        self,
-        kernels,
-        log_weights,
-        padding,
-        method,
-        progress=None,
-        margin=0,
-        latent="image",
-        variance=1.0,
-        whitening=None,
-    ):
-        """Exact statistics of one pass over all the images (SPEC §2).
+    def statistics(self, kernels, log_weights, options, margin=0, progress=None):
+        """Exact statistics of one pass over all the images (SPEC §2), under
+        ``options`` (an ``_em.Options``).
 
         ``margin > 0`` gives :func:`calm_np._em.window_statistics` instead.
+        Batches are trusted once the images are :attr:`validated`: nothing
+        is read back from the device until the caller reads the statistics.
         """
-        kw = dict(log_weights=log_weights, padding=padding, method=method)
-        kw.update(latent=latent, variance=variance, whitening=whitening)
-        if margin:
-            kw["margin"] = margin
         if self.kind == "dask":
             from . import _dask
 
-            return _dask.statistics(self.X, kernels, **kw)
-        func = window_statistics if margin else sufficient_statistics
-        total = None
+            args = dict(log_weights=log_weights, options=options, margin=margin)
+            return _dask.statistics(self.X, kernels, **args)
+        total, trusted = None, self.validated
         for batch in self.batches():
-            stats = func(batch, kernels, **kw)
+            stats = batch_statistics(
+                batch, kernels, log_weights, options, margin, trusted
+            )
             total = stats if total is None else total + stats
             if progress is not None:
                 progress(int(batch.shape[0]))
+        self.validated = True  # every batch was checked on this pass
         return total
 
     def map(self, func, *, kind="map", n_features=None):
@@ -382,6 +394,7 @@ def checked_source(X, params, fitted=None, readout=False):
         fitted.get("n_channels"),
         params["n_kernels"],
     )
+    source.validate()
     n_patches = None
     if not readout and source.kind != "iterable":
         n_patches = source.n_samples * map_shape[0] * map_shape[1]

@@ -37,6 +37,7 @@ The estimator only sequences them.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -73,23 +74,45 @@ def _window_counts(size, pad, n_windows, length):
     ]
 
 
-class _Batch:
-    """A validated batch of images with kernels, weights and an engine."""
+@dataclass(frozen=True)
+class Options:
+    """How a batch's maps are computed, besides the images and the kernels.
 
-    def __init__(
-        self,
-        X,
-        kernels,
-        log_weights=None,
-        padding=0,
-        method="auto",
-        latent="image",
-        variance=1.0,
-        whitening=None,
-    ):
-        _checks.check_latent(latent)
-        self.latent = latent
-        self.variance = _checks.check_variance(variance)
+    The one bundle that travels from the public functions and the estimator
+    through the data sources (``_data``, ``_dask``) and the readouts to
+    :class:`_Batch`.  ``padding`` (int or pair), ``method``, ``latent``,
+    ``variance`` (σ², a float) and ``whitening`` (a ``_whiten.Whitening`` or
+    None) mean what they mean for :func:`log_joint`; :class:`_Batch` checks
+    them.
+    """
+
+    padding: Any = 0
+    method: str = "auto"
+    latent: str = "image"
+    variance: float = 1.0
+    whitening: Any = None
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+
+class _Batch:
+    """A batch of images with kernels, weights and an engine.
+
+    By default everything is validated (the public functions: the boundary).
+    ``trusted=True`` is for the EM loop and the readouts of a fitted model,
+    whose images were validated once where they entered (``_data``) and
+    whose kernels, weights and whitening are the model's own: only shapes
+    and dtypes are looked at, nothing is read back from the device (no host
+    sync per batch).
+    """
+
+    def __init__(self, X, kernels, log_weights=None, options=None, *, trusted=False):
+        options = Options() if options is None else options
+        latent, method = options.latent, options.method
+        whitening = options.whitening
+        self.latent = _checks.check_latent(latent)
+        self.variance = _checks.check_variance(options.variance)
         self.scale = 1.0 / self.variance  # exactly 1 for the paper's model
         X = _checks.as_array(X, "X")
         kernels = _checks.as_array(kernels, "kernels")
@@ -97,41 +120,54 @@ class _Batch:
             log_weights = _checks.as_array(log_weights, "log_weights")
         xp, device = get_namespace(X, kernels, log_weights)
         _checks.check_method(method, xp)
-        padding = _checks.check_padding(padding)
+        padding = _checks.check_padding(options.padding)
         X = _checks.check_images(X)
         kernels = _checks.check_kernels(kernels, X.shape[1])
         dtype = _checks.float_dtype(xp, [(X, "X"), (kernels, "kernels")], device)
-        X = xp.astype(X, dtype)
-        kernels = xp.astype(kernels, dtype)
-        peak = _checks.check_images_finite(X, "X", xp)
-        _checks.check_finite(kernels, "kernels", xp)
+        X = xp.astype(X, dtype, copy=False)
+        kernels = xp.astype(kernels, dtype, copy=False)
         kernel_shape = tuple(kernels.shape[2:])
         Hp, Wp = _checks.check_sizes(tuple(X.shape[2:]), kernel_shape, padding)
         k = kernels.shape[0]
         map_shape = (Hp - kernel_shape[0] + 1, Wp - kernel_shape[1] + 1)
         _checks.check_map_size(k, map_shape)
-        self.log_weights = _checks.check_log_weights(log_weights, k, xp, dtype, device)
+        D = kernels.shape[1] * kernel_shape[0] * kernel_shape[1]
+        whitening = _checks.check_whitening(whitening, D, latent, method)
+        self.whitening = on_namespace(whitening, xp, dtype, device)
+        if trusted:
+            if log_weights is None:
+                log_weights = xp.full((k,), -math.log(k), dtype=dtype, device=device)
+            self.log_weights = xp.astype(log_weights, dtype, copy=False)
+        else:
+            self.log_weights = _checks.check_log_weights(
+                log_weights, k, xp, dtype, device
+            )
+            self._check_values(X, kernels, D, xp)
+        if whitening is not None:
+            method = "im2col"  # the one engine that whitens (see _whiten)
         self.xp, self.device, self.dtype = xp, device, dtype
         self.X, self.kernels, self.padding = X, kernels, padding
         self.kernel_shape = kernel_shape
         self.padded_shape = (Hp, Wp)
-        D = kernels.shape[1] * kernel_shape[0] * kernel_shape[1]
-        whitening = _checks.check_whitening(whitening, D, latent, method)
-        self.whitening = on_namespace(whitening, xp, dtype, device)
-        if whitening is not None:
-            _checks.check_finite(self.whitening.matrix, "whitening", xp)
-            _checks.check_finite(self.whitening.mean, "whitening", xp)
-            method = "im2col"  # the one engine that whitens (see _whiten)
-        patch_norm = 0.0 if whitening is not None else math.sqrt(D) * peak
-        _checks.check_log_joint_range(kernels, self.variance, patch_norm, xp)
         if X.shape[0] == 0:
             method = "im2col"  # nothing to transform (torch's FFT refuses n=0)
         elif method == "auto":
             shapes = (X.shape[1], k, (Hp, Wp), kernel_shape)
-            method = choose_method(xp, *shapes, latent=latent)
+            method = choose_method(xp, *shapes, latent=latent, device=device)
         self.method = method
         self._engine = None
         self._sq_norms = self._sq_sums = None
+
+    def _check_values(self, X, kernels, D, xp):
+        """The checks that read values: finite images, kernels and
+        whitening, and a log joint within the dtype's range."""
+        peak = _checks.check_images_finite(X, "X", xp)
+        _checks.check_finite(kernels, "kernels", xp)
+        if self.whitening is not None:
+            _checks.check_finite(self.whitening.matrix, "whitening", xp)
+            _checks.check_finite(self.whitening.mean, "whitening", xp)
+        patch_norm = 0.0 if self.whitening is not None else math.sqrt(D) * peak
+        _checks.check_log_joint_range(kernels, self.variance, patch_norm, xp)
 
     @property
     def engine(self):
@@ -142,6 +178,12 @@ class _Batch:
         return self._engine
 
     def log_joint(self):
+        """The log joint ``A`` (n, k, Ho, Wo), computed chunk by chunk."""
+        xp = self.xp
+        return self.readout(lambda A, start, stop: xp.asarray(A, copy=True))
+
+    def reference_log_joint(self):
+        """:meth:`log_joint` by the whole-batch reference engine."""
         return self.engine.log_joint(self.kernels, self.log_weights, self.scale)
 
     def readout(self, func, scale=None):
@@ -293,8 +335,8 @@ def log_joint(
     Tested on NumPy, array-api-strict (with and without fft), PyTorch (CPU)
     and, on a machine with a GPU, CuPy.
     """
-    args = (log_weights, padding, method, latent, variance, whitening)
-    return _Batch(X, kernels, *args).log_joint()
+    options = Options(padding, method, latent, variance, whitening)
+    return _Batch(X, kernels, log_weights, options).log_joint()
 
 
 def posterior(
@@ -311,8 +353,8 @@ def posterior(
     -------
     posterior : array of shape (n_samples, n_kernels, Ho, Wo)
     """
-    args = (log_weights, padding, method, latent, variance, whitening)
-    batch = _Batch(X, kernels, *args)
+    options = Options(padding, method, latent, variance, whitening)
+    batch = _Batch(X, kernels, log_weights, options)
     A = batch.log_joint()
     return batch.xp.exp(A - batch.log_normalizer(A))
 
@@ -332,8 +374,8 @@ def log_likelihood(
     -------
     log_likelihood : array of shape (n_samples,)
     """
-    args = (log_weights, padding, method, latent, variance, whitening)
-    batch = _Batch(X, kernels, *args)
+    options = Options(padding, method, latent, variance, whitening)
+    batch = _Batch(X, kernels, log_weights, options)
     log_norm = batch.readout(lambda A, start, stop: batch.log_normalizer(A))
     return batch.log_likelihood(log_norm)
 
@@ -425,22 +467,32 @@ def sufficient_statistics(
     -------
     stats : SufficientStatistics
     """
-    args = (log_weights, padding, method, latent, variance, whitening)
-    batch = _Batch(X, kernels, *args)
-    return _statistics(batch, kernels_ndim=_checks.as_array(kernels, "k").ndim)
+    options = Options(padding, method, latent, variance, whitening)
+    return batch_statistics(X, kernels, log_weights, options)
 
 
-def window_statistics(X, kernels, *, margin=0, **options):
+def batch_statistics(X, kernels, log_weights, options, margin=0, trusted=False):
+    """:func:`sufficient_statistics` (``margin=0``) or
+    :func:`window_statistics` of one batch, given :class:`Options`; with
+    ``trusted`` (images validated where they entered, the model's own
+    kernels) without the checks that read values back (``_Batch``)."""
+    batch = _Batch(X, kernels, log_weights, options, trusted=trusted)
+    ndim = 4 if margin else _checks.as_array(kernels, "kernels").ndim
+    return _statistics(batch, kernels_ndim=ndim, margin=margin)
+
+
+def window_statistics(X, kernels, *, margin=0, log_weights=None, **options):
     """:func:`sufficient_statistics` with ``S_k`` over windows enlarged by ``margin``.
 
-    ``options`` are those of :func:`sufficient_statistics`.  ``sums`` has
+    ``options`` are the other keywords of :func:`sufficient_statistics`
+    (the fields of :class:`Options`).  ``sums`` has
     shape ``(k, c, kh + 2·margin, kw + 2·margin)``: the posterior-weighted
     mean of the neighbourhood of each kernel's positions (zeros beyond the
     padded image).  Its ``kh × kw`` sub-windows are the M-step results for
     the kernel moved by up to ``margin`` pixels; ``_moves`` uses them to
     re-centre kernels that settled on a shifted pattern.
     """
-    return _statistics(_Batch(X, kernels, **options), margin=margin)
+    return batch_statistics(X, kernels, log_weights, Options(**options), margin)
 
 
 def _statistics(batch, kernels_ndim=4, margin=0):
@@ -578,8 +630,8 @@ def initial_variance(source, kernels, padding, method, latent, whitening=None):
 
     n = source.n_samples
     idx = np.unique(np.linspace(0, n - 1, min(n, VARIANCE_INIT_IMAGES)).astype(int))
-    args = (None, padding, method, latent, 1.0, whitening)
-    batch = _Batch(source.take(idx), kernels, *args)
+    options = Options(padding, method, latent, 1.0, whitening)
+    batch = _Batch(source.take(idx), kernels, None, options, trusted=source.validated)
     xp = batch.xp
     axes = LATENT_AXES[latent]
     # A = x_u·μ_k − ½‖μ_k‖² − log k; ‖x − μ_k‖² = ‖x‖² − 2 (A + log k)

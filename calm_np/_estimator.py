@@ -28,7 +28,7 @@ from ._base import ParamsMixin, restore_on_error
 from ._checks import FEATURES  # noqa: F401  (the CLI reads _estimator.FEATURES)
 from ._dask import is_dask_array
 from ._data import checked_source, progress_bar, report
-from ._em import Params, initial_variance, log_likelihood, objective
+from ._em import Options, Params, initial_variance, log_likelihood, objective
 from ._init import check_random_state, kernels_for
 from ._moves import Moves
 from ._online import online_step, running_from_model, running_statistics
@@ -316,9 +316,11 @@ class ConvolutionalMixture(ParamsMixin):
         if bar is not None:
             bar.reset(total=source.n_samples)
             progress = bar.update
-        args = (padding, self.method, progress, margin, self.latent, params.variance)
-        kernels, log_w = params.kernels, params.log_weights
-        return source.statistics(kernels, log_w, *args, self.whitening_)
+        options = Options(
+            padding, self.method, self.latent, params.variance, self.whitening_
+        )
+        args = (params.kernels, params.log_weights, options, margin, progress)
+        return source.statistics(*args)
 
     def _m_step(self, stats, params):
         args = (self.reg_kernels, self.learn_weights, self.learn_variance)

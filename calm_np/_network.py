@@ -38,7 +38,7 @@ from . import _persist, _readouts
 from ._base import ParamsMixin, restore_on_error
 from ._checks import _integer, check_images, check_params
 from ._data import ImageSource
-from ._em import _Batch
+from ._em import Options, _Batch
 from ._estimator import ConvolutionalMixture, NotFittedError
 from ._xp import get_namespace, logsumexp, to_numpy, wide_float
 
@@ -324,7 +324,7 @@ def _activation_maps(batch, layer, activation, readout=False):
 def _maps_of(X, kernels, *, log_weights, padding, method, activation, **options):
     if activation == "triangle":
         options["variance"] = 1.0  # distances do not depend on σ²
-    batch = _Batch(X, kernels, log_weights, padding, method, **options)
+    batch = _Batch(X, kernels, log_weights, Options(padding, method, **options))
     if activation == "triangle":  # the readouts' distances, chunk by chunk
         return _readouts.triangle_maps(batch)
     xp, A = batch.xp, batch.log_joint()

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._fused import _executor, _n_threads, _single_threaded_blas
+from ._pool import executor as _executor
+from ._pool import n_threads as _n_threads
+from ._xp import single_threaded_blas as _single_threaded_blas
 
 PROBE = "standardized features, multinomial logistic regression (L-BFGS, float32)"
 """What :func:`linear_probe` fits, in words (``summary.json`` records it)."""

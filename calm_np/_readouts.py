@@ -26,7 +26,7 @@ import math
 
 from . import _checks
 from ._checks import FEATURES
-from ._em import _Batch
+from ._em import Options, _Batch
 from ._engines import LATENT_AXES
 from ._xp import (
     box_sums,
@@ -66,8 +66,8 @@ def pooled_features(
     at ``variance`` (σ², SPEC §2); the triangle's distances do not depend on
     it.
     """
-    args = (log_weights, padding, method, latent, variance, whitening)
-    batch = _Batch(X, kernels, *args)
+    options = Options(padding, method, latent, variance, whitening)
+    batch = _Batch(X, kernels, log_weights, options)
     grids = _checks.check_pooling(pooling)
     xp = batch.xp
     if features == "triangle":

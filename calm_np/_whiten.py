@@ -12,8 +12,8 @@ sample; ``W`` is symmetric.  With whitening the patch mixture
 ``Σ_k π_k N(μ_k, I)`` is over ``z_u``: the kernels live in whitened patch
 space.  It is a linear map of the im2col patch matrix, applied where the
 patches are built: :func:`whiten_columns` in ``_engines.Im2col.patches``
-(any namespace), :func:`whiten_in_place` per chunk in NumPy's fused
-``_fused._Im2colPlan``; the Fourier engines cannot apply it.
+(any namespace), :func:`whiten_in_place` per chunk in the chunked
+``_engines._plans.Im2colPlan``; the Fourier engines cannot apply it.
 
 The constants are scale-free: ``ε_n`` is :data:`EPS_NORM_FRACTION` of the
 sample's mean per-patch variance (≈ 10 for 0–255 Fashion-MNIST 7×7
@@ -121,20 +121,31 @@ def whiten_columns(P, whitening, xp):
     return xp.matmul(whitening.matrix, _normalised(P, whitening, -2, xp))
 
 
-def whiten_in_place(P, whitening, out):
-    """NumPy's :func:`whiten_columns` of ``P`` (D, L) into ``out`` (D, L);
+def whiten_in_place(P, whitening, out, kit):
+    """:func:`whiten_columns` of ``P`` (D, L) into ``out`` (D, L) for the
+    chunked passes (``kit``: their :class:`~calm_np._engines._kit.Kit`);
     ``P`` is overwritten.  ``W(y − m) = W y − W m`` with ``y`` the normalised
-    columns: four passes over the patches and no allocation (the fused
-    pass's branch; ``tests/test_whiten.py`` keeps it equal to the generic)."""
-    import numpy as np
-
+    columns: four passes over the patches and no allocation where the
+    namespace takes ``out=`` (``tests/test_whiten.py`` keeps it equal to
+    :func:`whiten_columns`)."""
+    xp = kit.xp
     mean, W, eps = whitening
-    P -= P.mean(axis=0)
-    var = np.einsum("dl,dl->l", P, P) / P.shape[0]
-    P *= (1.0 / np.sqrt(var + eps)).astype(P.dtype)
-    np.matmul(W, P, out=out)
-    out -= (W @ mean)[:, None]
+    P -= xp.mean(P, axis=0)
+    var = column_sq_norms(P, kit) / P.shape[0]
+    P *= 1.0 / xp.sqrt(var + eps)
+    kit.matmul(W, P, out=out)
+    out -= xp.matmul(W, mean)[:, None]
     return out
+
+
+def column_sq_norms(P, kit):
+    """``‖P[:, l]‖²`` of each column of ``P`` (D, L): NumPy's ``einsum``
+    (no temporary), elsewhere a sum of squares."""
+    if kit.strided:
+        import numpy as np
+
+        return np.einsum("dl,dl->l", P, P)
+    return kit.xp.sum(P * P, axis=0)
 
 
 def whiten_patches(patches, whitening, xp):

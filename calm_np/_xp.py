@@ -172,14 +172,24 @@ def native_paths(enabled: bool):
         _NATIVE["enabled"] = old
 
 
+def native_enabled() -> bool:
+    """Whether the fast paths are on (``native_paths``): the engines' chunked
+    plans and the array-level native branches; off, every namespace runs the
+    plain whole-batch reference code."""
+    return _NATIVE["enabled"]
+
+
 def use_native(xp) -> str | None:
-    """Name of the native fast path for ``xp`` ('numpy', 'torch') or None."""
+    """Name of the native fast path for ``xp`` ('numpy', 'torch', 'cupy') or
+    None."""
     if not _NATIVE["enabled"]:
         return None
     if is_numpy_namespace(xp):
         return "numpy"
     if is_torch_namespace(xp):
         return "torch"
+    if array_api_compat.is_cupy_namespace(xp):
+        return "cupy"
     return None
 
 

@@ -1,11 +1,12 @@
-"""The fused NumPy fast paths equal the generic engines (array-api-extra's
+"""The chunked plans equal the whole-batch reference engines (array-api-extra's
 ``_agnostic`` pattern: same inputs, fast path on and off, same numbers).
 
-The fused ``statistics`` of each engine (chunked, threaded, normaliser folded
-into the image side, row-DFT GEMMs for the ``fft`` engine) must give the
-``N_k``, ``S_k`` and normaliser of the plain chain
+The plans' ``statistics`` of each engine (chunked, threaded on NumPy,
+normaliser folded into the image side, row-DFT GEMMs for the ``fft``
+engine) must give the ``N_k``, ``S_k`` and normaliser of the plain chain
 ``correlate -> logsumexp -> exp -> weighted_sum``, for both latents (softmax
-per image or per position) and with margins (M-step windows enlarged).
+per image or per position) and with margins (M-step windows enlarged), on
+every namespace (the plans are one code for all of them).
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from _helpers import make_data, planted_images, problems
 from hypothesis import given
 from hypothesis import strategies as st
 
-from calm_np import _em, _fused
-from calm_np._engines import generic_statistics
+import calm_np._xp
+from calm_np import _em
+from calm_np._engines import _dft, _kit, _passes, _plans, reference_statistics
 from calm_np._xp import native_paths
 
 pytestmark = pytest.mark.numpy
@@ -51,11 +53,11 @@ SHAPES = [
 
 
 def _fused_and_generic(X, M, log_w, padding, method, latent="image", margin=0):
-    batch = _em._Batch(X, M, log_w, padding, method, latent)
+    batch = _em._Batch(X, M, log_w, _em.Options(padding, method, latent))
     args = (batch.kernels, batch.log_weights, np.float64, latent, margin)
     fused = batch.engine.statistics(*args)
     with native_paths(False):
-        generic = generic_statistics(batch.engine, *args)
+        generic = reference_statistics(batch.engine, *args)
     return fused, generic
 
 
@@ -149,7 +151,7 @@ def test_flush_keeps_probabilities_off_subnormals(dtype, log_p, exact):
     exact = np.array([*exact, *range(top - 2, top + 4)], dtype=np.int32)
     p = np.concatenate([np.exp(np.array(log_p)), np.ldexp(1.0, exact)]).astype(dtype)
     floor = float(info.tiny) / float(info.eps)
-    got = _fused.flush_tiny_inplace(p.copy(), np)
+    got = _plans.flush_tiny_inplace(p.copy(), np)
     assert got.dtype == p.dtype
     assert np.all((got == 0) | (got >= floor))
     err = np.abs(got.astype(float) - p.astype(float))
@@ -165,10 +167,10 @@ def test_fused_statistics_many_chunks_on_threads(method, latent, monkeypatch):
     # more images than one chunk and two worker threads: every image is
     # counted once, whatever thread took its chunk
     monkeypatch.setenv("CALM_NP_NUM_THREADS", "2")
-    for cls in (_fused._Im2colPlan, _fused._RowDFT):
+    for cls in (_plans.Im2colPlan, _plans.RowDFTPlan):
 
-        def init(self, *args, _original=cls.__init__):
-            _original(self, *args)
+        def init(self, *args, _original=cls.__init__, **kwargs):
+            _original(self, *args, **kwargs)
             self.chunk_size = 7
 
         monkeypatch.setattr(cls, "__init__", init)
@@ -187,7 +189,7 @@ def test_fused_statistics_through_sufficient_statistics_shape():
     X = rng.standard_normal((5, 8, 9))
     M = rng.standard_normal((2, 3, 3))
     public = __import__("calm_np").sufficient_statistics(X, M, padding=1)
-    batch = _em._Batch(X, M, None, 1, "auto")
+    batch = _em._Batch(X, M, None, _em.Options(1, "auto"))
     counts, sums, _ = batch.engine.statistics(
         batch.kernels, batch.log_weights, np.float64
     )
@@ -206,7 +208,7 @@ def test_blas_threads_restored_after_concurrent_calls():
 
     def run():
         try:
-            batch = _em._Batch(X, M, None, 0, "fft")
+            batch = _em._Batch(X, M, None, _em.Options(0, "fft"))
             results.append(
                 batch.engine.statistics(batch.kernels, batch.log_weights, np.float64)
             )
@@ -229,10 +231,10 @@ def test_blas_threads_restored_after_concurrent_calls():
 def test_fused_statistics_are_bit_reproducible_on_threads(method, monkeypatch):
     # the same data gives the same bits every time, however the threads race
     monkeypatch.setenv("CALM_NP_NUM_THREADS", "2")
-    for cls in (_fused._Im2colPlan, _fused._RowDFT):
+    for cls in (_plans.Im2colPlan, _plans.RowDFTPlan):
 
-        def init(self, *args, _original=cls.__init__):
-            _original(self, *args)
+        def init(self, *args, _original=cls.__init__, **kwargs):
+            _original(self, *args, **kwargs)
             self.chunk_size = 3
 
         def chunk(self, *args, _original=cls.chunk):
@@ -256,7 +258,7 @@ def test_fused_statistics_are_bit_reproducible_on_threads(method, monkeypatch):
 def test_fused_statistics_without_threadpoolctl(monkeypatch):
     # no threadpoolctl: chunks run in turn on the calling thread (BLAS keeps
     # its own threads), with the same numbers
-    monkeypatch.setitem(_fused._BLAS, "controller", False)
+    monkeypatch.setitem(calm_np._xp._BLAS, "controller", False)
     monkeypatch.setenv("CALM_NP_NUM_THREADS", "2")
     rng = np.random.default_rng(6)
     X = rng.standard_normal((50, 2, 9, 10))
@@ -272,13 +274,12 @@ def test_fused_statistics_without_threadpoolctl(monkeypatch):
 def test_folded_row_transforms_equal_the_plain_dft(F, Wp, Wo):
     # the radix-2 fold (even and odd slots, a butterfly) gives the same
     # transforms as the plain DFT matrices, slots in transform order
-    from calm_np import _fused_dft
-
-    rowt = _fused_dft.RowTransforms(F, Wp, Wo, np.float64)
+    kit = _kit.Kit(np, "cpu", np.float64, np.float64)
+    rowt = _dft.RowTransforms(F, Wp, Wo, kit)
     assert rowt.fold
     ns = (F + 1) // 2
-    fwd_x, _ = _fused_dft.dft_matrices(F, Wp, 0, "float64")
-    fwd_g, inv = _fused_dft.dft_matrices(F, Wo, Wo, "float64")
+    fwd_x, _ = _dft.dft_matrices(F, Wp, 0, "float64")
+    fwd_g, inv = _dft.dft_matrices(F, Wo, Wo, "float64")
     rng = np.random.default_rng(F)
     rows, E, A = (
         rng.standard_normal((5, Wp)),
@@ -286,7 +287,7 @@ def test_folded_row_transforms_equal_the_plain_dft(F, Wp, Wo):
         rng.standard_normal((Wo, 7)),
     )
     perm = (2 * rowt.order[:, None] + np.arange(2)).ravel()  # slots' re/im rows
-    buffers = _fused._Buffers(np.float64)
+    buffers = kit.scratch()
     X_f = rowt.images(rows, np.empty((2 * ns, 5)))
     np.testing.assert_allclose(X_f, (rows @ fwd_x.reshape(Wp, -1)).T[perm], atol=1e-12)
     want = inv.reshape(2 * ns, Wo).T[:, perm] @ E
@@ -297,13 +298,13 @@ def test_folded_row_transforms_equal_the_plain_dft(F, Wp, Wo):
     np.testing.assert_allclose(
         rowt.forward(A, np.empty((2 * ns, 7)), buffers), want, atol=1e-12
     )
-    assert not _fused_dft.RowTransforms(F + 2, Wp, Wo, np.float64).fold  # F % 4
-    assert not _fused_dft.RowTransforms(F, Wp, F // 2, np.float64).fold  # short maps
+    assert not _dft.RowTransforms(F + 2, Wp, Wo, kit).fold  # F % 4
+    assert not _dft.RowTransforms(F, Wp, F // 2, kit).fold  # short maps
 
 
 def test_every_engine_declares_the_interface():
     # each method name maps to an Engine subclass that implements both
-    # correlations, and NumPy's fused pass has a plan for each of them
+    # correlations, and the chunked passes have a plan for each of them
     from calm_np._engines import ENGINES, Engine
 
     assert set(ENGINES) == {"im2col", "fft"}
@@ -311,32 +312,42 @@ def test_every_engine_declares_the_interface():
         assert issubclass(cls, Engine) and cls.name == name
         for step in ("correlate", "weighted_sum"):
             assert getattr(cls, step) is not getattr(Engine, step)
-    assert set(_fused.PLANS) == set(ENGINES)
+    assert set(_plans.PLANS) == set(ENGINES)
     engine = Engine(np.zeros((2, 1, 5, 6)), (2, 3), np)
     assert (engine.n, engine.c, engine.Ho, engine.Wo) == (2, 1, 4, 4)
     with pytest.raises(NotImplementedError):
         engine.correlate(np.zeros((1, 1, 2, 3)))
 
 
-def test_one_switch_decides_native_or_generic(monkeypatch):
-    # _fast_path is the only engine-level switch: with native paths off,
-    # NumPy batches take the generic statistics and the flop model for auto
-    from calm_np import _engines
-
-    assert _engines._fast_path(np) is _fused
+def test_one_switch_decides_plans_or_reference(monkeypatch):
+    # every namespace runs the chunked plans; with native paths off, the
+    # whole-batch reference (the tests' oracle) instead
     calls = []
-    monkeypatch.setattr(_fused, "statistics", lambda *args: calls.append(args) or args)
-    batch = _em._Batch(np.ones((2, 1, 6, 6)), np.ones((2, 1, 3, 3)), None, 0, "fft")
+    monkeypatch.setattr(
+        _passes, "statistics", lambda *args: calls.append(args) or args
+    )
+    batch = _em._Batch(np.ones((2, 1, 6, 6)), np.ones((2, 1, 3, 3)), None,
+                       _em.Options(0, "fft"))  # fmt: skip
     batch.engine.statistics(batch.kernels, batch.log_weights, np.float64)
     assert len(calls) == 1
     with native_paths(False):
-        assert _engines._fast_path(np) is None
         batch.engine.statistics(batch.kernels, batch.log_weights, np.float64)
         assert len(calls) == 1
-    monkeypatch.setattr(_fused, "choose_method", lambda *args: "fused")
-    assert _engines.choose_method(np, 1, 4, (9, 9), (3, 3)) == "fused"
-    with native_paths(False):
-        assert _engines.choose_method(np, 1, 4, (9, 9), (3, 3)) != "fused"
+
+
+def test_auto_uses_the_cost_model_of_the_namespace(monkeypatch):
+    # one cost model, with speeds per profile (namespace and device kind)
+    from calm_np._engines import _cost, choose_method
+
+    torch = pytest.importorskip("torch")
+    assert _cost.profile(np) == "numpy"
+    assert _cost.profile(calm_np._xp.array_namespace(torch.zeros(1))) == "torch-cpu"
+    shapes = (1, 4, (9, 9), (3, 3))
+    picks = []
+    monkeypatch.setattr(_cost, "choose", lambda name, *args: picks.append(name))
+    choose_method(np, *shapes)
+    choose_method(calm_np._xp.array_namespace(torch.zeros(1)), *shapes)
+    assert picks == ["numpy", "torch-cpu"]
 
 
 @given(
@@ -377,11 +388,11 @@ def test_fused_readout_holds_a_few_images_maps(features, monkeypatch):
 
     monkeypatch.setenv("CALM_NP_NUM_THREADS", "2")
 
-    def init(self, *args, _original=_fused._Im2colPlan.__init__):
-        _original(self, *args)
+    def init(self, *args, _original=_plans.Im2colPlan.__init__, **kwargs):
+        _original(self, *args, **kwargs)
         self.chunk_size = 5
 
-    monkeypatch.setattr(_fused._Im2colPlan, "__init__", init)
+    monkeypatch.setattr(_plans.Im2colPlan, "__init__", init)
     seen = []
     original_pool = _readouts.pool
 
@@ -432,3 +443,33 @@ def test_pool_equals_a_logsumexp_and_a_sum_per_cell(shape, grid, spread, seed):
         ).reshape(n, -1)
         got = _readouts.pool(maps.copy(), grid, np, reduce=reduce)
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * spread)
+
+
+@pytest.mark.parametrize("latent", ["image", "patch"])
+@pytest.mark.parametrize("method", ["im2col", "fft"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_plans_on_every_namespace_equal_the_reference(shape, method, latent, backend):
+    # one code for every namespace: the plans on NumPy, array-api-strict,
+    # PyTorch (and CuPy where a GPU is) give the reference's statistics
+    if method == "fft" and backend.name == "strict_nofft":
+        pytest.skip("method='fft' needs the fft extension (refused, tested)")
+    n, c, H, W, k, kernel, padding = shape
+    rng = np.random.default_rng(n + k)
+    X = rng.standard_normal((n, c, H, W))
+    M = rng.standard_normal((k, c, *kernel))
+    log_w = np.log(rng.dirichlet(np.ones(k)))
+    log_w[-1] = -np.inf  # a dead kernel
+    log_w -= np.log(np.sum(np.exp(log_w)))
+    _, generic = _fused_and_generic(X, M, log_w, padding, method, latent, margin=1)
+    Xb, Mb, wb = (backend.asarray(a) for a in (X, M, log_w))
+    batch = _em._Batch(Xb, Mb, wb, _em.Options(padding, method, latent))
+    wide = backend.xp.float64
+    args = (batch.kernels, batch.log_weights, wide, latent, 1)
+    got = batch.engine.statistics(*args)
+    for a, b in zip(got, generic, strict=True):
+        a = calm_np._xp.to_numpy(a)
+        assert a.shape == b.shape
+        np.testing.assert_array_equal(np.isfinite(a), np.isfinite(b))
+        finite = np.isfinite(b)
+        scale = max(np.max(np.abs(b[finite]), initial=0.0), 1e-300)
+        np.testing.assert_allclose(a[finite], b[finite], rtol=0, atol=1e-10 * scale)

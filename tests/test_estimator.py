@@ -19,7 +19,7 @@ from scipy.optimize import linear_sum_assignment
 import calm_np
 from calm_np import ConvergenceWarning, ConvolutionalMixture, NotFittedError, _moves
 from calm_np._data import ImageSource
-from calm_np._em import Params
+from calm_np._em import Options, Params
 from calm_np._xp import array_namespace, to_numpy
 
 
@@ -155,13 +155,13 @@ def test_memmap_is_read_batch_by_batch(tmp_path, monkeypatch):
     X.tofile(path)
     mm = np.memmap(path, dtype=np.float32, mode="r", shape=X.shape)
     seen = []
-    real = calm_np._data.sufficient_statistics
+    real = calm_np._data.batch_statistics
 
     def spy(batch, *args, **kwargs):
         seen.append(batch.shape[0])
         return real(batch, *args, **kwargs)
 
-    monkeypatch.setattr(calm_np._data, "sufficient_statistics", spy)
+    monkeypatch.setattr(calm_np._data, "batch_statistics", spy)
     fit_quiet(quiet(n_kernels=2, kernel_size=3, max_iter=2, batch_size=16), mm)
     assert seen and max(seen) <= 16
 
@@ -470,7 +470,7 @@ def test_a_move_is_judged_on_an_evenly_spaced_sample_first(monkeypatch):
 
     def e_step(params, margin=0, source=source, bar=None):
         read.append(source.n_samples)
-        return source.statistics(params.kernels, params.log_weights, (0, 0), "auto")
+        return source.statistics(params.kernels, params.log_weights, Options())
 
     log_w = np.log(np.full(2, 0.5))
     right = Params(truth, log_w)

@@ -198,7 +198,7 @@ def test_readouts_equal_the_brute_force_on_both_numpy_paths(features):
 
 
 def test_patch_sq_norms_are_those_of_the_whitened_patches():
-    from calm_np._em import _Batch
+    from calm_np._em import Options, _Batch
 
     X = images(seed=4, n=3)
     M = np.random.default_rng(4).standard_normal((3, 1, 3, 3))
@@ -206,7 +206,7 @@ def test_patch_sq_norms_are_those_of_the_whitened_patches():
     *_, Z = brute_force(X, M, None, (0, 0), w)
     for native in (True, False):
         with native_paths(native):
-            batch = _Batch(X, M, latent="patch", whitening=w)
+            batch = _Batch(X, M, options=Options(latent="patch", whitening=w))
             assert_close(batch.patch_sq_norms(), np.sum(Z * Z, axis=-1))
 
 

@@ -1,15 +1,17 @@
-"""The timing model of NumPy's fused paths: what ``method="auto"`` picks there.
+"""The timing model of the chunked plans: what ``method="auto"`` picks.
 
-``_fused`` runs a batch either as im2col GEMMs or as the row-DFT plan (the
-Fourier family on NumPy); which one is faster depends on the shapes and on
-the latent.  This module counts each path's operations per image and weighs
-them by measured speeds; :func:`choose_method` picks the cheaper path.
-``benchmarks/engine_choice.py`` measures the speeds and checks the picks.
+Every namespace runs a batch either as im2col GEMMs or as the row-DFT plan
+(:mod:`._plans`); which one is faster depends on the shapes, the latent and
+the machine.  This module counts each plan's operations per image
+(:func:`_fused_features`) and weighs them by speeds measured per *profile*
+(a namespace on a kind of device, :data:`SPEEDS`, :func:`profile`);
+:func:`choose` picks the cheaper plan.  ``benchmarks/engine_choice.py
+--backend NAME`` measures the speeds and checks the picks.
 """
 
 from __future__ import annotations
 
-from ._fused_dft import folds
+from ._dft import folds
 
 # Effective speeds of the operations of the fused NumPy paths (units per
 # second, 2 threads on an idle 2-core AMD EPYC with AVX-512): GEMM flops of
@@ -28,7 +30,8 @@ from ._fused_dft import folds
 # fourth sweep, of the current code, which chose it over the speeds fitted
 # to the first sweep alone (202; ``results/engine_choice_final.json``), and
 # 206 on a fifth made afterwards (204; ``results/engine_choice_fresh.json``).
-_SPEED = {
+SPEEDS = {}
+SPEEDS["numpy"] = {
     "gemm": 9.05e12,
     "dft": 1.75e11,
     "map": 1.43e09,
@@ -36,6 +39,22 @@ _SPEED = {
     "image": 3.05e05,
     "pmap": 1.86e10,
     "pixel": 5.78e08,
+}
+# PyTorch on the CPU: the same plans, each operation parallel inside torch
+# (fitted by ``benchmarks/engine_choice.py --backend torch --fit``; see there).
+SPEEDS["torch-cpu"] = dict(SPEEDS["numpy"])
+# CuPy and PyTorch on a GPU: not calibrated (no GPU has run the sweep).  A
+# GPU runs GEMMs far faster than it streams memory for small operands, so
+# this guess weighs GEMM flops at a GPU's tensor-core rate and every pass
+# over maps and copies at its memory bandwidth.
+SPEEDS["gpu"] = {
+    "gemm": 2.0e14,
+    "dft": 5.0e13,
+    "map": 5.0e11,
+    "copy": 5.0e11,
+    "image": 1.0e07,
+    "pmap": 5.0e11,
+    "pixel": 5.0e11,
 }
 _FEATURES = ("gemm", "dft", "map", "copy", "image", "pmap", "pixel")
 
@@ -76,16 +95,34 @@ def _fused_features(kind, image_shape, kernel_shape, latent="image"):
     return f
 
 
-def _fused_cost(kind, image_shape, kernel_shape, latent="image"):
-    """Modelled seconds per image of a fused path."""
+def _fused_cost(kind, image_shape, kernel_shape, latent="image", speeds=None):
+    """Modelled seconds per image of a plan (NumPy's speeds by default)."""
     f = _fused_features(kind, image_shape, kernel_shape, latent)
-    return sum(v / _SPEED[name] for name, v in f.items())
+    speeds = SPEEDS["numpy"] if speeds is None else speeds
+    return sum(v / speeds[name] for name, v in f.items())
 
 
-def choose_method(n_channels, n_kernels, padded_shape, kernel_shape, latent="image"):
+def profile(xp, device=None):
+    """The :data:`SPEEDS` entry for a namespace and device: ``"numpy"``,
+    ``"torch-cpu"``, ``"gpu"`` (CuPy, PyTorch on CUDA), or ``"numpy"`` for
+    any other CPU namespace (array-api-strict wraps NumPy)."""
+    name = getattr(xp, "__name__", "")
+    if "cupy" in name:
+        return "gpu"
+    if "torch" in name:
+        on_gpu = getattr(device, "type", "cpu") != "cpu"
+        return "gpu" if on_gpu else "torch-cpu"
+    return "numpy"
+
+
+def choose(profile_name, n_channels, n_kernels, padded_shape, kernel_shape,
+           latent="image"):  # fmt: skip
     """``"fft"`` (the row-DFT plan) or ``"im2col"``, whichever
-    :func:`_fused_cost` models faster per image for the latent."""
+    :func:`_fused_cost` models faster per image for the latent, with the
+    speeds of ``profile_name``."""
     image = (1, n_channels) + tuple(padded_shape)
     kernels = (n_kernels, n_channels) + tuple(kernel_shape)
-    fft = _fused_cost("rowdft", image, kernels, latent)
-    return "fft" if fft < _fused_cost("im2col", image, kernels, latent) else "im2col"
+    speeds = SPEEDS[profile_name]
+    fft = _fused_cost("rowdft", image, kernels, latent, speeds)
+    cost = _fused_cost("im2col", image, kernels, latent, speeds)
+    return "fft" if fft < cost else "im2col"

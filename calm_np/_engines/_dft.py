@@ -1,4 +1,4 @@
-"""The row transforms of the row-DFT plan (``_fused._RowDFT``), as GEMMs.
+"""The row transforms of the row-DFT plan (``_plans.RowDFTPlan``), as GEMMs.
 
 A real row of ``n`` samples, zero-padded to ``F``, has ``F // 2 + 1``
 spectral bins, stored in ``ns = (F + 1) // 2`` *slots* of (re, im) pairs:
@@ -82,57 +82,72 @@ def _row_matrices(F, Wp, Wo, dtype_name):
     return order, mats
 
 
+_ON_NAMESPACE = {}
+
+
+def on_namespace(kit, key, arrays, dtype=None):
+    """``arrays`` (NumPy constants, identified by ``key``) on ``kit``'s
+    namespace and device in ``dtype`` (default the kit's), converted once."""
+    dtype = kit.dtype if dtype is None else dtype
+    full = (key, kit.xp.__name__, str(kit.device), str(dtype))
+    if full not in _ON_NAMESPACE:
+        if len(_ON_NAMESPACE) > 64:
+            _ON_NAMESPACE.clear()
+        _ON_NAMESPACE[full] = tuple(kit.asarray(a, dtype) for a in arrays)
+    return _ON_NAMESPACE[full]
+
+
 class RowTransforms:
     """Image rows (``Wp`` samples) to slots, slots to map rows (``Wo``
-    samples) and map rows to slots, for rows zero-padded to ``F``.
+    samples) and map rows to slots, for rows zero-padded to ``F``, on the
+    namespace and device of ``kit`` (:class:`~calm_np._engines._kit.Kit`).
 
     ``order``: the slots in transform order (``slots[j]`` is slot
-    ``order[j]``).  Arrays hold rows along their first axis (the slots'
-    re/im pairs as consecutive rows) and everything else along the second.
+    ``order[j]``), a NumPy array.  Arrays hold rows along their first axis
+    (the slots' re/im pairs as consecutive rows) and everything else along
+    the second.
     """
 
-    def __init__(self, F, Wp, Wo, dtype):
-        import numpy as np
-
+    def __init__(self, F, Wp, Wo, kit):
+        self.kit = kit
         self.F, self.Wo, self.fold = F, Wo, folds(F, Wo)
-        self.order, mats = _row_matrices(F, Wp, Wo, np.dtype(dtype).name)
+        from ._kit import np_name
+
+        self.order, mats = _row_matrices(F, Wp, Wo, np_name(kit.dtype))
+        mats = mats if kit.on_host else on_namespace(kit, ("rows", F, Wp, Wo), mats)
         self.fwdx, self.mats = mats[0], mats[1:]
 
     def images(self, rows, out):
         """Slots (2ns, N) of image rows given as (N, Wp)."""
-        import numpy as np
-
-        return np.matmul(self.fwdx, rows.T, out=out)
+        return self.kit.matmul(self.fwdx, self.kit.xp.matrix_transpose(rows), out)
 
     def inverse(self, E, out, buffers):
         """Map rows (Wo, N) from slots ``E`` (2ns, N), into ``out``."""
-        import numpy as np
-
+        kit = self.kit
         if not self.fold:
-            return np.matmul(self.mats[0], E, out=out)
+            return kit.matmul(self.mats[0], E, out=out)
         inv_even, inv_odd = self.mats[:2]
         H, ne = self.F // 2, inv_even.shape[1]
         r = self.Wo - H  # rows past the half
-        np.matmul(inv_even, E[:ne], out=out[:H])
-        odd = np.matmul(inv_odd, E[ne:], out=buffers.get("odd", (H, E.shape[1])))
-        np.subtract(out[:r], odd[:r], out=out[H:])
-        out[:H] += odd
+        kit.matmul(inv_even, E[:ne, ...], out=out[:H, ...])
+        odd = kit.matmul(inv_odd, E[ne:, ...], out=buffers.get("odd", (H, E.shape[1])))
+        kit.apply("subtract", out[:r, ...], odd[:r, ...], out=out[H:, ...])
+        out[:H, ...] += odd
         return out
 
     def forward(self, A, out, buffers):
         """Slots (2ns, N) of map rows ``A`` (Wo, N), into ``out``; with the
         fold, ``A``'s first rows are overwritten (the butterfly's sums)."""
-        import numpy as np
-
+        kit = self.kit
         if not self.fold:
-            return np.matmul(self.mats[1], A, out=out)
+            return kit.matmul(self.mats[1], A, out=out)
         fwd_even, fwd_odd = self.mats[2:]
         H, ne = self.F // 2, fwd_even.shape[0]
         r = self.Wo - H
         odd = buffers.get("odd", (H, A.shape[1]))
-        np.subtract(A[:r], A[H:], out=odd[:r])
-        odd[r:] = A[r:H]
-        A[:r] += A[H:]
-        np.matmul(fwd_even, A[:H], out=out[:ne])
-        np.matmul(fwd_odd, odd, out=out[ne:])
+        kit.apply("subtract", A[:r, ...], A[H:, ...], out=odd[:r, ...])
+        odd[r:, ...] = A[r:H, ...]
+        A[:r, ...] += A[H:, ...]
+        kit.matmul(fwd_even, A[:H, ...], out=out[:ne, ...])
+        kit.matmul(fwd_odd, odd, out=out[ne:, ...])
         return out

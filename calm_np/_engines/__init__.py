@@ -31,57 +31,46 @@ and inherits
 ``scale = 1/σ²`` (SPEC §2, a learned shared variance) multiplies the map,
 never the data: the kernels are scaled before the correlation and the
 statistics ``N_k``, ``S_k`` stay unscaled; ``scale=1`` is the paper's model,
-with exactly the old arithmetic.
+with exactly the old arithmetic; so the EM code never needs to know which one it holds.
 
-so the EM code never needs to know which one it holds.  Everything in this
-module is generic array-API code: ``statistics`` chains the two
-correlations with a softmax in between (:func:`generic_statistics`);
-``readout`` hands the whole batch's log joint to ``func``.
-
-The one switch.  :func:`_fast_path` is the only place that decides between
-this generic code and a native one: for NumPy arrays it returns the module
-``_fused`` (a chunked, threaded E+M pass that never holds more than a few
-images' maps, and its calibrated cost model); ``Engine.statistics``,
-``Engine.readout`` and :func:`choose_method` ask it and nothing else does.
-Array-level native branches (SciPy's FFT, strided patches, torch's
-``unfold``) sit in ``_xp``, one function each, and
-``_xp.native_paths(False)`` turns all of them off.
+One fast path for every namespace.  ``statistics``, ``readout``,
+``distances`` and ``Im2col.sq_norms`` run the engine's chunked *plan*
+(:mod:`._plans`, driven by :mod:`._passes`): written once against the array
+API, a few images at a time, for NumPy, CuPy, PyTorch and array-api-strict
+alike.  What the standard lacks (``out=`` buffers, NumPy's worker threads,
+strided window copies, chunk sizes per device) is lent by one object,
+:class:`._kit.Kit`; ``_xp.native_paths(False)`` turns those aids off.
+``correlate`` and ``weighted_sum`` below are the whole-batch *reference*
+(:func:`reference_statistics`): plain and short, the oracle the tests hold
+the plans to, not a path a fit takes.
 
 Methods.  ``"im2col"``: both steps as GEMMs with the patch matrix.
 ``"fft"``: the Fourier family, correlations as products of spectra; the
-generic engine multiplies 2-D ``rfft2`` spectra and transforms back with
-``irfft2``, NumPy's fused pass transforms along image rows only (a DFT by
-GEMM, length ``Wp``) and sums along columns directly (see ``_fused``).
-Both compute the same correlations; they differ in rounding only.
-``"auto"``: :func:`choose_method`.
+plan transforms along image rows only (a DFT by GEMM, length ``Wp``) and
+sums along columns directly (:class:`._plans.RowDFTPlan`); the reference
+multiplies 2-D ``rfft2`` spectra.  Both compute the same correlations;
+they differ in rounding only.  ``"auto"``: :func:`choose_method`, by the
+namespace's calibrated cost model (:mod:`._cost`).
 """
 
 from __future__ import annotations
 
 import functools
-import math
 
-from . import _fused
-from ._whiten import whiten_columns
-from ._xp import (
+from .._whiten import whiten_columns
+from .._xp import (
+    device_of,
     extract_patches,
     flush_tiny,
     has_fft,
     irfft2,
     logsumexp,
+    native_enabled,
     next_fast_len,
     pad_zeros,
     rfft2,
-    use_native,
 )
-
-
-def _fast_path(xp):
-    """The one switch: the native module for ``xp`` (``_fused`` on NumPy,
-    while native paths are on), or None for the generic code here."""
-    if use_native(xp) == "numpy":
-        return _fused
-    return None
+from . import _cost, _passes
 
 
 class Engine:
@@ -97,6 +86,7 @@ class Engine:
     def __init__(self, Xp, kernel_shape, xp, whitening=None):
         self.xp = xp
         self.Xp = Xp
+        self.device = device_of(Xp)
         self.whitening = whitening  # a _whiten.Whitening: patches are whitened
         n, c, Hp, Wp = Xp.shape
         kh, kw = kernel_shape
@@ -132,11 +122,10 @@ class Engine:
         ``A`` out kernels innermost), rather than reducing over kernels or
         whole maps; the values are the same.
         """
-        fast = _fast_path(self.xp)
-        if fast is not None and self.n > 0:
-            args = (self, kernels, log_weights, func, scale, by_position)
-            return fast.readout(*args)
-        return func(self.log_joint(kernels, log_weights, scale), 0, self.n)
+        if self.n == 0 or not native_enabled():
+            return func(self.log_joint(kernels, log_weights, scale), 0, self.n)
+        args = (self, kernels, log_weights, func, scale, by_position)
+        return _passes.readout(*args)
 
     def distances(self, kernels, func, sq_norms):
         """:meth:`readout` of the squared distances ``D[n, k, u] = ‖x_u − μ_k‖²``
@@ -146,9 +135,8 @@ class Engine:
         fused pass of whitened patches takes them from the patches it just
         whitened instead (no second whitening).
         """
-        fast = _fast_path(self.xp)
-        if fast is not None and self.n > 0:
-            return fast.distances(self, kernels, func, sq_norms)
+        if self.n > 0 and native_enabled():
+            return _passes.distances(self, kernels, func, sq_norms)
         zeros = self.xp.zeros_like(kernels[:, 0, 0, 0])
         D = self.log_joint(kernels, zeros, scale=-2.0)  # −2·x·μ + ‖μ‖²
         return func(D + sq_norms()[:, None, ...], 0, self.n)
@@ -166,11 +154,10 @@ class Engine:
         (n, 1, Ho, Wo), for ``"patch"``; in the kernels' dtype.  ``A`` is
         the log joint at ``scale`` (``N_k``, ``S_k`` are not scaled).
         """
-        fast = _fast_path(self.xp)
         args = (self, kernels, log_weights, wide, latent, margin, scale)
-        if fast is not None and self.n > 0:
-            return fast.statistics(*args)
-        return generic_statistics(*args)
+        if self.n > 0 and native_enabled():
+            return _passes.statistics(*args)
+        return reference_statistics(*args)
 
     def widened(self, margin):
         """The same engine on images padded by ``margin`` more, with windows
@@ -190,10 +177,11 @@ class Engine:
 LATENT_AXES = {"image": (1, 2, 3), "patch": (1,)}
 
 
-def generic_statistics(
+def reference_statistics(
     engine, kernels, log_weights, wide, latent="image", margin=0, scale=1.0
 ):
-    """:meth:`Engine.statistics` on any namespace: E-step, softmax, M-step."""
+    """:meth:`Engine.statistics` on whole-batch arrays: E-step, softmax,
+    M-step, in the plainest code (the tests' oracle for the plans)."""
     xp = engine.xp
     A = engine.log_joint(kernels, log_weights, scale)
     log_norm = logsumexp(A, axis=LATENT_AXES[latent], keepdims=True)
@@ -209,9 +197,8 @@ class Im2col(Engine):
     With ``whitening`` the columns of ``P`` are the whitened patches ``z_u``
     (``_whiten.whiten_columns``), so both steps work in whitened space.
 
-    Memory is ``n·c·kh·kw·Ho·Wo`` elements: fast for small kernels.  The
-    matrix is built on first use, so the fused NumPy :meth:`statistics`
-    (which builds it a few images at a time) never holds it whole.
+    Memory is ``n·c·kh·kw·Ho·Wo`` elements (the reference's; the chunked
+    plan builds it a few images at a time and never holds it whole).
     """
 
     name = "im2col"
@@ -229,10 +216,10 @@ class Im2col(Engine):
 
     def sq_norms(self):
         """``‖z_u‖²`` of every (whitened) patch, ``(n, Ho, Wo)``."""
-        xp, fast = self.xp, _fast_path(self.xp)
+        xp = self.xp
         if self.known_sq_norms is None:
-            if fast is not None and self.n > 0:
-                self.known_sq_norms = fast.sq_norms(self)
+            if self.n > 0 and native_enabled():
+                self.known_sq_norms = _passes.sq_norms(self)
             else:
                 P = self.patches
                 sq = xp.sum(P * P, axis=1)
@@ -274,9 +261,9 @@ class FFT(Engine):
     M-step: each image's posterior maps are its own filters (a grouped
     convolution); the sum over images happens in the frequency domain,
     ``Ŝ[k, c] = Σ_n conj(R̂[n, k]) · X̂[n, c]``, then one inverse transform
-    cropped to ``kh × kw``.  The spectra are computed on first use (the fused
-    NumPy :meth:`statistics` transforms rows of a few images at a time
-    instead).
+    cropped to ``kh × kw``.  The spectra are computed on first use, by the
+    reference only (the chunked plan transforms rows of a few images at a
+    time instead).
     """
 
     name = "fft"
@@ -316,46 +303,13 @@ class FFT(Engine):
 
 ENGINES = {engine.name: engine for engine in (Im2col, FFT)}
 
-# Relative cost of one FFT flop to one GEMM flop; fitted by
-# benchmarks/engine_choice.py on a grid of shapes (see the README).
-FFT_FLOP_WEIGHT = 4.0
 
-
-def cost(method, n_channels, n_kernels, padded_shape, kernel_shape):
-    """Modelled cost per image of one E-step plus one M-step, in GEMM flops
-    (the generic engines)."""
-    (Hp, Wp), (kh, kw) = padded_shape, kernel_shape
-    c, k = n_channels, n_kernels
-    L = (Hp - kh + 1) * (Wp - kw + 1)
-    if method == "im2col":
-        D = c * kh * kw
-        return 4.0 * k * D * L + 2.0 * D * L  # two GEMMs + building P
-    F1, F2 = plan_shapes((Hp, Wp), (kh, kw))
-    F = F1 * F2
-    Fr = F1 * (F2 // 2 + 1)
-    transforms = (c + 2 * k) * 2.5 * F * math.log2(max(F, 2))
-    products = 2 * 8.0 * k * c * Fr
-    return FFT_FLOP_WEIGHT * (transforms + products)
-
-
-def choose_method(
-    xp, n_channels, n_kernels, padded_shape, kernel_shape, latent="image"
-):
-    """What ``method="auto"`` runs: the engine modelled cheaper for the shapes.
-
-    * a namespace without the ``fft`` extension (e.g. array-api-strict
-      without it): always ``"im2col"``;
-    * NumPy: ``"im2col"`` or ``"fft"`` by the calibrated timing model of
-      the fused paths, fused im2col against the row-DFT
-      (``_fused.choose_method``);
-    * every other namespace (PyTorch, CuPy, array-api-strict): ``"im2col"``
-      or ``"fft"`` by the flop model :func:`cost` of the generic engines.
-    """
+def choose_method(xp, n_channels, n_kernels, padded_shape, kernel_shape,
+                  latent="image", device=None):  # fmt: skip
+    """What ``method="auto"`` runs: the plan modelled cheaper for the shapes,
+    by the cost model of the namespace and device (:func:`._cost.choose`);
+    ``"im2col"`` on a namespace without the ``fft`` extension."""
     if not has_fft(xp):
         return "im2col"
-    fast = _fast_path(xp)
-    if fast is not None:
-        args = (n_channels, n_kernels, padded_shape, kernel_shape, latent)
-        return fast.choose_method(*args)
-    args = (n_channels, n_kernels, padded_shape, kernel_shape)
-    return "fft" if cost("fft", *args) < cost("im2col", *args) else "im2col"
+    args = (n_channels, n_kernels, padded_shape, kernel_shape, latent)
+    return _cost.choose(_cost.profile(xp, device), *args)
