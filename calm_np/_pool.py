@@ -2,12 +2,17 @@
 
 NumPy releases the GIL inside its kernels but runs each on one core, so the
 engines (``_engines``) and the probe (``_probe``) spread chunks of work over
-threads here.  Other namespaces parallelise inside each operation (PyTorch's
-intra-op threads, a GPU) and run their chunks in order.
+threads here.  PyTorch on the CPU does the same: its own intra-op threads
+meet at a barrier after every operation, which costs little on an idle
+machine and a great deal on a busy one (a thread that waits for a
+descheduled sibling), so each worker runs its chunks on one torch thread.
+A GPU (CuPy, PyTorch on CUDA) parallelises inside each operation and runs
+the chunks in order.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 
@@ -54,13 +59,28 @@ def executor(size):
         return _POOL["executor"]
 
 
-def parallel_chunks(n, chunk, work, make_acc, threads=True):
+@contextlib.contextmanager
+def _torch_one_thread():
+    """This thread's PyTorch operations on one thread (its OpenMP and MKL
+    settings are per thread), restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def parallel_chunks(n, chunk, work, make_acc, threads="numpy"):
     """Run ``work(start, stop, acc)`` over chunks of ``range(n)``.
 
-    With ``threads`` (NumPy), thread ``t`` of ``T`` takes chunks ``t, t + T,
-    t + 2T, …`` (a static assignment), BLAS single-threaded, and adds into
-    its own accumulator (``make_acc()``); the accumulators come back in
-    thread order.  Which chunk lands in which sum never depends on timing,
+    With ``threads`` (``"numpy"`` or ``"torch"``: whose operations run on
+    one thread inside each worker), thread ``t`` of ``T`` takes chunks ``t,
+    t + T, t + 2T, …`` (a static assignment) and adds into its own
+    accumulator (``make_acc()``); the accumulators come back in thread
+    order.  Which chunk lands in which sum never depends on timing,
     so a pass is bit-for-bit reproducible.  Without ``threads`` the chunks
     run in order into one accumulator, BLAS as configured.
     """
@@ -74,14 +94,16 @@ def parallel_chunks(n, chunk, work, make_acc, threads=True):
     if not threads:
         return serial(make_acc())
     count = min(n_threads(), len(starts))
+    inner = _torch_one_thread if threads == "torch" else contextlib.nullcontext
     with single_threaded_blas() as single:
         if count == 1 or not single:  # (without threadpoolctl: no threads)
             return serial(make_acc())
 
         def run(t):
             acc = make_acc()
-            for s in starts[t::count]:
-                work(s, min(s + chunk, n), acc)
+            with inner():
+                for s in starts[t::count]:
+                    work(s, min(s + chunk, n), acc)
             return acc
 
         pool = executor(count)

@@ -8,8 +8,8 @@ measured speed-up and never a different result:
   (NumPy, CuPy, PyTorch) write GEMMs and elementwise results into reused
   scratch memory (:meth:`Kit.matmul`, :meth:`Kit.apply`); elsewhere a new
   array comes back;
-* worker threads over chunks (NumPy only: its kernels run on one core;
-  PyTorch and CuPy parallelise inside each operation);
+* worker threads over chunks on the CPU (NumPy, PyTorch: ``_pool``); a
+  GPU parallelises inside each operation;
 * strided window copies (NumPy's ``sliding_window_view``; elsewhere one
   slice per window row);
 * the size of a chunk: a few megabytes on a CPU (the maps stay in cache
@@ -47,10 +47,12 @@ class Kit:
         self.xp, self.device, self.dtype, self.wide = xp, device, dtype, wide
         native = use_native(xp)
         self.raw = _raw_module(native)  # functions that take out=, or None
-        self.threads = native == "numpy"
+        self.kind = "gpu" if _on_gpu(native, device) else "cpu"
+        # worker threads over chunks: whose operations then run on one thread
+        cpu_threads = native in ("numpy", "torch") and self.kind == "cpu"
+        self.threads = native if cpu_threads else None
         self.strided = native == "numpy"
         self.on_host = native == "numpy"
-        self.kind = "gpu" if _on_gpu(native, device) else "cpu"
 
     @classmethod
     def of(cls, array, wide):
@@ -93,7 +95,7 @@ class Kit:
         """``a @ b`` over a leading axis.  NumPy: one 2-D GEMM per index (its
         stacked matmul falls back to a slow loop for some shapes, e.g. 82
         columns; a plain GEMM never does); elsewhere one batched call."""
-        if self.threads and out is not None:
+        if self.strided and out is not None:
             for f in range(a.shape[0]):
                 self.raw.matmul(a[f], b[f], out=out[f])
             return out
