@@ -254,7 +254,7 @@ def test_cli_evaluate_folder_end_to_end(tmp_path, capsys):
 
 
 CLI_ERRORS = [
-    (["evaluate", "--dataset", "digits", "--data-dir", "{d}"], "--data-dir is not read"),
+    (["evaluate", "--dataset", "digits", "--data-dir", "{d}"], "--data-dir is not"),
     (["fit", "--dataset", "sample-images", "--data-dir", "{d}"], "--data-dir is not"),
     (["fit", "--dataset", "folder"], "--dataset folder needs --data-dir"),
     (["evaluate", "--dataset", "folder", "--data-dir", "{d}/train"], "has no train/"),
