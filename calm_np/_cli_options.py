@@ -149,7 +149,8 @@ _FLAGS = {
 
 def _add_estimator_options(p):
     g = p.add_argument_group(
-        "model (ConvolutionalMixture parameters; unset ones come from --preset)"
+        "model (ConvolutionalMixture parameters; an option not given takes the "
+        "--preset's value for the --dataset, listed at the end of this help)"
     )
     g.add_argument("--n-kernels", type=_int_at_least(1), metavar="K")
     g.add_argument("--kernel-size", type=_size(1), metavar="S|HxW")
@@ -286,6 +287,21 @@ def _add_run_options(p):
     )
 
 
+def presets_epilog(datasets_shown):
+    """Every preset's settings for every data set: the defaults of the
+    options a run does not give (``--help`` ends with it)."""
+    lines = [
+        "presets (what --preset sets for each --dataset; options given on the "
+        "command line replace these; evaluation.make_estimator(PRESET, DATASET) "
+        "builds the same model in Python):"
+    ]
+    for name in PRESETS:
+        for dataset in datasets_shown:
+            p = evaluation.get_preset(name, dataset)
+            lines.append(f"  {name} / {dataset}: {p.summary()}")
+    return "\n".join(lines)
+
+
 def build_parser():
     parser = _Parser(
         prog=PROG,
@@ -298,6 +314,8 @@ def build_parser():
 
     fit = sub.add_parser(
         "fit",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=presets_epilog(DATASETS),
         help="learn kernels; write model.npz, figures and summary.json",
         description="Learn kernels by EM and write model.npz, kernels.png, "
         "log_likelihood.png and summary.json into --out.",
@@ -309,6 +327,8 @@ def build_parser():
 
     ev = sub.add_parser(
         "evaluate",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=presets_epilog(DATASETS[:-1]),
         help="fit (or load) a model and report a linear-probe accuracy",
         description="Fit a model (or load one with --model), extract pooled "
         "features of the training and test images, fit a multinomial logistic "

@@ -90,11 +90,11 @@ def _path(where, name, value):
 
 
 def _dtype(where, name, value):
-    try:
-        dtype = np.dtype(value)
+    try:  # np.dtype(None) is float64: None is refused, not read as that
+        dtype = None if value is None else np.dtype(value)
     except TypeError:
         dtype = None
-    if dtype not in (np.dtype("float32"), np.dtype("float64")):
+    if dtype is None or dtype.name not in ("float32", "float64"):
         raise ValueError(
             f"{where}: {name} must be 'float32' or 'float64', got {value!r}"
         )
