@@ -1,8 +1,10 @@
 """The scikit-learn estimator protocol, without scikit-learn.
 
-``ParamsMixin`` gives an estimator whose ``__init__`` only stores its
-keyword arguments ``get_params``/``set_params`` (so ``sklearn.clone``,
-pipelines and grid searches work), a ``repr`` that shows the changed
+The one protocol mixin of calm_np: the estimator, the network and the
+preprocessing transformers all use it.  ``ParamsMixin`` gives an
+estimator whose ``__init__`` only stores its keyword arguments
+``get_params``/``set_params`` (so ``sklearn.clone``, pipelines and grid
+searches work), a ``repr`` that shows the changed
 parameters, and the tags scikit-learn asks for (sklearn is imported only
 when it asks).  Validation is not here: it runs in ``fit`` (``_checks``).
 ``restore_on_error`` makes a fit all-or-nothing: a failed fit leaves the
@@ -22,8 +24,14 @@ class ParamsMixin:
 
     @classmethod
     def _get_param_names(cls):
+        if cls.__init__ is object.__init__:
+            return []  # nothing to set (e.g. a transformer without parameters)
         sig = inspect.signature(cls.__init__)
-        return sorted(p for p in sig.parameters if p != "self")
+        return sorted(
+            name
+            for name, p in sig.parameters.items()
+            if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        )
 
     def get_params(self, deep=True):
         """Parameters of this estimator (scikit-learn protocol)."""

@@ -567,3 +567,71 @@ def auto_batch_size(n_kernels, map_shape):
     (at least ``AUTO_BATCH_MIN`` images)."""
     per_image = n_kernels * map_shape[0] * map_shape[1] * 8
     return max(AUTO_BATCH_MIN, AUTO_BATCH_BYTES // max(per_image, 1))
+
+
+# -- layout and scale of the images (issue 21) ----------------------------------
+# A last axis of this many values is a channel axis of Pillow, imageio and
+# matplotlib images (gray, RGB, RGBA).
+CHANNELS_LAST_SIZES = (1, 3, 4)
+
+
+def check_channels_first(shape, name="X"):
+    """Refuse a 4-D batch that is laid out channels-last ``(n, H, W, C)``.
+
+    calm_np reads ``(n, C, H, W)``; a ``(20, 32, 32, 3)`` RGB batch read that
+    way is 32 channels of 32x3 images, and would fit without an error.  The
+    rule: the last axis holds 1, 3 or 4 values, the second does not, and
+    the third has more than 4 (so it is a row axis, not a width of a few
+    columns).  A real ``(n, C, H, W)`` batch is refused only if its images
+    are at most 4 columns wide with more than 4 rows and more than 4 (or 2)
+    channels, narrower than any useful kernel grid.
+    """
+    if len(shape) != 4:
+        return
+    n, c, h, w = (int(s) for s in shape)
+    if w in CHANNELS_LAST_SIZES and c not in CHANNELS_LAST_SIZES and h > 4:
+        raise ValueError(
+            f"{name} has shape {(n, c, h, w)}, which looks channels-last (n, H, "
+            f"W, C): {n} images of {c}x{h} with {w} channel(s), the layout of "
+            "Pillow, imageio and matplotlib. calm_np reads (n, C, H, W); pass "
+            "np.moveaxis(X, -1, 1) (torch: X.permute(0, 3, 1, 2)). If these "
+            f"really are {c} channels of {h}x{w} images, they are narrower "
+            "than any kernel grid calm_np is meant for: pad them wider"
+        )
+
+
+# Largest standard deviation of the pixel values that the unit-variance model
+# (learn_variance=False, whiten=False) is given without a word.  Measured on
+# scikit-learn's digits with the estimator's defaults: /16 (std 0.38) 9
+# iterations; standardized (std 1) 57; raw 0..16 (std 6.0) 46; x16, the 0..255
+# scale (std 96), 24 iterations with kernels starved of posterior mass (the
+# posteriors are hard: log-joint gaps of thousands of nats).
+SCALE_LIMIT = 3.0
+
+
+def scale_advice(sample, learn_variance, whiten, name="X"):
+    """A message saying how to scale ``X``, or ``None`` when it fits the model.
+
+    ``sample`` is a few images of ``X`` (any namespace; e.g. the first
+    batch).  Only the unit-variance model is scale-sensitive: with
+    ``learn_variance=True`` a fit is scale-equivariant, with ``whiten=True``
+    every patch is normalised.
+    """
+    if learn_variance or whiten:
+        return None
+    from ._xp import get_namespace, wide_float
+
+    xp, device = get_namespace(sample)
+    values = xp.astype(sample, wide_float(xp, device))
+    std = float(xp.std(values))
+    if not std > SCALE_LIMIT:
+        return None
+    low, high = float(xp.min(values)), float(xp.max(values))
+    return (
+        f"{name}'s pixel values have standard deviation {std:.3g} (range "
+        f"{low:.4g}..{high:.4g}), but with learn_variance=False the model's "
+        "noise has variance 1, so posteriors are hard and kernels starve or "
+        f"converge slowly. Divide {name} by its standard deviation (e.g. "
+        "calm_np.preprocessing.Standardize(), or X / 255 for 8-bit images), or "
+        "pass learn_variance=True (the fit is then scale-equivariant)"
+    )

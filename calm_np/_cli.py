@@ -22,9 +22,12 @@ import json
 import math
 import os
 import platform
+import shutil
+import signal
 import sys
 import time
 import warnings
+from pathlib import Path
 
 from . import __version__, _cli_network, evaluation
 from ._cli_options import (
@@ -36,8 +39,11 @@ from ._cli_options import (
     _explicit_params,
     _resolve_settings,
     build_parser,
+    check_extras,
     check_paths,
     load_model,
+    probe_folder,
+    remove_created,
 )
 from ._estimator import ConvolutionalMixture  # noqa: F401  (tests patch its fit)
 from ._xp import to_numpy
@@ -45,14 +51,19 @@ from ._xp import to_numpy
 __all__ = ["DEFAULT_OUT", "UserError", "build_parser", "main"]
 
 # dataset-level ZCA decomposes a (pixels x pixels) covariance
-ZCA_MAX_PIXELS = 4096
+ZCA_MAX_PIXELS = evaluation.ZCA_MAX_VALUES
 
 
 def _load_data(args, labelled):
     """``(X_train, y_train, X_test, y_test)`` as host arrays (test may be None)."""
     name, folder, limit = args.dataset, args.data_dir, args.limit
-    seed = args.random_state or 0  # sample-images: which crops
-    return evaluation.load_dataset(name, folder, limit=limit, test=labelled, seed=seed)
+    seed = args.random_state or 0  # sample-images: which crops; folder: order
+    folder_args = {}
+    if name == "folder":
+        folder_args = dict(size=args.image_size, mode=args.image_mode)
+    return evaluation.load_dataset(
+        name, folder, limit=limit, test=labelled, seed=seed, **folder_args
+    )
 
 
 def _preprocess(mode, X_train, X_test, window, dtype):
@@ -64,6 +75,55 @@ def _preprocess(mode, X_train, X_test, window, dtype):
             f"values (at most {ZCA_MAX_PIXELS}); use --preprocess per-image"
         )
     return evaluation.preprocess(mode, X_train, X_test, window=window, dtype=dtype)
+
+
+# estimator options that --model (a fitted model) cannot take: they would
+# change the kernels, which a saved model already has
+_READOUT_OPTIONS = ("features", "pooling", "method", "batch_size")
+
+
+def _refuse_model_options(args, saved):
+    """``evaluate --model M`` with an option that only a fit reads, set to a
+    value unlike the model's: an error, not an option silently ignored."""
+    if "model" not in saved:
+        return
+    from ._checks import check_params
+
+    layer = _cli_network.layers_of(saved["model"])[0]
+    fitted = check_params(layer.get_params())
+    given = _explicit_params(args)
+    ignored = []
+    for name in sorted(set(given) - set(_READOUT_OPTIONS)):
+        try:
+            same = check_params({**layer.get_params(), name: given[name]})[name]
+        except (TypeError, ValueError):
+            same = None
+        if same is None or same != fitted[name]:
+            ignored.append(name)
+    for option in ("init", "warm_start", "fit_limit", *_cli_network.OPTIONS):
+        if getattr(args, option, None) is not None:
+            ignored.append(option)
+    if ignored:
+        flags = ", ".join("--" + name.replace("_", "-") for name in ignored)
+        raise UserError(
+            f"--model evaluates a fitted model, so {flags} would be ignored; drop "
+            f"{'it' if len(ignored) == 1 else 'them'} (with --model only "
+            + ", ".join("--" + o.replace("_", "-") for o in _READOUT_OPTIONS)
+            + " apply, and options equal to the model's own), or fit a new model "
+            "without --model"
+        )
+
+
+def _check_preset_fits(args, model, image_shape):
+    """The model about to be fitted runs on these images, or a one-line
+    reason naming the preset (before any EM)."""
+    try:
+        evaluation.check_model_fits(model, image_shape)
+    except ValueError as exc:
+        raise UserError(
+            f"--preset {args.preset} cannot run on --dataset {args.dataset} "
+            f"({_fmt_shape(image_shape[-2:])} images): {exc}"
+        ) from None
 
 
 def _backend(name, device, dtype):
@@ -142,6 +202,7 @@ def _fit(args, params, network, X_train, to_backend, saved, log):
         _on_backend(model, to_backend).set_params(**explicit, warm_start=True)
     else:
         model = _cli_network.build(params, network)
+        _check_preset_fits(args, model, X_train.shape[1:])
     if init is not None:
         model = _cli_network.set_layer_params(model, init=init, **shape)
     verbose = _progress_verbosity(args.quiet)
@@ -175,30 +236,74 @@ def _machine():
 
 
 def _write_outputs(paths, model, summary, log):
+    """Write the model, figures and summary as one set.
+
+    Everything is written into a hidden staging folder inside ``--out``
+    first; only when all four files are complete are they renamed over the
+    old ones, with Ctrl-C (SIGINT) held back for those few renames.  An
+    interrupted or failed run leaves the previous set, never a new
+    ``model.npz`` next to an old ``summary.json``.
+    """
+    import tempfile
+
     from . import plots
 
-    paths["summary"].parent.mkdir(parents=True, exist_ok=True)
-    model.save(paths["model"])
-    plots.model_figures(  # a network's: its first layer's
-        _cli_network.layers_of(model)[0],
-        paths["kernels_png"],
-        paths["log_likelihood_png"],
-        data=summary["dataset"],
-        n_fit=summary["n_fit"],
-    )
-    summary["files"] = {key: str(p) for key, p in paths.items()}
-    paths["summary"].write_text(json.dumps(summary, indent=2) + "\n")
+    out = paths["summary"].parent
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".calm_np-new-", dir=out))
+    try:
+        staged = {key: stage / p.name for key, p in paths.items()}
+        model.save(staged["model"])
+        plots.model_figures(  # a network's: its first layer's
+            _cli_network.layers_of(model)[0],
+            staged["kernels_png"],
+            staged["log_likelihood_png"],
+            data=summary["dataset"],
+            n_fit=summary["n_fit"],
+        )
+        summary["files"] = {key: str(p) for key, p in paths.items()}
+        staged["summary"].write_text(json.dumps(summary, indent=2) + "\n")
+        with _sigint_held():
+            for key, path in paths.items():
+                os.replace(staged[key], path)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     log(f"wrote {', '.join(str(p) for p in paths.values())}")
     return paths
 
 
+@contextlib.contextmanager
+def _sigint_held():
+    """Hold SIGINT back (delivered on exit) where the platform allows it."""
+    mask = getattr(signal, "pthread_sigmask", None)
+    if mask is None:
+        yield
+        return
+    old = mask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        mask(signal.SIG_SETMASK, old)
+
+
 def _run_fit(args, evaluate):
     log = _logger(args.quiet)
+    check_extras(args)
     paths = check_paths(args)  # before anything is read, fitted or written
+    created = probe_folder(paths["summary"].parent, "--out")
+    try:
+        return _fit_and_write(args, evaluate, paths, log)
+    except BaseException:  # a failed run leaves no new empty --out behind
+        remove_created(created)
+        raise
+
+
+def _fit_and_write(args, evaluate, paths, log):
     to_backend, device = _backend(args.backend, args.device, args.dtype)
     params, extras = _resolve_settings(args)
     preprocess, fit_limit = extras["preprocess"], extras["fit_limit"]
     saved = _load_saved(args)
+    _refuse_model_options(args, saved)
     _cli_network.refuse_saved(extras["network"], saved)
     clock = _Clock()
     X_train, y_train, X_test, y_test = _load_data(args, labelled=evaluate)
@@ -331,12 +436,59 @@ def _run_show(args):
     from . import plots
 
     path = check_paths(args)["png"]
-    model = _cli_network.layers_of(load_model(args.model, "MODEL", networks=True))[0]
+    loaded = load_model(args.model, "MODEL", networks=True)
+    print(describe_model(loaded, args.model))
+    model = _cli_network.layers_of(loaded)[0]
     path.parent.mkdir(parents=True, exist_ok=True)
     k, c, kh, kw = model.kernels_.shape
     plots.kernel_grid(model.kernels_, path, title=f"{k} kernels {kh}x{kw}")
-    print(path)
+    print(path)  # the last line: the figure's path, for scripts
     return 0
+
+
+def describe_model(model, path):
+    """A text summary of a saved model: what ``calm-np show`` prints."""
+    layers = _cli_network.layers_of(model)
+    lines = [f"{path}: {_cli_network.describe(model)}"]
+    for i, layer in enumerate(layers):
+        head = f"layer {i + 1}: " if len(layers) > 1 else ""
+        kernels = to_numpy(layer.kernels_)
+        norms = (kernels.reshape(len(kernels), -1) ** 2).sum(1) ** 0.5
+        weights = to_numpy(layer.weights_)
+        lines += [
+            f"  {head}kernels {tuple(kernels.shape)} {kernels.dtype} (n, c, h, w); "
+            f"norms {norms.min():.3g}..{norms.max():.3g}; weights "
+            f"{weights.min():.3g}..{weights.max():.3g}",
+            f"  {head}objective {layer.lower_bound_:.4f} nats per image after "
+            f"{layer.n_iter_} EM iterations (converged={layer.converged_}); "
+            f"sigma^2 {getattr(layer, 'variance_', 1.0):.4g}",
+            f"  {head}fitted on {layer.n_channels_in_}-channel images; padding "
+            f"{_fmt_shape(layer.padding_)}; whitening "
+            f"{'on' if getattr(layer, 'whitening_', None) is not None else 'off'}",
+        ]
+    params = _cli_network.json_params(model)
+    lines.append(
+        "  parameters: "
+        + " ".join(f"{k}={v}" for k, v in params.items() if k != "layers")
+    )
+    summary = Path(path).with_name("summary.json")
+    try:  # what calm-np fit/evaluate recorded next to the model
+        record = json.loads(summary.read_text())
+        if Path(record["files"]["model"]).name != Path(path).name:
+            raise KeyError("files")
+        line = (
+            f"  data: {record['dataset']}"
+            + (f" from {record['data_dir']}" if record.get("data_dir") else "")
+            + f", {record['n_fit']} of {record['n_train']} training images of "
+            f"{'x'.join(map(str, record['image_shape']))}, preprocess "
+            f"{record['preprocess']}, preset {record['preset']}"
+        )
+        if "evaluation" in record:
+            line += f"; test accuracy {record['evaluation']['accuracy']:.4f}"
+        lines.append(line + f" ({summary})")
+    except (OSError, ValueError, KeyError, TypeError):
+        lines.append("  data: not recorded (no summary.json of this model beside it)")
+    return "\n".join(lines)
 
 
 def _logger(quiet):

@@ -11,9 +11,8 @@ network) is here, so that ``_cli`` treats both alike.
 
 from __future__ import annotations
 
-from ._estimator import ConvolutionalMixture
 from ._network import ConvolutionalMixtureNetwork
-from .evaluation import NETWORK_PRESETS
+from .evaluation import build_model
 
 # network settings: command-line option names, and the preset keys they read
 OPTIONS = ("layers", "layer2_kernels", "layer2_kernel_size", "pool_size")
@@ -37,10 +36,11 @@ def add_options(p, int_at_least):
         g.add_argument(flag, type=int_at_least(1), metavar=metavar, help=text)
 
 
-def settings(args, preset_name):
-    """The network settings: the command line, then the preset, then defaults."""
-    out = {}
-    preset = NETWORK_PRESETS.get(preset_name, {})
+def settings(args, preset_network):
+    """The network settings: the command line, then the preset's
+    (``Preset.network``, or None), then defaults."""
+    preset = dict(preset_network or {})
+    out = {k: v for k, v in preset.items() if k not in OPTIONS}  # layer2_pooling
     for name in OPTIONS:
         value = getattr(args, name, None)
         out[name] = value if value is not None else preset.get(name, DEFAULTS[name])
@@ -48,21 +48,9 @@ def settings(args, preset_name):
 
 
 def build(params, network):
-    """A ``ConvolutionalMixture`` (one layer) or a network of ``layers``."""
-    if network["layers"] == 1:
-        return ConvolutionalMixture(**params)
-    upper = dict(
-        params,
-        n_kernels=network["layer2_kernels"],
-        kernel_size=network["layer2_kernel_size"],
-        padding=0,
-    )
-    upper.pop("tol", None)  # a preset's tol is in nats per image of layer 1
-    layers = [ConvolutionalMixture(**params)]
-    layers += [ConvolutionalMixture(**upper) for _ in range(network["layers"] - 1)]
-    return ConvolutionalMixtureNetwork(
-        layers, pool_size=network["pool_size"], batch_size=params.get("batch_size")
-    )
+    """A ``ConvolutionalMixture`` (one layer) or a network of ``layers``
+    (``evaluation.build_model``, what ``make_estimator`` builds)."""
+    return build_model(params, network)
 
 
 def refuse_saved(network, saved):

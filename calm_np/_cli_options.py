@@ -14,12 +14,12 @@ import os
 import zipfile
 from pathlib import Path
 
-from . import __version__, _cli_network, datasets, evaluation
+from . import __version__, _cli_network, _folder, datasets, evaluation
 from ._checks import INITS
 from ._estimator import ConvolutionalMixture
 from ._network import ConvolutionalMixtureNetwork
 from ._pool import n_threads as _n_threads
-from .evaluation import DATASETS, PRESETS
+from .evaluation import DATA_DIR_DATASETS, DATASETS, PRESETS
 from .preprocessing import PREPROCESSORS
 
 PROG = "calm-np"
@@ -149,7 +149,8 @@ _FLAGS = {
 
 def _add_estimator_options(p):
     g = p.add_argument_group(
-        "model (ConvolutionalMixture parameters; unset ones come from --preset)"
+        "model (ConvolutionalMixture parameters; an option not given takes the "
+        "--preset's value for the --dataset, listed at the end of this help)"
     )
     g.add_argument("--n-kernels", type=_int_at_least(1), metavar="K")
     g.add_argument("--kernel-size", type=_size(1), metavar="S|HxW")
@@ -204,13 +205,35 @@ def _add_data_options(p, labelled):
         "--dataset",
         choices=DATASETS if not labelled else DATASETS[:-1],
         default="digits",
-        help="default: digits (scikit-learn's bundled 8x8 handwritten digits)",
+        help="default: digits (scikit-learn's bundled 8x8 handwritten digits); "
+        "folder: your own images in --data-dir ("
+        + (
+            "DIR/train/<class>/ and DIR/test/<class>/"
+            if labelled
+            else "any folder of images, or of one sub-folder per class"
+        )
+        + ")",
     )
     g.add_argument(
         "--data-dir",
         metavar="DIR",
-        help="folder with the dataset's files (fashion-mnist: default "
-        f"{datasets.FASHION_MNIST_DIR})",
+        help="folder with the dataset's files; only for "
+        + ", ".join(DATA_DIR_DATASETS)
+        + f" (fashion-mnist: default {datasets.FASHION_MNIST_DIR}; mnist, stl10 "
+        "and folder: required)",
+    )
+    g.add_argument(
+        "--image-size",
+        type=_size(1),
+        metavar="S|HxW",
+        help="--dataset folder: resize every image to HxW (default: the files' "
+        "size, which must then be the same for all)",
+    )
+    g.add_argument(
+        "--image-mode",
+        choices=tuple(_folder.IMAGE_MODES),
+        help="--dataset folder: L (grayscale), RGB or RGBA (default: L when "
+        "every file is grayscale, else RGB)",
     )
     g.add_argument(
         "--limit",
@@ -264,6 +287,21 @@ def _add_run_options(p):
     )
 
 
+def presets_epilog(datasets_shown):
+    """Every preset's settings for every data set: the defaults of the
+    options a run does not give (``--help`` ends with it)."""
+    lines = [
+        "presets (what --preset sets for each --dataset; options given on the "
+        "command line replace these; evaluation.make_estimator(PRESET, DATASET) "
+        "builds the same model in Python):"
+    ]
+    for name in PRESETS:
+        for dataset in datasets_shown:
+            p = evaluation.get_preset(name, dataset)
+            lines.append(f"  {name} / {dataset}: {p.summary()}")
+    return "\n".join(lines)
+
+
 def build_parser():
     parser = _Parser(
         prog=PROG,
@@ -276,6 +314,8 @@ def build_parser():
 
     fit = sub.add_parser(
         "fit",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=presets_epilog(DATASETS),
         help="learn kernels; write model.npz, figures and summary.json",
         description="Learn kernels by EM and write model.npz, kernels.png, "
         "log_likelihood.png and summary.json into --out.",
@@ -287,6 +327,8 @@ def build_parser():
 
     ev = sub.add_parser(
         "evaluate",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=presets_epilog(DATASETS[:-1]),
         help="fit (or load) a model and report a linear-probe accuracy",
         description="Fit a model (or load one with --model), extract pooled "
         "features of the training and test images, fit a multinomial logistic "
@@ -330,16 +372,19 @@ def build_parser():
 
 
 def _resolve_settings(args):
-    """Estimator parameters and preprocessing: preset, then explicit options."""
-    preset = evaluation.preset(args.preset, args.dataset)
+    """Estimator parameters and the pipeline: preset, then explicit options.
+
+    The preset is ``evaluation.get_preset`` (what ``make_estimator`` builds
+    in Python); options given on the command line replace its values.
+    """
+    preset = evaluation.get_preset(args.preset, args.dataset)
     extras = dict(
-        preprocess=args.preprocess or preset.pop("preprocess"),
-        fit_limit=args.fit_limit or preset.pop("fit_limit", None),
-        C=getattr(args, "C", None) or preset.pop("C", 1.0),
-        network=_cli_network.settings(args, args.preset),
+        preprocess=args.preprocess or preset.preprocess,
+        fit_limit=args.fit_limit or preset.fit_limit,
+        C=getattr(args, "C", None) or preset.C,
+        network=_cli_network.settings(args, preset.network),
     )
-    names = _estimator_param_names()
-    params = {"random_state": 0, **{k: v for k, v in preset.items() if k in names}}
+    params = dict(preset.estimator)
     params.update(_explicit_params(args))
     return params, extras
 
@@ -407,7 +452,12 @@ def check_paths(args):
         path = getattr(args, option, None)
         if path is not None and not (option == "init" and path in inits):
             _readable(path, "--" + option.replace("_", "-"))
-    _check_data_dir(args.dataset, args.data_dir)
+    _check_data_dir(args)
+    if args.out == "":
+        raise UserError(
+            "--out is empty; give the output folder (default: "
+            f"{DEFAULT_OUT})"
+        )
     out = Path(args.out).expanduser()
     _check_folder(out, "--out")
     paths = {key: out / name for key, name in OUTPUTS.items()}
@@ -416,12 +466,111 @@ def check_paths(args):
     return paths
 
 
-def _check_data_dir(name, folder):
+def probe_folder(folder, flag):
+    """Create ``folder`` and write (then remove) a small file in it, so that a
+    folder where nothing can be written (``/proc``, ``/sys``, a read-only
+    mount, a full disk) is refused before the fit, naming ``flag``.
+
+    Returns the folders it created, deepest first (:func:`remove_created`
+    removes them again if the run fails)."""
+    folder = Path(os.path.abspath(Path(folder).expanduser()))
+    created, missing = [], folder
+    while not missing.exists() and missing != missing.parent:
+        created.append(missing)
+        missing = missing.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".calm_np-probe-{os.getpid()}"
+        with open(probe, "wb") as fh:
+            fh.write(b"calm_np write probe\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        probe.unlink()
+    except OSError as exc:
+        remove_created(created)
+        raise UserError(
+            f"{flag} {folder}: cannot write there ({exc.strerror or exc}); choose "
+            f"another {flag}"
+        ) from None
+    return created
+
+
+def remove_created(folders):
+    """Remove the folders :func:`probe_folder` made, if still empty."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+def _check_data_dir(args):
+    name, folder = args.dataset, args.data_dir
+    if folder is not None and name not in DATA_DIR_DATASETS:
+        raise UserError(
+            f"--data-dir is not read by --dataset {name} (bundled, no files); "
+            "drop --data-dir, or name the data set it holds: --dataset "
+            + "|".join(DATA_DIR_DATASETS)
+        )
+    for option in ("image_size", "image_mode"):
+        if getattr(args, option, None) is not None and name != "folder":
+            flag = "--" + option.replace("_", "-")
+            raise UserError(
+                f"{flag} resizes or converts the image files of --dataset folder; "
+                f"--dataset {name} has none"
+            )
     if folder is not None and not Path(folder).expanduser().is_dir():
         raise UserError(f"--data-dir {folder} is not a folder; give the data's folder")
-    if name in ("mnist", "stl10") and folder is None:
-        what = "the four MNIST IDX files" if name == "mnist" else "stl10_binary"
+    if name in ("mnist", "stl10", "folder") and folder is None:
+        what = {
+            "mnist": "the four MNIST IDX files",
+            "stl10": "stl10_binary",
+            "folder": "your images: DIR/train/<class>/ and DIR/test/<class>/ for "
+            "evaluate, any folder of images for fit",
+        }[name]
         raise UserError(f"--dataset {name} needs --data-dir DIR (the folder of {what})")
+    if name == "folder" and args.command == "evaluate":
+        root = Path(folder).expanduser()
+        missing = [s for s in ("train", "test") if not (root / s).is_dir()]
+        if missing:
+            raise UserError(
+                f"--data-dir {folder} has no {' or '.join(s + '/' for s in missing)}"
+                " folder; evaluate reads DIR/train/<class>/ and DIR/test/<class>/ "
+                "(fit reads any folder)"
+            )
+
+
+# what each data set and step needs beyond the core dependencies, and the
+# extra that installs it
+_NEEDS = dict(
+    sklearn=("scikit-learn", "examples"),
+    matplotlib=("matplotlib", "examples"),
+    PIL=("Pillow", "images"),
+)
+
+
+def check_extras(args):
+    """Refuse, before any work, a run whose optional dependencies are
+    missing; the message gives the ``pip install`` line."""
+    import importlib.util
+
+    wanted = ["matplotlib"]  # the figures
+    if args.command != "show":
+        if args.dataset in ("digits", "sample-images"):
+            wanted.append("sklearn")
+        if args.dataset in ("folder", "sample-images"):
+            wanted.append("PIL")
+    for module in wanted:
+        if importlib.util.find_spec(module) is None:
+            package, extra = _NEEDS[module]
+            what = (
+                "draws its figures"
+                if module == "matplotlib"
+                else f"reads --dataset {args.dataset}"
+            )
+            raise UserError(
+                f"calm-np {args.command} {what} with {package}, which is not "
+                f'installed; install it with: pip install "calm_np[{extra}]" (or '
+                f'pip install ".[{extra}]" in a clone)'
+            )
 
 
 def _readable(path, flag):

@@ -49,7 +49,7 @@ NORMALIZE = ("standardize", None)
 READOUTS = ("concat", "top")
 # images whose maps give each layer's per-channel mean and scale
 NORM_SAMPLES = 1000
-_FITTED = ("layers_", "norms_", "n_features_")
+_FITTED = ("layers_", "norms_")
 
 
 class ConvolutionalMixtureNetwork(ParamsMixin):
@@ -176,8 +176,15 @@ class ConvolutionalMixtureNetwork(ParamsMixin):
                 layer.fit(data)
                 fitted.append(layer)
             self.layers_, self.norms_ = fitted, norms
-            self.n_features_ = sum(_n_features(layer) for layer in self._readers())
         return self
+
+    @property
+    def n_features_(self):
+        """Columns of :meth:`transform`, derived from the fitted layers and
+        the current ``readout`` and layer ``features``/``pooling`` (never
+        stored: a ``set_params`` after ``fit`` cannot leave it stale)."""
+        self._check_fitted()
+        return sum(_n_features(layer) for layer in self._readers())
 
     def _encoder(self, layers, norms, depth):
         """``batch of X → input of layer depth`` (a picklable function)."""

@@ -514,7 +514,11 @@ def load_network(cls, layer_cls, path, *, xp=None, device=None):
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{path} has a bad parameter: {exc}") from exc
     network.layers_, network.norms_ = layers, norms
-    network.n_features_ = header["n_features"]
+    if network.n_features_ != header["n_features"]:  # derived, never trusted
+        raise ValueError(
+            f"{path} is corrupt: its header says {header['n_features']} features "
+            f"but its layers give {network.n_features_}"
+        )
     return network
 
 
@@ -563,7 +567,9 @@ def _network_header(blob, path):
     if not isinstance(header, dict) or header.get("format") != NETWORK_FORMAT:
         raise ValueError(f"{path} is not a calm_np network file")
     version, n = header.get("format_version"), header.get("n_layers")
-    if type(version) is not int or version > FORMAT_VERSION:
+    if type(version) is not int or version < 1:
+        raise ValueError(f"{path} has no valid format version ({version!r})")
+    if version > FORMAT_VERSION:
         raise ValueError(f"{path} has format version {version!r}; upgrade calm_np")
     params = header.get("params")
     if (

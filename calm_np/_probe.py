@@ -8,6 +8,8 @@ SciPy (the solver) is imported inside the function that needs it.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ._pool import executor as _executor
@@ -105,6 +107,10 @@ def _check_probe_inputs(F_train, y_train, F_test, y_test):
             "give both the same features"
         )
     for name, F, y in (("train", F_train, y_train), ("test", F_test, y_test)):
+        if len(F) == 0:
+            raise ValueError(
+                f"F_{name} holds no rows; the probe needs at least one {name} image"
+            )
         if np.shape(y) != (len(F),):
             raise ValueError(
                 f"y_{name} must hold one label per row of F_{name} ({len(F)}), "
@@ -112,6 +118,23 @@ def _check_probe_inputs(F_train, y_train, F_test, y_test):
             )
     if len(np.unique(np.asarray(y_train))) < 2:
         raise ValueError("y_train must hold at least 2 classes to fit a classifier")
+    for name, F in (("F_train", F_train), ("F_test", F_test)):
+        F = np.asarray(F)
+        if F.dtype.kind == "f" and F.dtype.itemsize <= 4:
+            continue  # float32 values square without overflow in float64
+        if F.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must hold real numbers, got dtype {F.dtype}")
+        # the standardization sums squares in float64: beyond 1e150 they
+        # overflow and the features would silently become 0
+        big = max(abs(float(np.max(F))), abs(float(np.min(F)))) if F.size else 0.0
+        if math.isfinite(big) and big > _MAX_FEATURE:
+            raise ValueError(
+                f"{name} holds values up to {big:.3g}, beyond {_MAX_FEATURE:g} "
+                "whose squares overflow float64; rescale the features"
+            )
+
+
+_MAX_FEATURE = 1e150
 
 
 def _fit_probe(A, y_index, k, *, C, tol, max_iter):

@@ -13,6 +13,7 @@ from ._moves import STARVED_SHARE, starved
 
 __all__ = [
     "ConvergenceWarning",
+    "DataScaleWarning",
     "DeadKernelWarning",
     "NotFittedError",
     "warn_after_fit",
@@ -21,6 +22,11 @@ __all__ = [
 
 class ConvergenceWarning(UserWarning):
     """EM stopped at ``max_iter`` before the objective changed less than ``tol``."""
+
+
+class DataScaleWarning(UserWarning):
+    """The images are far from the unit noise variance the model assumes
+    (``_checks.scale_advice`` says what to do); raised at the start of a fit."""
 
 
 class DeadKernelWarning(UserWarning):

@@ -72,15 +72,35 @@ def fit_whitening(patches, xp, dtype, device):
     mean = Y.mean(axis=0)
     Y -= mean
     cov = (Y.T @ Y) / max(Y.shape[0] - 1, 1)
-    lam, V = np.linalg.eigh(cov)
-    lam = np.maximum(lam, 0.0)
-    W = (V / np.sqrt(lam + EPS_ZCA)) @ V.T
-    W = 0.5 * (W + W.T)  # exactly symmetric
+    _, _, W = zca(cov, EPS_ZCA, np)
     return Whitening(
         xp.asarray(mean, dtype=dtype, device=device),
         xp.asarray(W, dtype=dtype, device=device),
         eps,
     )
+
+
+def zca(cov, eps, xp, device=None):
+    """The one ZCA of calm_np: ``(λ, V, W)`` of a covariance ``cov`` (d, d).
+
+    ``λ`` are its eigenvalues (ascending, clipped at 0), ``V`` its
+    eigenvectors (columns) and ``W = V diag((λ + eps)^{-1/2}) Vᵀ``, made
+    exactly symmetric.  On ``cov``'s namespace (``xp.linalg.eigh``); a
+    namespace without the linalg extension decomposes on the host and moves
+    the result back.  ``fit_whitening`` (patches, inside the model) and
+    ``preprocessing.ZCAWhitening`` (a data set's images or patches) both
+    call it.
+    """
+    if hasattr(xp, "linalg"):
+        lam, V = xp.linalg.eigh(cov)
+    else:
+        lam, V = (
+            xp.asarray(a, dtype=cov.dtype, device=device)
+            for a in np.linalg.eigh(to_numpy(cov))
+        )
+    lam = xp.maximum(lam, xp.zeros_like(lam))
+    W = (V / xp.sqrt(lam + eps)) @ V.T
+    return lam, V, 0.5 * (W + W.T)  # exactly symmetric
 
 
 def on_namespace(whitening, xp, dtype, device):

@@ -45,7 +45,7 @@ def write_replacing(path, write):
     except OSError as exc:  # e.g. no such folder: name the target
         raise type(exc)(exc.errno, exc.strerror, path) from None
     try:
-        with fh:
+        with fh, _naming(path):
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
@@ -61,5 +61,17 @@ def write_replacing(path, write):
 
 
 def _write_in_place(path, write):
-    with open(path, "wb") as fh:
+    with _naming(path), open(path, "wb") as fh:
         write(fh)
+
+
+@contextlib.contextmanager
+def _naming(path):
+    """An ``OSError`` while writing (a full disk, ``/dev/full``) names
+    ``path``, the file the caller asked for, not a temporary one or none."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename == path:
+            raise
+        raise type(exc)(exc.errno, exc.strerror or str(exc), path) from exc

@@ -7,7 +7,9 @@ Loaders read files that are already on disk (nothing is downloaded):
 - STL-10 binary files through a memory map, so the 100 000 unlabeled images
   are streamed rather than loaded (:func:`load_stl10`, :func:`stl10_folds`);
 - small real images bundled with scikit-learn (:func:`load_digits_images`,
-  :func:`sample_image_crops`).
+  :func:`sample_image_crops`);
+- your own PNG/JPEG files, one sub-folder per class
+  (:func:`load_image_folder`; Pillow, ``pip install "calm_np[images]"``).
 
 Every loader returns images in the calm_np layout ``(n, c, H, W)`` (MNIST-like
 sets: ``(n, H, W)``, which calm_np reads as ``c = 1``) as host NumPy arrays;
@@ -29,18 +31,28 @@ from pathlib import Path
 
 import numpy as np
 
+from ._folder import (
+    IMAGE_EXTENSIONS,
+    image_folder_files,
+    load_image_folder,
+    read_images,
+)
 from ._idx import load_idx
 from .preprocessing import ZCAWhitening, zca_whiten_per_image
 
 __all__ = [
     "FASHION_MNIST_DIR",
+    "IMAGE_EXTENSIONS",
     "STL10Images",
     "ZCAWhitening",
     "load_digits_images",
+    "image_folder_files",
     "load_fashion_mnist",
     "load_idx",
+    "load_image_folder",
     "load_mnist",
     "load_stl10",
+    "read_images",
     "sample_image_crops",
     "stl10_folds",
     "zca_whiten_per_image",

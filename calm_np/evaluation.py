@@ -5,8 +5,11 @@ benchmarks share:
 
 - :data:`PRESETS`: named settings by data set, estimator parameters plus
   ``preprocess`` (a :data:`calm_np.preprocessing.PREPROCESSORS` name) and
-  ``fit_limit`` (fit the kernels on the first images only); :func:`preset`
-  reads one;
+  ``fit_limit`` (fit the kernels on the first images only);
+  :func:`get_preset` reads one as a :class:`Preset` (the estimator's
+  parameters apart from the pipeline's) and :func:`make_estimator` builds
+  exactly the model ``calm-np evaluate`` fits; :func:`preset` is the flat
+  dict of both;
 - :func:`load_dataset`: a data set by name, split into training and test
   images;
 - :func:`preprocess`: a named preprocessing fitted on the training images;
@@ -17,31 +20,64 @@ benchmarks share:
 scikit-learn (the bundled digits) and SciPy (the probe's solver) are
 imported only inside the functions that need them; importing this module
 does not.
+
+Every argument is checked by the one parameter table of these functions
+(``_params.PARAMS``): a bad ``limit``, ``batch_size``, ``C`` or name is a
+``TypeError`` or ``ValueError`` naming the function and the parameter.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from pathlib import Path
+
 import numpy as np
 
-from . import datasets
-from ._probe import PROBE, linear_probe
+from . import _params, datasets
+from ._probe import PROBE
+from ._probe import linear_probe as _linear_probe
 from ._xp import to_numpy
-from .preprocessing import make_preprocessor, to_unit_float
+from .preprocessing import PREPROCESSORS, make_preprocessor, to_unit_float
 
 __all__ = [
     "DATASETS",
     "PRESETS",
     "PROBE",
+    "Preset",
+    "ZCA_MAX_VALUES",
     "array_mover",
     "extract_features",
+    "get_preset",
     "linear_probe",
     "load_dataset",
+    "make_estimator",
     "preprocess",
     "preset",
 ]
 
-DATASETS = ("digits", "fashion-mnist", "mnist", "stl10", "sample-images")
-"""Data sets :func:`load_dataset` reads (``sample-images`` has no labels)."""
+DATASETS = ("digits", "fashion-mnist", "mnist", "stl10", "folder", "sample-images")
+"""Data sets :func:`load_dataset` reads (``sample-images`` has no labels;
+``folder`` is your own images, :func:`calm_np.datasets.load_image_folder`)."""
+
+DATA_DIR_DATASETS = ("fashion-mnist", "mnist", "stl10", "folder")
+"""The data sets read from files, the ones ``data_dir`` is for (``mnist``,
+``stl10`` and ``folder`` need it)."""
+
+IMAGE_SHAPES = {
+    "digits": (1, 8, 8),
+    "fashion-mnist": (1, 28, 28),
+    "mnist": (1, 28, 28),
+    "stl10": (3, 96, 96),
+    "sample-images": (3, 32, 32),
+}
+"""``(c, H, W)`` of each data set of fixed shape (a folder's comes from its
+files): what :meth:`Preset.check` is tested against for every preset."""
+
+ZCA_MAX_VALUES = 4096
+"""Largest image (``c·H·W`` values) whose whole-image ZCA ``preprocess``
+takes: its covariance has ``(c·H·W)²`` float64 entries (128 MiB here; a
+96x96x3 STL-10 image would need 5.7 GiB)."""
 
 # one row per data-set family; the presets below are differences from these
 _DIGITS = dict(
@@ -151,6 +187,10 @@ NETWORK_PRESETS = {
 """The command line's network settings by preset name (``layers``,
 ``layer2_kernels``, ``layer2_kernel_size``, ``pool_size``); a preset not
 listed is one layer."""
+# where a data set needs other network settings: digits' 8x8 images leave
+# layer 2 a 2x2 map, too small for layer 1's 3x3 pooling grid (not measured:
+# the smallest grid that runs)
+_NETWORK_BY_DATASET = {("network", "digits"): dict(layer2_pooling=1)}
 for _table in PRESETS.values():
     _table["natural"] = _NATURAL
 
@@ -176,6 +216,10 @@ _FAMILY = {
     "mnist": "mnist",
     "stl10": "stl10",
     "sample-images": "natural",
+    # your own images: the family measured best on real 28x28 images
+    # (whitened patches, so any scale and channel count); README "Your own
+    # images"
+    "folder": "mnist",
 }
 
 
@@ -202,8 +246,12 @@ def array_mover(backend="numpy", device=None, dtype="float32"):
     ImportError
         If torch or CuPy is not installed.
     ValueError
-        If the device is not usable, or there is no GPU for CuPy.
+        If the device is not usable, or there is no GPU for CuPy, or
+        ``backend`` or ``dtype`` is not one of the names above.
     """
+    where = "array_mover"
+    backend = _params.check(where, "backend", backend, ("numpy", "torch", "cupy"))
+    dtype = _params.check(where, "dtype", dtype)
     if backend == "numpy":
         if device not in (None, "cpu"):
             raise ValueError(f"numpy runs on the CPU, not on device {device!r}")
@@ -249,42 +297,235 @@ def array_mover(backend="numpy", device=None, dtype="float32"):
     return (lambda X: cupy.asarray(X, dtype=c_dtype)), "cuda:0"
 
 
+def _check_names(where, name, dataset):
+    name = _params.check(where, "name", name, tuple(PRESETS))
+    dataset = _params.check(where, "dataset", dataset, DATASETS)
+    return name, dataset
+
+
 def preset(name, dataset):
     """A copy of the settings of preset ``name`` for data set ``dataset``.
 
     A data set reads its family's entry of :data:`PRESETS` (``mnist`` and
     ``fashion-mnist`` both read ``mnist``), except ``best`` on real MNIST
     digits, which has its own (the square root of the posterior mass,
-    sigma^2 = 1, 2x2 + 3x3).
+    sigma^2 = 1, 2x2 + 3x3).  This flat dict mixes estimator and pipeline
+    settings; :func:`get_preset` gives them apart.
 
     Parameters
     ----------
-    name : {"best", "best256", "paper", "network"}
+    name : {"best", "best1152", "best256", "paper", "network"}
     dataset : str
         One of :data:`DATASETS`.
 
     Returns
     -------
     settings : dict
-        Estimator parameters, ``preprocess`` and (some presets) ``fit_limit``.
+        Estimator parameters, ``preprocess`` and (some presets) ``fit_limit``
+        and ``C``.
     """
-    if name not in PRESETS:
-        raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {name!r}")
-    if dataset not in _FAMILY:
-        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+    name, dataset = _check_names("preset", name, dataset)
     default = PRESETS[name][_FAMILY[dataset]]
     return dict(_DATASET_PRESETS.get((name, dataset), default))
 
 
-def load_dataset(name, data_dir=None, *, limit=None, test=True, seed=0):
+_PIPELINE = ("preprocess", "fit_limit", "C")
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """A preset for one data set: the model's parameters apart from the
+    pipeline's, so that the model ``calm-np evaluate`` fits is one line.
+
+    ``Preset.estimator`` are ``ConvolutionalMixture`` parameters (with
+    ``random_state=0``, the command line's seed); ``network``, where the
+    preset stacks layers, the layers above the first.
+
+    Examples
+    --------
+    >>> p = get_preset("best", "fashion-mnist")
+    >>> model = p.make_estimator()          # what calm-np evaluate fits
+    >>> X_train, X_test = preprocess(p.preprocess, X_train, X_test)  # doctest: +SKIP
+    """
+
+    name: str
+    dataset: str
+    estimator: dict
+    preprocess: str
+    fit_limit: int | None
+    C: float
+    network: dict | None
+
+    def make_estimator(self, **overrides):
+        """A new, unfitted model: ``ConvolutionalMixture(**estimator)``, or
+        the stack of layers ``network`` describes; ``overrides`` replace
+        estimator parameters (every layer's, for a stack)."""
+        params = dict(self.estimator, **overrides)
+        return build_model(params, self.network)
+
+    def check(self, image_shape):
+        """Refuse, with the reason, a preset that cannot run on images of
+        ``image_shape`` ``(c, H, W)`` (kernels, pooling grids or a stack's
+        layers larger than the maps); raises ``ValueError``."""
+        check_model_fits(self.make_estimator(), image_shape)
+
+    def summary(self):
+        """Every setting, ``name=value``, estimator first (one line)."""
+        items = {**self.estimator, **self.pipeline(), **(self.network or {})}
+        return " ".join(f"{k}={_text(v)}" for k, v in items.items())
+
+    def pipeline(self):
+        """``preprocess``, ``fit_limit`` and ``C`` as a dict."""
+        return dict(preprocess=self.preprocess, fit_limit=self.fit_limit, C=self.C)
+
+
+def _text(value):
+    if isinstance(value, tuple) and all(isinstance(v, tuple) for v in value):
+        return "+".join("x".join(map(str, g)) for g in value)
+    if isinstance(value, tuple):
+        return "x".join(map(str, value))
+    return str(value)
+
+
+def get_preset(name, dataset):
+    """Preset ``name`` for data set ``dataset`` as a :class:`Preset`.
+
+    ``get_preset(name, dataset).make_estimator()`` is the model ``calm-np
+    evaluate --preset NAME --dataset DATASET`` fits, and ``.preprocess``,
+    ``.fit_limit`` and ``.C`` the rest of its pipeline.
+    """
+    name, dataset = _check_names("get_preset", name, dataset)
+    settings = preset(name, dataset)
+    pipeline = {key: settings.pop(key, None) for key in _PIPELINE}
+    network = NETWORK_PRESETS.get(name)
+    if network is not None:
+        network = dict(network, **_NETWORK_BY_DATASET.get((name, dataset), {}))
+    return Preset(
+        name=name,
+        dataset=dataset,
+        estimator={"random_state": 0, **settings},
+        preprocess=pipeline["preprocess"],
+        fit_limit=pipeline["fit_limit"],
+        C=1.0 if pipeline["C"] is None else float(pipeline["C"]),
+        network=network,
+    )
+
+
+def make_estimator(name="best", dataset="digits", **overrides):
+    """The unfitted model ``calm-np evaluate --preset NAME --dataset DATASET``
+    fits: ``get_preset(name, dataset).make_estimator(**overrides)``."""
+    return get_preset(name, dataset).make_estimator(**overrides)
+
+
+def build_model(params, network=None):
+    """A ``ConvolutionalMixture(**params)``, or a network of
+    ``network["layers"]`` layers: layer 1 is ``params``, the layers above
+    have ``layer2_kernels`` kernels of ``layer2_kernel_size`` (no padding,
+    pooling ``layer2_pooling`` if given, else layer 1's), read from layer 1's
+    maps average-pooled by ``pool_size``."""
+    from ._estimator import ConvolutionalMixture
+    from ._network import ConvolutionalMixtureNetwork
+
+    if not network or network.get("layers", 1) == 1:
+        return ConvolutionalMixture(**params)
+    upper = dict(
+        params,
+        n_kernels=network["layer2_kernels"],
+        kernel_size=network["layer2_kernel_size"],
+        padding=0,
+    )
+    if network.get("layer2_pooling") is not None:
+        upper["pooling"] = network["layer2_pooling"]
+    upper.pop("tol", None)  # a preset's tol is in nats per image of layer 1
+    layers = [ConvolutionalMixture(**params)]
+    layers += [ConvolutionalMixture(**upper) for _ in range(network["layers"] - 1)]
+    return ConvolutionalMixtureNetwork(
+        layers, pool_size=network["pool_size"], batch_size=params.get("batch_size")
+    )
+
+
+def check_model_fits(model, image_shape):
+    """``ValueError`` with the reason when ``model`` (unfitted, one layer or a
+    network) cannot run on images of ``(c, H, W)``: a kernel larger than
+    the padded image, a pooling grid with more cells than map positions, a
+    layer that does not fit on the pooled maps below it."""
+    from . import _checks
+    from ._network import ConvolutionalMixtureNetwork, check_stack
+
+    shape = tuple(int(s) for s in image_shape[-2:])
+    if isinstance(model, ConvolutionalMixtureNetwork):
+        layers = model._check_params()
+        check_stack(layers, shape, model.pool_size)
+        return
+    params = _checks.check_params(model.get_params())
+    Hp, Wp = _checks.check_sizes(shape, params["kernel_size"], params["padding"])
+    map_shape = (Hp - params["kernel_size"][0] + 1, Wp - params["kernel_size"][1] + 1)
+    _checks.check_model_size(params, map_shape, None)
+
+
+def load_dataset(
+    name, data_dir=None, *, limit=None, test=True, seed=0, size=None, mode=None
+):
     """``(X_train, y_train, X_test, y_test)`` of a data set, as host arrays.
 
     ``digits`` is split 70/30 (stratified, ``random_state=0``); MNIST,
     Fashion-MNIST and STL-10 use their own test splits; ``sample-images``
-    is ``limit`` (default 1000) random 32x32 crops, unlabelled. ``limit``
-    keeps the first N training and N test images. Without ``test`` (or
-    without labels) the test images and all labels may be ``None``.
+    is ``limit`` (default 1000) random 32x32 crops, unlabelled. ``folder``
+    reads your own images (:func:`calm_np.datasets.load_image_folder`):
+    ``data_dir/train/<class>/`` and ``data_dir/test/<class>/`` (the test
+    set labelled with the training set's classes); without ``test``, a
+    folder with ``train`` and ``test`` inside reads ``train``, any other
+    folder is read whole (labelled or not). A folder's images are shuffled
+    (``seed``) before ``limit``, so that the first images (``fit_limit``) mix
+    the classes. ``limit`` keeps the first N training and N test images.
+    Without ``test`` (or without labels) the test images and all labels may
+    be ``None``.
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`DATASETS`.
+    data_dir : str or path-like or None
+        The data set's folder: needed by ``mnist``, ``stl10`` and ``folder``,
+        optional for ``fashion-mnist``, refused for the bundled ``digits``
+        and ``sample-images`` (which read no files).
+    limit : int >= 1 or None
+    test : bool, default=True
+    seed : int >= 0, default=0
+    size, mode : see :func:`calm_np.datasets.load_image_folder`
+        ``folder`` only.
+
+    Raises
+    ------
+    TypeError, ValueError
+        A bad argument, named.
+    FileNotFoundError
+        A missing folder or file, named.
     """
+    where = "load_dataset"
+    name = _params.check(where, "name", name, DATASETS)
+    args = _params.check_all(
+        where, data_dir=data_dir, limit=limit, test=test, seed=seed
+    )
+    data_dir, limit, test, seed = args.values()
+    if data_dir is not None and name not in DATA_DIR_DATASETS:
+        raise ValueError(
+            f"{where}: {name} is bundled and reads no files, but data_dir="
+            f"{str(data_dir)!r} was given; drop data_dir, or choose a data set "
+            f"that reads one ({', '.join(DATA_DIR_DATASETS)})"
+        )
+    if data_dir is None and name in ("mnist", "stl10", "folder"):
+        what = {
+            "mnist": "the four MNIST IDX files",
+            "stl10": "stl10_binary",
+            "folder": "your images: train/<class>/ and test/<class>/",
+        }[name]
+        raise ValueError(f"{where}: {name} needs data_dir (the folder of {what})")
+    if (size is not None or mode is not None) and name != "folder":
+        raise ValueError(
+            f"{where}: size and mode resize and convert a folder's image files; "
+            f"{name} has none (use name='folder')"
+        )
     if name == "digits":
         from sklearn.model_selection import train_test_split
 
@@ -305,10 +546,46 @@ def load_dataset(name, data_dir=None, *, limit=None, test=True, seed=0):
             X_te, y_te = datasets.load_stl10(data_dir, "test")
             X_te, y_te = X_te[:limit], y_te[:limit]
         return train[:limit], y_tr[:limit], X_te, y_te
-    if name == "sample-images":
-        n = 1000 if limit is None else limit
-        return datasets.sample_image_crops(n, 32, seed=seed), None, None, None
-    raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
+    if name == "folder":
+        return _load_folder(Path(data_dir).expanduser(), limit, test, seed, size, mode)
+    n = 1000 if limit is None else limit  # sample-images
+    return datasets.sample_image_crops(n, 32, seed=seed), None, None, None
+
+
+def _load_folder(folder, limit, test, seed, size, mode):
+    """``load_dataset("folder", ...)``: train/ and test/, or one folder."""
+    split = (folder / "train").is_dir() and (folder / "test").is_dir()
+    if test and not split:
+        raise FileNotFoundError(
+            f"{folder} has no train/ and test/ sub-folders; evaluating reads "
+            f"{folder}/train/<class>/ and {folder}/test/<class>/ (fitting reads "
+            "any folder of images)"
+        )
+    rng = np.random.default_rng(seed)
+
+    def read(path, classes=None):
+        files, labels, names = datasets.image_folder_files(path, classes=classes)
+        order = rng.permutation(len(files))[:limit]
+        files = [files[i] for i in order]
+        labels = None if labels is None else labels[order]
+        return datasets.read_images(files, size=size, mode=mode), labels, names
+
+    X_tr, y_tr, names = read(folder / "train" if split else folder)
+    if not test:
+        return X_tr, y_tr, None, None
+    if y_tr is None:
+        raise ValueError(
+            f"{folder}/train holds images but no class sub-folders; evaluating "
+            "needs labels: put each class's images in train/<class>/"
+        )
+    X_te, y_te, _ = read(folder / "test", classes=names)
+    if X_te.shape[1:] != X_tr.shape[1:]:
+        raise ValueError(
+            f"{folder}/test images are {X_te.shape[1:]} (c, H, W) but "
+            f"{folder}/train images are {X_tr.shape[1:]}; give size= and mode= "
+            "(--image-size, --image-mode) to read both alike"
+        )
+    return X_tr, y_tr, X_te, y_te
 
 
 def preprocess(name, X_train, X_test=None, *, window=7, dtype="float64"):
@@ -317,13 +594,35 @@ def preprocess(name, X_train, X_test=None, *, window=7, dtype="float64"):
 
     The arithmetic runs in float64 and the result is cast to ``dtype``;
     ``"none"``, which does none, scales the pixels straight into ``dtype``
-    (the same values, without a float64 copy of the images).
+    (the same values, without a float64 copy of the images).  ``"zca"``
+    whitens whole images and is refused for images of more than
+    :data:`ZCA_MAX_VALUES` values (its covariance would not fit: use
+    ``"per-image"``, or the model's own ``whiten=True``).
 
     Returns
     -------
     X_train, X_test : ndarray of shape (n, c, H, W), of ``dtype``
         ``X_test`` is ``None`` when not given.
     """
+    where = "preprocess"
+    name = _params.check(where, "name", name, PREPROCESSORS)
+    window, dtype = _params.check_all(where, window=window, dtype=dtype).values()
+    for label, X in (("X_train", X_train), ("X_test", X_test)):
+        if X is not None and len(getattr(X, "shape", ())) not in (3, 4):
+            raise ValueError(
+                f"{where}: {label} must be images (n, c, H, W) or (n, H, W), got "
+                f"{type(X).__name__} of shape {getattr(X, 'shape', None)}"
+            )
+    if len(X_train) == 0:
+        raise ValueError(f"{where}: X_train holds no images; give at least one")
+    values = math.prod(X_train.shape[1:])
+    if name == "zca" and values > ZCA_MAX_VALUES:
+        gib = values * values * 8 / 2**30
+        raise ValueError(
+            f"{where}: 'zca' whitens whole images, but these have {values} values "
+            f"(a {gib:.3g} GiB covariance; at most {ZCA_MAX_VALUES} values); use "
+            "'per-image', or the model's whiten=True (ZCA of patches)"
+        )
     dtype = np.dtype(dtype).type
     step = make_preprocessor(name, window=window)
     work = dtype if name == "none" else np.float64
@@ -334,6 +633,25 @@ def preprocess(name, X_train, X_test=None, *, window=7, dtype="float64"):
     out_train = run(X_train, step.fit_transform)
     out_test = None if X_test is None else run(X_test, step.transform)
     return out_train, out_test
+
+
+def linear_probe(F_train, y_train, F_test, y_test, *, C=1.0, tol=1e-4, max_iter=1000):
+    """Test accuracy of a multinomial logistic regression on standardized
+    features (:func:`calm_np._probe.linear_probe`, which documents it).
+
+    ``C`` and ``tol`` must be finite and positive, ``max_iter`` at least 1,
+    and both sets non-empty; a bad one is a ``TypeError``/``ValueError``
+    naming it.
+    """
+    C, tol, max_iter = _params.check_all(
+        "linear_probe", C=C, tol=tol, max_iter=max_iter
+    ).values()
+    return _linear_probe(
+        F_train, y_train, F_test, y_test, C=C, tol=tol, max_iter=max_iter
+    )
+
+
+linear_probe.__doc__ = _linear_probe.__doc__
 
 
 def extract_features(model, X, batch_size=1000, *, progress=False):
@@ -357,7 +675,11 @@ def extract_features(model, X, batch_size=1000, *, progress=False):
     Returns
     -------
     features : ndarray of shape (n, n_features), the transform's dtype
+        (a Dask ``X`` is computed chunk by chunk).
     """
+    batch_size, progress = _params.check_all(
+        "extract_features", batch_size=batch_size, progress=progress
+    ).values()
     if hasattr(X, "shape"):
         n = X.shape[0]
         chunks = (X[i : i + batch_size] for i in range(0, n, batch_size))
@@ -366,7 +688,10 @@ def extract_features(model, X, batch_size=1000, *, progress=False):
     bar = _bar(n, progress and n is not None and n > batch_size)
     out, filled = [], 0
     for chunk in chunks:
-        F = np.asarray(to_numpy(model.transform(chunk)))
+        F = model.transform(chunk)
+        if hasattr(F, "dask"):  # a Dask chunk gives a lazy result
+            F = F.compute()
+        F = np.asarray(to_numpy(F))
         if n is None:
             out.append(F)
         else:  # one array filled in place: no second copy at the end

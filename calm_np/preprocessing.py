@@ -26,6 +26,8 @@ import math
 import numpy as np
 
 from . import _checks
+from ._base import ParamsMixin
+from ._whiten import zca
 from ._xp import get_namespace, to_numpy, wide_float
 
 __all__ = [
@@ -48,25 +50,10 @@ LOCAL_EPS = 10.0 / 255.0**2
 """Coates et al. add 10 to the variance of a patch of 0..255 pixels."""
 
 
-class _Transformer:
-    """``get_params``/``set_params``/``fit_transform`` from ``__init__``'s names."""
-
-    _param_names = ()
-
-    def get_params(self, deep=True):
-        """Parameters of this transformer, by name."""
-        return {name: getattr(self, name) for name in self._param_names}
-
-    def set_params(self, **params):
-        """Set parameters by name; returns self."""
-        for name, value in params.items():
-            if name not in self._param_names:
-                raise ValueError(
-                    f"invalid parameter {name!r} for {type(self).__name__}; "
-                    f"valid: {', '.join(self._param_names)}"
-                )
-            setattr(self, name, value)
-        return self
+class _Transformer(ParamsMixin):
+    """The estimator protocol (``_base.ParamsMixin``: ``get_params``,
+    ``set_params``, ``repr`` from ``__init__``'s names), plus ``fit`` for
+    transformers that learn nothing and ``fit_transform``."""
 
     def fit(self, X, y=None):
         """Nothing to learn: each image is transformed on its own."""
@@ -76,10 +63,6 @@ class _Transformer:
     def fit_transform(self, X, y=None):
         """``fit(X).transform(X)``."""
         return self.fit(X).transform(X)
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"{type(self).__name__}({args})"
 
 
 def _check_eps(eps, positive):
@@ -92,11 +75,38 @@ def _check_eps(eps, positive):
     return eps
 
 
-def _as_float(X, name):
+def _as_float(X, name, images=False):
+    """``X`` as a floating array, refused when a result would be silently
+    wrong: NaN or infinity (one NaN pixel spreads to every output of a
+    fitted mean or covariance), or values whose squares overflow the dtype
+    (variances become infinity and the outputs zeros or NaN).  ``images``:
+    also refuse a channels-last ``(n, H, W, C)`` batch."""
+    if hasattr(X, "dask"):
+        raise TypeError(
+            f"{name} is a Dask array; calm_np's preprocessing fits in memory: "
+            f"pass {name}.compute() (or a NumPy memmap), or map a fitted "
+            "transformer over the chunks with X.map_blocks(step.transform)"
+        )
     X = _checks.as_array(X, name)
     xp, device = get_namespace(X)
     dtype = _checks.float_dtype(xp, [(X, name)], device)
-    return xp.astype(X, dtype), xp, device, dtype
+    X = xp.astype(X, dtype)
+    if images:
+        _checks.check_channels_first(tuple(X.shape), name)
+    if math.prod(X.shape):
+        big = float(xp.max(xp.abs(X)))
+        if not math.isfinite(big):
+            raise ValueError(
+                f"{name} contains NaN or infinity; remove or impute those values "
+                "before preprocessing (a single NaN would turn every output NaN)"
+            )
+        limit = math.sqrt(float(xp.finfo(dtype).max)) / 2**10
+        if big > limit:
+            raise ValueError(
+                f"{name} has values up to {big:.3g}, whose squares overflow "
+                f"{dtype}; rescale {name} (e.g. divide by {big:.3g}) first"
+            )
+    return X, xp, device, dtype
 
 
 def to_unit_float(X, dtype=np.float64):
@@ -199,7 +209,7 @@ def zca_whiten_per_image(X, *, eps=1e-8):
     Tested backends: NumPy, array-api-strict (2023.12), PyTorch (CPU).
     """
     eps = _check_eps(eps, positive=False)
-    X, xp, _, _ = _as_float(X, "X")
+    X, xp, _, _ = _as_float(X, "X", images=True)
     if X.ndim < 2:
         raise ValueError(
             f"X must have at least 2 dimensions (..., height, width), got shape "
@@ -226,8 +236,6 @@ class PerImageStandardize(_Transformer):
     eps : float, default=1e-8
         Regularizer added to each plane's variance.
     """
-
-    _param_names = ("eps",)
 
     def __init__(self, eps=1e-8):
         self.eps = eps
@@ -309,7 +317,7 @@ def local_contrast(X, window, eps=LOCAL_EPS):
     """
     eps = _check_eps(eps, positive=False)
     window = _check_window(window)
-    X, xp, device, _ = _as_float(X, "X")
+    X, xp, device, _ = _as_float(X, "X", images=True)
     if X.ndim < 2:
         raise ValueError(
             f"X must have at least 2 dimensions (..., height, width), got shape "
@@ -324,7 +332,9 @@ def local_contrast(X, window, eps=LOCAL_EPS):
     else:
         centred = X - _box_mean(X, window, xp, device)
         var = _box_mean(centred * centred, window, xp, device)
-    return centred / xp.sqrt(var + eps)
+    scale = xp.sqrt(var + eps)
+    # a flat window with eps=0 would divide 0 by 0: its pixels become 0
+    return centred / xp.where(scale > 0, scale, xp.ones_like(scale))
 
 
 def _check_window(window):
@@ -351,8 +361,6 @@ class LocalContrastNormalization(_Transformer):
     eps : float, default=LOCAL_EPS
     """
 
-    _param_names = ("window", "eps")
-
     def __init__(self, window=7, eps=LOCAL_EPS):
         self.window, self.eps = window, eps
 
@@ -364,20 +372,6 @@ class LocalContrastNormalization(_Transformer):
 # ---------------------------------------------------------------------------
 # Dataset-level ZCA
 # ---------------------------------------------------------------------------
-
-
-def _eigh(C, xp, device):
-    """Symmetric eigendecomposition on C's namespace (host NumPy fallback)."""
-    if hasattr(xp, "linalg"):
-        return xp.linalg.eigh(C)
-    # A namespace without the linalg extension: the d×d matrix goes to the
-    # host and back. It is small (d = c·h·w of a patch or image) and this
-    # happens once per fit.
-    w, v = np.linalg.eigh(to_numpy(C))
-    return (
-        xp.asarray(w, dtype=C.dtype, device=device),
-        xp.asarray(v, dtype=C.dtype, device=device),
-    )
 
 
 class ZCAWhitening(_Transformer):
@@ -424,8 +418,6 @@ class ZCAWhitening(_Transformer):
     linalg), PyTorch (CPU).
     """
 
-    _param_names = ("eps",)
-
     def __init__(self, eps=0.1):
         self.eps = eps
 
@@ -470,9 +462,7 @@ class ZCAWhitening(_Transformer):
         centered = Xw - mean
         cov = (centered.T @ centered) / X2.shape[0]
         cov = (cov + cov.T) / 2  # exact symmetry for eigh
-        eigvals, eigvecs = _eigh(cov, xp, device)
-        eigvals = xp.maximum(eigvals, xp.zeros_like(eigvals))
-        whitening = (eigvecs * (1.0 / xp.sqrt(eigvals + eps))) @ eigvecs.T
+        eigvals, eigvecs, whitening = zca(cov, eps, xp, device)
         self.mean_ = xp.astype(mean, dtype)
         self.components_ = xp.astype(eigvecs.T, dtype)
         self.explained_variance_ = xp.astype(eigvals, dtype)
@@ -525,19 +515,25 @@ class ZCAWhitening(_Transformer):
     def _map(self, X, affine):
         """``affine(X2, xp, cast)`` on the flattened samples, reshaped back."""
         self._check_fitted()
-        X2, xp, _, dtype = self._flatten(X, "X", fitting=False)
-        out = affine(X2, xp, lambda a: xp.astype(a, dtype))
+        X2, xp, device, dtype = self._flatten(X, "X", fitting=False)
+
+        def cast(a):  # fitted on another namespace or device: move it
+            if get_namespace(a)[0] is not xp:
+                a = xp.asarray(to_numpy(a), device=device)
+            return xp.astype(a, dtype)
+
+        out = affine(X2, xp, cast)
         return xp.reshape(out, (X2.shape[0], *self.feature_shape_))
 
 
 class _Chain(_Transformer):
-    """Transformers applied one after the other (``fit`` fits each in turn)."""
+    """Transformers applied one after the other (``fit`` fits each in turn).
 
-    def __init__(self, *steps):
+    ``steps`` is its one parameter (a list), so ``sklearn.clone`` rebuilds it.
+    """
+
+    def __init__(self, steps):
         self.steps = steps
-
-    def get_params(self, deep=True):
-        return {"steps": self.steps}
 
     def fit(self, X, y=None):
         for step in self.steps:
@@ -594,7 +590,7 @@ def make_preprocessor(name, *, window=7):
     if name == "per-image":
         return PerImageStandardize()
     if name == "zca":
-        return _Chain(PerImageStandardize(), ZCAWhitening(eps=0.1))
+        return _Chain([PerImageStandardize(), ZCAWhitening(eps=0.1)])
     if name == "none":
         return _Identity()
     raise ValueError(f"preprocessing must be one of {PREPROCESSORS}, got {name!r}")

@@ -33,7 +33,7 @@ def main():
 
     start = time.perf_counter()
     model = calm_np.ConvolutionalMixture(
-        n_kernels=16, kernel_size=5, padding=1, max_iter=60, random_state=0
+        n_kernels=16, kernel_size=5, padding=1, max_iter=200, random_state=0
     )
     model.fit(X_train)
     seconds = time.perf_counter() - start
