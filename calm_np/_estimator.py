@@ -111,9 +111,10 @@ class ConvolutionalMixture(ParamsMixin):
         ``kernels_``, ``weights_``, ``lower_bounds_`` and ``n_iter_``; a
         ``True`` return value (Python's or NumPy's bool) stops the fit (all
         of it when ``n_init > 1``: the best run so far is kept).
-    features : {"log_joint", "log_posterior", "posterior", "sqrt_posterior", \
-"triangle"}, default="log_joint"
-        What :meth:`transform` returns per kernel and pooling cell:
+    features : str, default="log_joint"
+        One of ``"log_joint"``, ``"log_posterior"``, ``"posterior"``,
+        ``"sqrt_posterior"``, ``"triangle"``: what :meth:`transform` returns
+        per kernel and pooling cell, in that order:
         ``logsumexp_u A[k, u]`` over the cell (the paper's image-wide
         ``log p(Z=k, X) − c(X)`` when ``pooling=1``), the log of the posterior
         mass in the cell (``log p(Z=k, U∈cell | X)``; with

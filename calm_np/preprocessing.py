@@ -494,7 +494,8 @@ class ZCAWhitening(_Transformer):
 
         Parameters
         ----------
-        X : array of shape (n_samples, *feature_shape_)
+        X : array of shape (n_samples, ...)
+            Samples of the shape ``feature_shape_`` seen by :meth:`fit`.
 
         Returns
         -------
