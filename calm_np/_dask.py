@@ -1,7 +1,8 @@
 """Scale-out on Dask: EM statistics computed where the images live.
 
 Batch EM needs, per iteration, the sums ``N_k``, ``S_k`` and ``Σ log p(X_n)``
-over all images (SPEC §2).  They add over disjoint sets of images, so on a
+over all images (docs/user_guide/model.rst §2).  They add over disjoint sets of
+images, so on a
 ``dask.array.Array`` chunked along the image axis each chunk's statistics are
 computed by :func:`calm_np.sufficient_statistics` next to the chunk, and a
 tree of additions brings them to the client.  Only the kernels (one graph key
@@ -180,14 +181,15 @@ def statistics(
     method : {"auto", "im2col", "fft"}, default="auto"
         Engine used on each chunk.
     latent : {"image", "patch"}, default="image"
-        One (kernel, position) per image, or a mixture per patch (SPEC §1).
+        One (kernel, position) per image, or a mixture per patch
+        (docs/user_guide/model.rst §1).
     margin : int, default=0
         ``> 0`` maps :func:`calm_np._em.window_statistics` instead (``sums``
         over windows enlarged by ``margin``; the estimator's re-centring).
     split_every : int, default=8
         Fan-in of the reduction tree.
     variance : float, default=1.0
-        The shared pixel variance σ² (SPEC §2).
+        The shared pixel variance σ² (docs/user_guide/model.rst §2).
     whitening : Whitening or None, default=None
         Whiten the patches first (``calm_np.sufficient_statistics``); sent
         with the kernels, one graph key.

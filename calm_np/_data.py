@@ -239,7 +239,8 @@ class ImageSource:
         variance=1.0,
         whitening=None,
     ):
-        """Exact statistics of one pass over all the images (SPEC §2).
+        """Exact statistics of one pass over all the images
+        (docs/user_guide/model.rst §2).
 
         ``margin > 0`` gives :func:`calm_np._em.window_statistics` instead.
         """

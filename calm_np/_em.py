@@ -1,4 +1,5 @@
-"""The convolution–posterior identity and the EM statistics (SPEC §1–2).
+"""The convolution–posterior identity and the EM statistics
+(docs/user_guide/model.rst §1–2).
 
 Layout, the one used everywhere in calm_np::
 
@@ -16,12 +17,14 @@ For an image ``X`` zero-padded to ``Xp`` (``P = c·Hp·Wp`` pixels) and
 so the posterior is a softmax of a convolution layer's output and the
 log-likelihood is its logsumexp plus ``c(X)``.
 
-With a shared pixel variance σ² (SPEC §2, ``variance``; 1 is the paper's
+With a shared pixel variance σ² (docs/user_guide/model.rst §2, ``variance``; 1 is
+the paper's
 model) the map is scaled, ``A_σ = (Xp ⋆ μ_k − ½‖μ_k‖²)/σ² + log π_k``, and
 ``c(X) = −‖X‖²/(2σ²) − (P/2)·log 2πσ² − log |U|``: σ² is the softmax's
 temperature.  The M-step is ECM, kernels at the current σ², then σ².
 
-``latent="patch"`` (ours, SPEC §1) instead draws *every* patch ``x_u`` from
+``latent="patch"`` (ours, docs/user_guide/model.rst §1) instead draws *every* patch
+``x_u`` from
 ``Σ_k π_k N(μ_k, I)``: the posterior is a softmax over ``k`` at each position
 and the objective is the pseudo-log-likelihood
 ``Σ_u (logsumexp_k A[k, u] − ½‖x_u‖² − (D/2) log 2π)``.  The engines and the
@@ -276,7 +279,8 @@ def log_joint(
         independent draw from the mixture.  ``log_joint`` is the same for
         both; ``posterior``, ``log_likelihood`` and the statistics differ.
     variance : float, default=1.0
-        The shared pixel variance ``σ²`` (SPEC §2); 1 is the paper's model.
+        The shared pixel variance ``σ²`` (docs/user_guide/model.rst §2); 1 is the
+        paper's model.
     whitening : Whitening or None, default=None
         A fitted model's ``whitening_`` (``latent="patch"`` only): every
         patch is normalised and whitened before it meets the kernels, which
@@ -392,7 +396,7 @@ class SufficientStatistics:
         return self if isinstance(other, int) and other == 0 else NotImplemented
 
     def m_step(self, reg_kernels=0.0, variance=1.0):
-        """MAP kernel update ``μ_k = S_k / (N_k + λσ²)`` (SPEC §2).
+        """MAP kernel update ``μ_k = S_k / (N_k + λσ²)`` (docs/user_guide/model.rst §2).
 
         Kernels whose update is undefined (``N_k + λ`` not above the float
         resolution) come back as NaN-free zeros *and* a boolean mask, so the
@@ -495,7 +499,7 @@ def objective(stats, kernels, reg_kernels=0.0):
     """Mean per-image log-likelihood minus the prior penalty, a Python float.
 
     ``(Σ_n log p(X_n) − ½ λ Σ_k ‖μ_k‖²) / n``: the quantity EM never
-    decreases (SPEC §2) and ``tol`` is applied to.
+    decreases (docs/user_guide/model.rst §2) and ``tol`` is applied to.
     """
     xp = get_namespace(kernels)[0]
     penalty = 0.0
@@ -534,7 +538,8 @@ def m_step(
 
 
 def variance_step(stats, kernels, variance=1.0):
-    """σ²'s M-step given the kernels: ``Q / n_values`` (SPEC §2), a float.
+    """σ²'s M-step given the kernels: ``Q / n_values`` (docs/user_guide/model.rst §2),
+    a float.
 
     ``Q = Σ‖X_n‖² − 2 Σ_k μ_k·S_k + Σ_k N_k ‖μ_k‖²`` (in the statistics'
     wide type), at least ``VARIANCE_FLOOR`` times ``Σ‖X_n‖²``; ``variance``

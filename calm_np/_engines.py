@@ -28,7 +28,8 @@ and inherits
     distances(kernels, func, sq_norms)
                         -> func(D, start, stop) of D = ‖x_u − μ_k‖², the same way
 
-``scale = 1/σ²`` (SPEC §2, a learned shared variance) multiplies the map,
+``scale = 1/σ²`` (docs/user_guide/model.rst §2, a learned shared variance) multiplies
+the map,
 never the data: the kernels are scaled before the correlation and the
 statistics ``N_k``, ``S_k`` stay unscaled; ``scale=1`` is the paper's model,
 with exactly the old arithmetic.
@@ -317,7 +318,7 @@ class FFT(Engine):
 ENGINES = {engine.name: engine for engine in (Im2col, FFT)}
 
 # Relative cost of one FFT flop to one GEMM flop; fitted by
-# benchmarks/engine_choice.py on a grid of shapes (see the README).
+# benchmarks/engine_choice.py on a grid of shapes (see docs/benchmarks.rst).
 FFT_FLOP_WEIGHT = 4.0
 
 

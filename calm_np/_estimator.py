@@ -81,7 +81,8 @@ class ConvolutionalMixture(ParamsMixin):
     learn_weights : bool, default=False
         Learn the mixture weights ``π_k = N_k / n``; otherwise uniform.
     learn_variance : bool, default=False
-        Learn a shared pixel variance σ² (SPEC §2; ECM) instead of σ² = 1.
+        Learn a shared pixel variance σ² (docs/user_guide/model.rst §2; ECM) instead
+        of σ² = 1.
     init : {"kmeans++", "greedy_kmeans++", "random_patches", "random"} or array
         k-means++ (D²) sampling over patches of the data (default; greedy:
         the best of ``2 + log k`` draws each pick), uniform patches, noise
@@ -121,8 +122,8 @@ class ConvolutionalMixture(ParamsMixin):
         ``latent="patch"``, the log expected count of patches of kernel
         ``k`` in the cell), that mass itself, its square root (a soft count's
         variance-stabilising transform, as the Hellinger kernel of
-        histograms; +0.15 points on real MNIST digits, README "Real MNIST
-        digits"), or the "triangle" activation of
+        histograms; +0.15 points on real MNIST digits, docs/benchmarks.rst
+        "Real MNIST digits"), or the "triangle" activation of
         Coates et al. (2011) summed over the cell: with the distance
         ``z[k, u] = ‖x_u − μ_k‖`` read off the log joint,
         ``max(0, mean_j z[j, u] − z[k, u])``.
@@ -164,7 +165,8 @@ class ConvolutionalMixture(ParamsMixin):
 
     Notes
     -----
-    Full-batch EM never decreases the objective (SPEC §2); ``partial_fit``
+    Full-batch EM never decreases the objective (docs/user_guide/model.rst §2);
+    ``partial_fit``
     (online EM) does not have that guarantee.  Tested on NumPy,
     array-api-strict and PyTorch (CPU); CuPy on a machine with a GPU.
     """

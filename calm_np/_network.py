@@ -5,7 +5,7 @@ layer ``l`` — one channel per kernel of layer ``l`` — average-pooled over
 ``pool_size × pool_size`` cells and standardised per channel.  Each layer is
 an ordinary ``ConvolutionalMixture`` fitted by its own EM, so each layer's
 ``lower_bounds_`` never decreases; there is no joint likelihood of the stack
-(SPEC §2, Stacking).
+(docs/user_guide/model.rst §2, Stacking).
 
 How the data flows (memory bounded by one batch of images):
 
@@ -19,7 +19,7 @@ from the rows of ``X`` when the layer's ``ImageSource`` reads them.
 :func:`_activation_maps` is the one place that reads ``_readouts``.
 
 Choices, as measured (Fashion-MNIST linear probe; the research report of
-issue 12 and the README's "Stacked layers"): triangle activations
+issue 12 and docs/benchmarks.rst, "Stacked layers"): triangle activations
 (posteriors 4 points worse as features), 2×2 *average* pooling (+1.1
 points over max pooling), per-channel standardisation of each layer's input
 (the mixture assumes unit-variance noise; statistics from the first

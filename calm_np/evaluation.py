@@ -70,7 +70,7 @@ _MNIST = dict(
 # (tol: whitened patches gain more per iteration; 30 nats per image, 0.06
 # per patch, is about 10 iterations, as for _MNIST)
 _WHITE = dict(_MNIST, whiten=True, learn_variance=True, preprocess="none", tol=30.0)
-_WHITE["init"] = "greedy_kmeans++"  # README "Feature quality": plain D² vs greedy
+_WHITE["init"] = "greedy_kmeans++"  # docs/benchmarks.rst: plain D² vs greedy
 # not measured (no STL-10 files here): the Fashion-MNIST readout on the
 # paper's kernels
 _STL10 = dict(_MNIST, n_kernels=200, kernel_size=15, max_iter=15, batch_size=200)
@@ -100,7 +100,7 @@ PRESETS = {
         # 256 whitened kernels 7x7, 3x3 grid (2304 features), probe C=0.1,
         # EM from Gaussian noise kernels: as good after EM as greedy
         # k-means++ (0.9217/0.9200 against 0.9202/0.9199, seeds 0/1), and
-        # EM adds 1.1/1.0 points (README "Feature quality", row best)
+        # EM adds 1.1/1.0 points (docs/benchmarks.rst "Feature quality", row best)
         mnist=dict(_WHITE, n_kernels=256, C=0.1, init="random"),
         stl10=_STL10,
     ),
@@ -145,7 +145,7 @@ is layer 1 of a stack whose other layers :data:`NETWORK_PRESETS` gives."""
 NETWORK_PRESETS = {
     # 128 kernels of 3x3 on layer 1's maps average-pooled 2x2, both layers'
     # readouts (1728 features on Fashion-MNIST); measured not to beat one
-    # layer (README "Stacked layers")
+    # layer (docs/benchmarks.rst "Stacked layers")
     "network": dict(layers=2, layer2_kernels=128, layer2_kernel_size=3, pool_size=2),
 }
 """The command line's network settings by preset name (``layers``,
@@ -155,8 +155,8 @@ for _table in PRESETS.values():
     _table["natural"] = _NATURAL
 
 # where a data set departs from its family's preset: on real MNIST digits
-# (issue 12's 4000 training images; benchmarks/mnist_small.py, README "Real
-# MNIST digits": best's Fashion-MNIST entry 0.973) best's kernels with
+# (issue 12's 4000 training images; benchmarks/mnist_small.py, docs/benchmarks.rst
+# "Real MNIST digits": best's Fashion-MNIST entry 0.973) best's kernels with
 # sigma^2 = 1 fixed, read out as the square root of the posterior mass on a
 # 2x2 + 3x3 pyramid (the mass itself: 0.0015 lower over 20 splits)
 _DATASET_PRESETS = {
