@@ -296,6 +296,23 @@ def log_joint(
     -----
     Tested on NumPy, array-api-strict (with and without fft), PyTorch (CPU)
     and, on a machine with a GPU, CuPy.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import calm_np
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.standard_normal((2, 1, 8, 8))
+    >>> kernels = rng.standard_normal((3, 1, 3, 3))
+    >>> A = calm_np.log_joint(X, kernels, padding=1)
+    >>> A.shape  # (images, kernels, Ho, Wo)
+    (2, 3, 8, 8)
+    >>> # the map is a convolution layer's output with bias -|mu_k|^2/2 + log(1/K)
+    >>> patch = X[0, 0, 2:5, 3:6]  # the window at position (3, 4) of the padded image
+    >>> bias = -0.5 * (kernels[1] ** 2).sum() - np.log(3)
+    >>> expected = (patch * kernels[1, 0]).sum() + bias
+    >>> bool(np.isclose(A[0, 1, 3, 4], expected))
+    True
     """
     args = (log_weights, padding, method, latent, variance, whitening)
     return _Batch(X, kernels, *args).log_joint()
@@ -314,6 +331,17 @@ def posterior(
     Returns
     -------
     posterior : array of shape (n_samples, n_kernels, Ho, Wo)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import calm_np
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.standard_normal((2, 1, 8, 8))
+    >>> kernels = rng.standard_normal((3, 1, 3, 3))
+    >>> gamma = calm_np.posterior(X, kernels)
+    >>> gamma.shape, np.round(gamma.sum(axis=(1, 2, 3)), 6)  # sums to 1 per image
+    ((2, 3, 6, 6), array([1., 1.]))
     """
     args = (log_weights, padding, method, latent, variance, whitening)
     batch = _Batch(X, kernels, *args)
@@ -335,6 +363,21 @@ def log_likelihood(
     Returns
     -------
     log_likelihood : array of shape (n_samples,)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import calm_np
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.standard_normal((2, 1, 8, 8))
+    >>> kernels = rng.standard_normal((3, 1, 3, 3))
+    >>> calm_np.log_likelihood(X, kernels).shape  # log p(X_n) in nats
+    (2,)
+    >>> # zero kernels: every pixel is standard normal noise
+    >>> ll = calm_np.log_likelihood(X, np.zeros((3, 1, 3, 3)))
+    >>> noise = -0.5 * (X ** 2).sum(axis=(1, 2, 3)) - 32 * np.log(2 * np.pi)
+    >>> bool(np.allclose(ll, noise))
+    True
     """
     args = (log_weights, padding, method, latent, variance, whitening)
     batch = _Batch(X, kernels, *args)
@@ -365,6 +408,23 @@ class SufficientStatistics:
     The arrays are in the input's namespace and on its device, accumulated in
     float64 where the device has it (float32 input included), so that sums
     over many batches do not lose precision.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import calm_np
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.standard_normal((6, 1, 8, 8))
+    >>> kernels = rng.standard_normal((3, 1, 3, 3))
+    >>> a = calm_np.sufficient_statistics(X[:2], kernels)
+    >>> b = calm_np.sufficient_statistics(X[2:], kernels)
+    >>> both = calm_np.sufficient_statistics(X, kernels)
+    >>> total = a + b  # statistics of disjoint sets add up
+    >>> total.n_samples, bool(np.allclose(total.sums, both.sums))
+    (6, True)
+    >>> new, defined = total.m_step()  # new kernels S_k / N_k
+    >>> new.shape, bool(defined.all())
+    ((3, 1, 3, 3), True)
     """
 
     counts: Any
@@ -428,6 +488,19 @@ def sufficient_statistics(
     Returns
     -------
     stats : SufficientStatistics
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import calm_np
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.standard_normal((5, 1, 8, 8))
+    >>> kernels = rng.standard_normal((3, 1, 3, 3))
+    >>> stats = calm_np.sufficient_statistics(X, kernels)
+    >>> stats.counts.shape, stats.sums.shape
+    ((3,), (3, 1, 3, 3))
+    >>> round(float(stats.counts.sum()), 6)  # one (kernel, position) per image
+    5.0
     """
     args = (log_weights, padding, method, latent, variance, whitening)
     batch = _Batch(X, kernels, *args)

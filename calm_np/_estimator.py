@@ -169,6 +169,27 @@ class ConvolutionalMixture(ParamsMixin):
     ``partial_fit``
     (online EM) does not have that guarantee.  Tested on NumPy,
     array-api-strict and PyTorch (CPU); CuPy on a machine with a GPU.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import calm_np
+    >>> X = np.random.default_rng(0).standard_normal((40, 1, 12, 12))
+    >>> model = calm_np.ConvolutionalMixture(4, kernel_size=5, tol=1e-2, random_state=0)
+    >>> model.fit(X).kernels_.shape
+    (4, 1, 5, 5)
+    >>> bool(np.all(np.diff(model.lower_bounds_) >= -1e-9))  # EM never goes down
+    True
+    >>> model.transform(X).shape  # log joint pooled over the whole image
+    (40, 4)
+    >>> model.set_params(features="posterior", pooling=2).transform(X).shape
+    (40, 16)
+    >>> isinstance(model.score(X), float)
+    True
+    >>> model.save("model.npz")
+    >>> same = calm_np.ConvolutionalMixture.load("model.npz")
+    >>> bool(np.array_equal(same.kernels_, model.kernels_))
+    True
     """
 
     def __init__(

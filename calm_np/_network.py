@@ -89,6 +89,23 @@ class ConvolutionalMixtureNetwork(ParamsMixin):
         (``(0, 1)`` when ``normalize=None``).
     n_features_ : int
         Columns of :meth:`transform`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import calm_np
+    >>> X = np.random.default_rng(0).standard_normal((30, 1, 12, 12))
+    >>> layers = [
+    ...     calm_np.ConvolutionalMixture(4, kernel_size=3, latent="patch", max_iter=3,
+    ...                                  tol=10.0, features="triangle", random_state=0),
+    ...     calm_np.ConvolutionalMixture(3, kernel_size=2, latent="patch", max_iter=3,
+    ...                                  tol=10.0, features="triangle", random_state=0),
+    ... ]
+    >>> net = calm_np.ConvolutionalMixtureNetwork(layers, pool_size=2).fit(X)
+    >>> net.layers_[1].kernels_.shape  # layer 1's 4 kernels are layer 2's channels
+    (3, 4, 2, 2)
+    >>> net.transform(X).shape  # both layers' readouts, concatenated
+    (30, 7)
     """
 
     def __init__(

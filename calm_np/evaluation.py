@@ -203,6 +203,14 @@ def array_mover(backend="numpy", device=None, dtype="float32"):
         If torch or CuPy is not installed.
     ValueError
         If the device is not usable, or there is no GPU for CuPy.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from calm_np.evaluation import array_mover
+    >>> move, device = array_mover("numpy", dtype="float32")
+    >>> device, move(np.arange(3)).dtype
+    ('cpu', dtype('float32'))
     """
     if backend == "numpy":
         if device not in (None, "cpu"):
@@ -267,6 +275,13 @@ def preset(name, dataset):
     -------
     settings : dict
         Estimator parameters, ``preprocess`` and (some presets) ``fit_limit``.
+
+    Examples
+    --------
+    >>> from calm_np.evaluation import preset
+    >>> settings = preset("paper", "digits")
+    >>> settings["n_kernels"], settings["features"], settings["preprocess"]
+    (64, 'log_posterior', 'none')
     """
     if name not in PRESETS:
         raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {name!r}")
@@ -284,6 +299,13 @@ def load_dataset(name, data_dir=None, *, limit=None, test=True, seed=0):
     is ``limit`` (default 1000) random 32x32 crops, unlabelled. ``limit``
     keeps the first N training and N test images. Without ``test`` (or
     without labels) the test images and all labels may be ``None``.
+
+    Examples
+    --------
+    >>> from calm_np.evaluation import load_dataset
+    >>> X_train, y_train, X_test, y_test = load_dataset("digits", limit=100)
+    >>> X_train.shape, X_test.shape
+    ((100, 1, 8, 8), (100, 1, 8, 8))
     """
     if name == "digits":
         from sklearn.model_selection import train_test_split
@@ -323,6 +345,15 @@ def preprocess(name, X_train, X_test=None, *, window=7, dtype="float64"):
     -------
     X_train, X_test : ndarray of shape (n, c, H, W), of ``dtype``
         ``X_test`` is ``None`` when not given.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from calm_np.evaluation import preprocess
+    >>> X_train = np.random.default_rng(0).uniform(0, 255, (10, 1, 8, 8))
+    >>> A, B = preprocess("standardize", X_train, X_train[:3])
+    >>> round(float(A.mean()), 6), round(float(A.std()), 6), B.shape
+    (0.0, 1.0, (3, 1, 8, 8))
     """
     dtype = np.dtype(dtype).type
     step = make_preprocessor(name, window=window)
@@ -357,6 +388,17 @@ def extract_features(model, X, batch_size=1000, *, progress=False):
     Returns
     -------
     features : ndarray of shape (n, n_features), the transform's dtype
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import calm_np
+    >>> from calm_np.evaluation import extract_features
+    >>> X = np.random.default_rng(0).standard_normal((25, 1, 8, 8))
+    >>> model = calm_np.ConvolutionalMixture(3, kernel_size=3, tol=1e-2, random_state=0)
+    >>> F = extract_features(model.fit(X), X, batch_size=10)
+    >>> type(F).__name__, F.shape
+    ('ndarray', (25, 3))
     """
     if hasattr(X, "shape"):
         n = X.shape[0]
