@@ -34,6 +34,8 @@ extensions = [
     "sphinx.ext.viewcode",
     "numpydoc",
     "sphinx_gallery.gen_gallery",
+    # MathJax served from the built site, so math renders without a network
+    "sphinx-mathjax-offline",
 ]
 
 templates_path = ["_templates"]
@@ -86,7 +88,7 @@ html_css_files = ["custom.css"]
 html_theme_options = {
     "navigation_with_keys": False,
     "show_toc_level": 2,
-    "header_links_before_dropdown": 7,
+    "header_links_before_dropdown": 6,
     "secondary_sidebar_items": ["page-toc"],
 }
 html_show_sourcelink = False
