@@ -217,7 +217,7 @@ def install_hook():
     """Make ``_em._statistics`` delegate to the engines' fused statistics.
 
     The benchmark-side stand-in for the few lines ``_em._statistics`` needs
-    (proposed in the README's performance section): for ``latent="image"``
+    (proposed in docs/benchmarks.rst, "Performance"): for ``latent="image"``
     without a margin it calls ``batch.engine.statistics``; everything else
     goes to the original.  Returns whether it patched anything.
     """

@@ -50,7 +50,7 @@ Rows:
     plus the older levers (--rows levers), each one change to local256
     (local1152 with 64 kernels on 2x2 cells): readout,
     latent, preprocessing, kernel size and count, pooling grid, no EM,
-    and the two-layer network rows (--rows networks; README "Stacked layers"):
+    and the two-layer network rows (--rows networks; docs/benchmarks.rst):
     network         `--preset network`: layer 1 = 64 kernels 7x7 as local256
                     but pooled 3x3, layer 2 = 128 kernels 3x3 on layer 1's
                     triangle maps average-pooled 2x2 and standardized per

@@ -234,7 +234,8 @@ def check_latent(latent):
 
 
 def check_variance(variance, name="variance"):
-    """The shared pixel variance σ² (SPEC §2): a finite real number > 0, as a float."""
+    """The shared pixel variance σ² (docs/user_guide/model.rst §2): a finite real number
+    > 0, as a float."""
     if not isinstance(variance, numbers.Real) or _is_bool(variance):
         raise TypeError(f"{name} must be a real number, got {variance!r}")
     if not (math.isfinite(variance) and variance > 0):

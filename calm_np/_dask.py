@@ -1,7 +1,8 @@
 """Scale-out on Dask: EM statistics computed where the images live.
 
 Batch EM needs, per iteration, the sums ``N_k``, ``S_k`` and ``Σ log p(X_n)``
-over all images (SPEC §2).  They add over disjoint sets of images, so on a
+over all images (docs/user_guide/model.rst §2).  They add over disjoint sets of
+images, so on a
 ``dask.array.Array`` chunked along the image axis each chunk's statistics are
 computed by :func:`calm_np.sufficient_statistics` next to the chunk, and a
 tree of additions brings them to the client.  Only the kernels (one graph key

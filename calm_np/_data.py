@@ -249,7 +249,8 @@ class ImageSource:
         return sample
 
     def statistics(self, kernels, log_weights, options, margin=0, progress=None):
-        """Exact statistics of one pass over all the images (SPEC §2), under
+        """Exact statistics of one pass over all the images
+        (docs/user_guide/model.rst §2), under
         ``options`` (an ``_em.Options``).
 
         ``margin > 0`` gives :func:`calm_np._em.window_statistics` instead.

@@ -1,4 +1,5 @@
-"""The convolution–posterior identity and the EM statistics (SPEC §1–2).
+"""The convolution–posterior identity and the EM statistics
+(docs/user_guide/model.rst §1–2).
 
 Layout, the one used everywhere in calm_np::
 
@@ -16,12 +17,14 @@ For an image ``X`` zero-padded to ``Xp`` (``P = c·Hp·Wp`` pixels) and
 so the posterior is a softmax of a convolution layer's output and the
 log-likelihood is its logsumexp plus ``c(X)``.
 
-With a shared pixel variance σ² (SPEC §2, ``variance``; 1 is the paper's
+With a shared pixel variance σ² (docs/user_guide/model.rst §2, ``variance``; 1 is
+the paper's
 model) the map is scaled, ``A_σ = (Xp ⋆ μ_k − ½‖μ_k‖²)/σ² + log π_k``, and
 ``c(X) = −‖X‖²/(2σ²) − (P/2)·log 2πσ² − log |U|``: σ² is the softmax's
 temperature.  The M-step is ECM, kernels at the current σ², then σ².
 
-``latent="patch"`` (ours, SPEC §1) instead draws *every* patch ``x_u`` from
+``latent="patch"`` (ours, docs/user_guide/model.rst §1) instead draws *every* patch
+``x_u`` from
 ``Σ_k π_k N(μ_k, I)``: the posterior is a softmax over ``k`` at each position
 and the objective is the pseudo-log-likelihood
 ``Σ_u (logsumexp_k A[k, u] − ½‖x_u‖² − (D/2) log 2π)``.  The engines and the
@@ -318,7 +321,8 @@ def log_joint(
         independent draw from the mixture.  ``log_joint`` is the same for
         both; ``posterior``, ``log_likelihood`` and the statistics differ.
     variance : float, default=1.0
-        The shared pixel variance ``σ²`` (SPEC §2); 1 is the paper's model.
+        The shared pixel variance ``σ²`` (docs/user_guide/model.rst §2); 1 is the
+        paper's model.
     whitening : Whitening or None, default=None
         A fitted model's ``whitening_`` (``latent="patch"`` only): every
         patch is normalised and whitened before it meets the kernels, which
@@ -334,6 +338,23 @@ def log_joint(
     -----
     Tested on NumPy, array-api-strict (with and without fft), PyTorch (CPU)
     and, on a machine with a GPU, CuPy.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import calm_np
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.standard_normal((2, 1, 8, 8))
+    >>> kernels = rng.standard_normal((3, 1, 3, 3))
+    >>> A = calm_np.log_joint(X, kernels, padding=1)
+    >>> A.shape  # (images, kernels, Ho, Wo)
+    (2, 3, 8, 8)
+    >>> # the map is a convolution layer's output with bias -|mu_k|^2/2 + log(1/K)
+    >>> patch = X[0, 0, 2:5, 3:6]  # the window at position (3, 4) of the padded image
+    >>> bias = -0.5 * (kernels[1] ** 2).sum() - np.log(3)
+    >>> expected = (patch * kernels[1, 0]).sum() + bias
+    >>> bool(np.isclose(A[0, 1, 3, 4], expected))
+    True
     """
     options = Options(padding, method, latent, variance, whitening)
     return _Batch(X, kernels, log_weights, options).log_joint()
@@ -352,6 +373,17 @@ def posterior(
     Returns
     -------
     posterior : array of shape (n_samples, n_kernels, Ho, Wo)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import calm_np
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.standard_normal((2, 1, 8, 8))
+    >>> kernels = rng.standard_normal((3, 1, 3, 3))
+    >>> gamma = calm_np.posterior(X, kernels)
+    >>> gamma.shape, np.round(gamma.sum(axis=(1, 2, 3)), 6)  # sums to 1 per image
+    ((2, 3, 6, 6), array([1., 1.]))
     """
     options = Options(padding, method, latent, variance, whitening)
     batch = _Batch(X, kernels, log_weights, options)
@@ -373,6 +405,21 @@ def log_likelihood(
     Returns
     -------
     log_likelihood : array of shape (n_samples,)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import calm_np
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.standard_normal((2, 1, 8, 8))
+    >>> kernels = rng.standard_normal((3, 1, 3, 3))
+    >>> calm_np.log_likelihood(X, kernels).shape  # log p(X_n) in nats
+    (2,)
+    >>> # zero kernels: every pixel is standard normal noise
+    >>> ll = calm_np.log_likelihood(X, np.zeros((3, 1, 3, 3)))
+    >>> noise = -0.5 * (X ** 2).sum(axis=(1, 2, 3)) - 32 * np.log(2 * np.pi)
+    >>> bool(np.allclose(ll, noise))
+    True
     """
     options = Options(padding, method, latent, variance, whitening)
     batch = _Batch(X, kernels, log_weights, options)
@@ -403,6 +450,23 @@ class SufficientStatistics:
     The arrays are in the input's namespace and on its device, accumulated in
     float64 where the device has it (float32 input included), so that sums
     over many batches do not lose precision.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import calm_np
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.standard_normal((6, 1, 8, 8))
+    >>> kernels = rng.standard_normal((3, 1, 3, 3))
+    >>> a = calm_np.sufficient_statistics(X[:2], kernels)
+    >>> b = calm_np.sufficient_statistics(X[2:], kernels)
+    >>> both = calm_np.sufficient_statistics(X, kernels)
+    >>> total = a + b  # statistics of disjoint sets add up
+    >>> total.n_samples, bool(np.allclose(total.sums, both.sums))
+    (6, True)
+    >>> new, defined = total.m_step()  # new kernels S_k / N_k
+    >>> new.shape, bool(defined.all())
+    ((3, 1, 3, 3), True)
     """
 
     counts: Any
@@ -434,7 +498,7 @@ class SufficientStatistics:
         return self if isinstance(other, int) and other == 0 else NotImplemented
 
     def m_step(self, reg_kernels=0.0, variance=1.0):
-        """MAP kernel update ``μ_k = S_k / (N_k + λσ²)`` (SPEC §2).
+        """MAP kernel update ``μ_k = S_k / (N_k + λσ²)`` (docs/user_guide/model.rst §2).
 
         Kernels whose update is undefined (``N_k + λ`` not above the float
         resolution) come back as NaN-free zeros *and* a boolean mask, so the
@@ -466,6 +530,19 @@ def sufficient_statistics(
     Returns
     -------
     stats : SufficientStatistics
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import calm_np
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.standard_normal((5, 1, 8, 8))
+    >>> kernels = rng.standard_normal((3, 1, 3, 3))
+    >>> stats = calm_np.sufficient_statistics(X, kernels)
+    >>> stats.counts.shape, stats.sums.shape
+    ((3,), (3, 1, 3, 3))
+    >>> round(float(stats.counts.sum()), 6)  # one (kernel, position) per image
+    5.0
     """
     options = Options(padding, method, latent, variance, whitening)
     return batch_statistics(X, kernels, log_weights, options)
@@ -547,7 +624,7 @@ def objective(stats, kernels, reg_kernels=0.0):
     """Mean per-image log-likelihood minus the prior penalty, a Python float.
 
     ``(Σ_n log p(X_n) − ½ λ Σ_k ‖μ_k‖²) / n``: the quantity EM never
-    decreases (SPEC §2) and ``tol`` is applied to.
+    decreases (docs/user_guide/model.rst §2) and ``tol`` is applied to.
     """
     xp = get_namespace(kernels)[0]
     penalty = 0.0
@@ -586,7 +663,8 @@ def m_step(
 
 
 def variance_step(stats, kernels, variance=1.0):
-    """σ²'s M-step given the kernels: ``Q / n_values`` (SPEC §2), a float.
+    """σ²'s M-step given the kernels: ``Q / n_values`` (docs/user_guide/model.rst §2),
+    a float.
 
     ``Q = Σ‖X_n‖² − 2 Σ_k μ_k·S_k + Σ_k N_k ‖μ_k‖²`` (in the statistics'
     wide type), at least ``VARIANCE_FLOOR`` times ``Σ‖X_n‖²``; ``variance``

@@ -81,7 +81,8 @@ class ConvolutionalMixture(ParamsMixin):
     learn_weights : bool, default=False
         Learn the mixture weights ``π_k = N_k / n``; otherwise uniform.
     learn_variance : bool, default=False
-        Learn a shared pixel variance σ² (SPEC §2; ECM) instead of σ² = 1.
+        Learn a shared pixel variance σ² (docs/user_guide/model.rst §2; ECM) instead
+        of σ² = 1.
     init : {"kmeans++", "greedy_kmeans++", "random_patches", "random"} or array
         k-means++ (D²) sampling over patches of the data (default; greedy:
         the best of ``2 + log k`` draws each pick), uniform patches, noise
@@ -111,17 +112,18 @@ class ConvolutionalMixture(ParamsMixin):
         ``kernels_``, ``weights_``, ``lower_bounds_`` and ``n_iter_``; a
         ``True`` return value (Python's or NumPy's bool) stops the fit (all
         of it when ``n_init > 1``: the best run so far is kept).
-    features : {"log_joint", "log_posterior", "posterior", "sqrt_posterior", \
-"triangle"}, default="log_joint"
-        What :meth:`transform` returns per kernel and pooling cell:
+    features : str, default="log_joint"
+        One of ``"log_joint"``, ``"log_posterior"``, ``"posterior"``,
+        ``"sqrt_posterior"``, ``"triangle"``: what :meth:`transform` returns
+        per kernel and pooling cell, in that order:
         ``logsumexp_u A[k, u]`` over the cell (the paper's image-wide
         ``log p(Z=k, X) − c(X)`` when ``pooling=1``), the log of the posterior
         mass in the cell (``log p(Z=k, U∈cell | X)``; with
         ``latent="patch"``, the log expected count of patches of kernel
         ``k`` in the cell), that mass itself, its square root (a soft count's
         variance-stabilising transform, as the Hellinger kernel of
-        histograms; +0.15 points on real MNIST digits, README "Real MNIST
-        digits"), or the "triangle" activation of
+        histograms; +0.15 points on real MNIST digits, docs/benchmarks.rst
+        "Real MNIST digits"), or the "triangle" activation of
         Coates et al. (2011) summed over the cell: with the distance
         ``z[k, u] = ‖x_u − μ_k‖`` read off the log joint,
         ``max(0, mean_j z[j, u] − z[k, u])``.
@@ -163,9 +165,31 @@ class ConvolutionalMixture(ParamsMixin):
 
     Notes
     -----
-    Full-batch EM never decreases the objective (SPEC §2); ``partial_fit``
+    Full-batch EM never decreases the objective (docs/user_guide/model.rst §2);
+    ``partial_fit``
     (online EM) does not have that guarantee.  Tested on NumPy,
     array-api-strict and PyTorch (CPU); CuPy on a machine with a GPU.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import calm_np
+    >>> X = np.random.default_rng(0).standard_normal((40, 1, 12, 12))
+    >>> model = calm_np.ConvolutionalMixture(4, kernel_size=5, tol=1e-2, random_state=0)
+    >>> model.fit(X).kernels_.shape
+    (4, 1, 5, 5)
+    >>> bool(np.all(np.diff(model.lower_bounds_) >= -1e-9))  # EM never goes down
+    True
+    >>> model.transform(X).shape  # log joint pooled over the whole image
+    (40, 4)
+    >>> model.set_params(features="posterior", pooling=2).transform(X).shape
+    (40, 16)
+    >>> isinstance(model.score(X), float)
+    True
+    >>> model.save("model.npz")
+    >>> same = calm_np.ConvolutionalMixture.load("model.npz")
+    >>> bool(np.array_equal(same.kernels_, model.kernels_))
+    True
     """
 
     def __init__(

@@ -67,6 +67,22 @@ def load_idx(path, *, limit=None):
     32-bit sizes, then the values in C order, big-endian:
 
     :math:`\\text{bytes} = 4 + 4\\,\\text{ndim} + \\text{itemsize}\\prod_i d_i`.
+
+    Examples
+    --------
+    >>> import gzip
+    >>> from pathlib import Path
+    >>> import numpy as np
+    >>> def write_idx(path, array):  # the IDX header: 0, 0, type 8 (ubyte), ndim
+    ...     shape = np.array(array.shape, ">u4").tobytes()
+    ...     header = bytes([0, 0, 8, array.ndim]) + shape
+    ...     Path(path).write_bytes(header + array.astype(np.uint8).tobytes())
+    >>> from calm_np.datasets import load_idx
+    >>> write_idx("tiny-idx3-ubyte", np.arange(18).reshape(2, 3, 3))
+    >>> load_idx("tiny-idx3-ubyte")[1]
+    array([[ 9, 10, 11],
+           [12, 13, 14],
+           [15, 16, 17]], dtype=uint8)
     """
     path = Path(path)
     limit = _check_limit(limit)

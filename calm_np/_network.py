@@ -5,7 +5,7 @@ layer ``l`` — one channel per kernel of layer ``l`` — average-pooled over
 ``pool_size × pool_size`` cells and standardised per channel.  Each layer is
 an ordinary ``ConvolutionalMixture`` fitted by its own EM, so each layer's
 ``lower_bounds_`` never decreases; there is no joint likelihood of the stack
-(SPEC §2, Stacking).
+(docs/user_guide/model.rst §2, Stacking).
 
 How the data flows (memory bounded by one batch of images):
 
@@ -19,7 +19,7 @@ from the rows of ``X`` when the layer's ``ImageSource`` reads them.
 :func:`_activation_maps` is the one place that reads ``_readouts``.
 
 Choices, as measured (Fashion-MNIST linear probe; the research report of
-issue 12 and the README's "Stacked layers"): triangle activations
+issue 12 and docs/benchmarks.rst, "Stacked layers"): triangle activations
 (posteriors 4 points worse as features), 2×2 *average* pooling (+1.1
 points over max pooling), per-channel standardisation of each layer's input
 (the mixture assumes unit-variance noise; statistics from the first
@@ -89,6 +89,23 @@ class ConvolutionalMixtureNetwork(ParamsMixin):
         (``(0, 1)`` when ``normalize=None``).
     n_features_ : int
         Columns of :meth:`transform`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import calm_np
+    >>> X = np.random.default_rng(0).standard_normal((30, 1, 12, 12))
+    >>> layers = [
+    ...     calm_np.ConvolutionalMixture(4, kernel_size=3, latent="patch", max_iter=3,
+    ...                                  tol=10.0, features="triangle", random_state=0),
+    ...     calm_np.ConvolutionalMixture(3, kernel_size=2, latent="patch", max_iter=3,
+    ...                                  tol=10.0, features="triangle", random_state=0),
+    ... ]
+    >>> net = calm_np.ConvolutionalMixtureNetwork(layers, pool_size=2).fit(X)
+    >>> net.layers_[1].kernels_.shape  # layer 1's 4 kernels are layer 2's channels
+    (3, 4, 2, 2)
+    >>> net.transform(X).shape  # both layers' readouts, concatenated
+    (30, 7)
     """
 
     def __init__(

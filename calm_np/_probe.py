@@ -79,6 +79,16 @@ def linear_probe(F_train, y_train, F_test, y_test, *, C=1.0, tol=1e-4, max_iter=
     -------
     accuracy : float
         Fraction of the test images classified correctly.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from calm_np.evaluation import linear_probe
+    >>> rng = np.random.default_rng(0)
+    >>> y = np.arange(60) % 3
+    >>> F = rng.standard_normal((60, 5)) + 3.0 * np.eye(5)[y]  # separable classes
+    >>> linear_probe(F[:40], y[:40], F[40:], y[40:])
+    1.0
     """
     _check_probe_inputs(F_train, y_train, F_test, y_test)
     A, (B,) = _standardized(F_train, F_test)

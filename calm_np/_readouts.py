@@ -63,7 +63,8 @@ def pooled_features(
     ``ConvolutionalMixture``: every grid's features from one E-step,
     concatenated in order).  ``latent`` sets what the posterior is
     normalised over.  The log-joint and posterior features use the log joint
-    at ``variance`` (σ², SPEC §2); the triangle's distances do not depend on
+    at ``variance`` (σ², docs/user_guide/model.rst §2); the triangle's distances do not
+    depend on
     it.
     """
     options = Options(padding, method, latent, variance, whitening)

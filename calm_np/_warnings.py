@@ -21,7 +21,22 @@ __all__ = [
 
 
 class ConvergenceWarning(UserWarning):
-    """EM stopped at ``max_iter`` before the objective changed less than ``tol``."""
+    """EM stopped at ``max_iter`` before the objective changed less than ``tol``.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> import numpy as np
+    >>> import calm_np
+    >>> X = np.random.default_rng(0).standard_normal((20, 1, 8, 8))
+    >>> model = calm_np.ConvolutionalMixture(3, kernel_size=3, max_iter=1,
+    ...                                      random_state=0)
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     _ = model.fit(X)
+    >>> [w.category.__name__ for w in caught]
+    ['ConvergenceWarning']
+    """
 
 
 class DataScaleWarning(UserWarning):
@@ -30,11 +45,38 @@ class DataScaleWarning(UserWarning):
 
 
 class DeadKernelWarning(UserWarning):
-    """Some kernels received (almost) no posterior mass."""
+    """Some kernels received (almost) no posterior mass.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> import numpy as np
+    >>> import calm_np
+    >>> X = np.zeros((4, 1, 6, 6))
+    >>> X[:, 0, 2:4, 2:4] = 5.0  # one pattern, two kernels: one of them gets nothing
+    >>> kernels = np.stack([np.full((1, 2, 2), 5.0), np.full((1, 2, 2), -50.0)])
+    >>> model = calm_np.ConvolutionalMixture(2, kernel_size=2, init=kernels, tol=1.0)
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     _ = model.fit(X)
+    >>> any(w.category is calm_np.DeadKernelWarning for w in caught)
+    True
+    """
 
 
 class NotFittedError(ValueError, AttributeError):
-    """The estimator is used before ``fit`` or ``partial_fit``."""
+    """The estimator is used before ``fit`` or ``partial_fit``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import calm_np
+    >>> try:
+    ...     calm_np.ConvolutionalMixture(4).transform(np.zeros((1, 8, 8)))
+    ... except calm_np.NotFittedError as exc:
+    ...     print(type(exc).__name__)
+    NotFittedError
+    """
 
 
 def warn_after_fit(best, max_iter, tol):

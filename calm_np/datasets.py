@@ -138,6 +138,26 @@ def load_mnist(data_dir, kind="train", *, limit=None):
     Notes
     -----
     :math:`X \\in \\{0, \\dots, 255\\}^{n \\times 28 \\times 28}`.
+
+    Examples
+    --------
+    >>> import gzip
+    >>> from pathlib import Path
+    >>> import numpy as np
+    >>> def write_idx(path, array):  # the IDX header: 0, 0, type 8 (ubyte), ndim
+    ...     shape = np.array(array.shape, ">u4").tobytes()
+    ...     header = bytes([0, 0, 8, array.ndim]) + shape
+    ...     Path(path).write_bytes(header + array.astype(np.uint8).tobytes())
+    >>> def write_split(folder, prefix, n):
+    ...     Path(folder).mkdir(exist_ok=True)
+    ...     images = np.random.default_rng(0).integers(0, 256, (n, 28, 28))
+    ...     write_idx(f"{folder}/{prefix}-images-idx3-ubyte", images)
+    ...     write_idx(f"{folder}/{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    >>> from calm_np.datasets import load_mnist
+    >>> write_split("mnist", "train", 12)  # a tiny stand-in for MNIST's files
+    >>> images, labels = load_mnist("mnist", "train", limit=5)
+    >>> images.shape, images.dtype, labels
+    ((5, 28, 28), dtype('uint8'), array([0, 1, 2, 3, 4]))
     """
     hint = (
         "put the four MNIST IDX files (train-/t10k- images and labels, .gz or "
@@ -176,6 +196,26 @@ def load_fashion_mnist(data_dir=None, kind="train", *, limit=None):
     -----
     Same file layout as :func:`load_mnist`:
     :math:`X \\in \\{0, \\dots, 255\\}^{n \\times 28 \\times 28}`.
+
+    Examples
+    --------
+    >>> import gzip
+    >>> from pathlib import Path
+    >>> import numpy as np
+    >>> def write_idx(path, array):  # the IDX header: 0, 0, type 8 (ubyte), ndim
+    ...     shape = np.array(array.shape, ">u4").tobytes()
+    ...     header = bytes([0, 0, 8, array.ndim]) + shape
+    ...     Path(path).write_bytes(header + array.astype(np.uint8).tobytes())
+    >>> def write_split(folder, prefix, n):
+    ...     Path(folder).mkdir(exist_ok=True)
+    ...     images = np.random.default_rng(0).integers(0, 256, (n, 28, 28))
+    ...     write_idx(f"{folder}/{prefix}-images-idx3-ubyte", images)
+    ...     write_idx(f"{folder}/{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    >>> from calm_np.datasets import load_fashion_mnist
+    >>> write_split("fashion", "t10k", 8)  # a tiny stand-in; the default folder
+    >>> images, labels = load_fashion_mnist("fashion", "test")  # is FASHION_MNIST_DIR
+    >>> images.shape, labels.shape
+    ((8, 28, 28), (8,))
     """
     folder = FASHION_MNIST_DIR if data_dir is None else data_dir
     hint = (
@@ -222,6 +262,21 @@ class STL10Images:
         ``uint8``.
     ndim : int
         4.
+
+    Examples
+    --------
+    >>> from pathlib import Path
+    >>> import numpy as np
+    >>> folder = Path("stl10_binary")
+    >>> folder.mkdir(exist_ok=True)  # a tiny stand-in for the STL-10 binary files
+    >>> np.zeros((3, 3, 96, 96), np.uint8).tofile(folder / "train_X.bin")
+    >>> np.array([1, 2, 10], np.uint8).tofile(folder / "train_y.bin")
+    >>> from calm_np.datasets import load_stl10
+    >>> images, _ = load_stl10(folder, "train")
+    >>> type(images).__name__, images[1:3].shape
+    ('STL10Images', (2, 3, 96, 96))
+    >>> [batch.shape[0] for batch in images.batches(2)]  # a re-iterable, for fit
+    [2, 1]
     """
 
     def __init__(self, memmap):
@@ -386,6 +441,19 @@ def load_stl10(data_dir, split="train", *, mmap=True):
     -----
     Image ``i`` occupies bytes ``[27648 i, 27648 (i+1))`` in channel, column,
     row order: :math:`X[i, c, y, x] = \\text{byte}[27648 i + 9216 c + 96 x + y]`.
+
+    Examples
+    --------
+    >>> from pathlib import Path
+    >>> import numpy as np
+    >>> folder = Path("stl10_binary")
+    >>> folder.mkdir(exist_ok=True)  # a tiny stand-in for the STL-10 binary files
+    >>> np.zeros((3, 3, 96, 96), np.uint8).tofile(folder / "train_X.bin")
+    >>> np.array([1, 2, 10], np.uint8).tofile(folder / "train_y.bin")
+    >>> from calm_np.datasets import load_stl10
+    >>> images, labels = load_stl10(folder, "train")
+    >>> images.shape, labels  # labels 0..9; the images are read lazily
+    ((3, 3, 96, 96), array([0, 1, 9]))
     """
     if split not in _STL10_SPLITS:
         raise ValueError(f"split must be one of {_STL10_SPLITS}, got {split!r}")
@@ -437,6 +505,16 @@ def stl10_folds(data_dir):
     -----
     One fold per line, indices separated by spaces:
     :math:`\\text{fold}_j \\subset \\{0, \\dots, 4999\\}`.
+
+    Examples
+    --------
+    >>> from pathlib import Path
+    >>> import numpy as np
+    >>> from calm_np.datasets import stl10_folds
+    >>> Path("stl10_binary").mkdir(exist_ok=True)
+    >>> np.savetxt("stl10_binary/fold_indices.txt", [[0, 2, 4], [1, 3, 5]], fmt="%d")
+    >>> stl10_folds("stl10_binary")
+    [array([0, 2, 4]), array([1, 3, 5])]
     """
     folder = _stl10_folder(data_dir)
     path = folder / "fold_indices.txt"
@@ -505,6 +583,13 @@ def load_digits_images():
     Notes
     -----
     :math:`X = \\text{counts} / 16 \\in [0, 1]^{n \\times 1 \\times 8 \\times 8}`.
+
+    Examples
+    --------
+    >>> from calm_np.datasets import load_digits_images
+    >>> images, labels = load_digits_images()
+    >>> images.shape, float(images.max()), labels[:5]
+    ((1797, 1, 8, 8), 1.0, array([0, 1, 2, 3, 4]))
     """
     digits = _sklearn_datasets("load_digits_images").load_digits()
     images = np.asarray(digits.images, dtype=np.float64)[:, None, :, :] / 16.0
@@ -540,6 +625,13 @@ def sample_image_crops(n_crops, size, seed=None):
     Notes
     -----
     :math:`X_i = I_{j_i}[:, y_i : y_i + s, x_i : x_i + s] / 255`.
+
+    Examples
+    --------
+    >>> from calm_np.datasets import sample_image_crops
+    >>> crops = sample_image_crops(4, 32, seed=0)
+    >>> crops.shape, bool(0 <= crops.min() and crops.max() <= 1)
+    ((4, 3, 32, 32), True)
     """
     for name, value in (("n_crops", n_crops), ("size", size)):
         if isinstance(value, bool) or not isinstance(value, int | np.integer):

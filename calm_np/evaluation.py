@@ -106,7 +106,7 @@ _MNIST = dict(
 # (tol: whitened patches gain more per iteration; 30 nats per image, 0.06
 # per patch, is about 10 iterations, as for _MNIST)
 _WHITE = dict(_MNIST, whiten=True, learn_variance=True, preprocess="none", tol=30.0)
-_WHITE["init"] = "greedy_kmeans++"  # README "Feature quality": plain D² vs greedy
+_WHITE["init"] = "greedy_kmeans++"  # docs/benchmarks.rst: plain D² vs greedy
 # not measured (no STL-10 files here): the Fashion-MNIST readout on the
 # paper's kernels
 _STL10 = dict(_MNIST, n_kernels=200, kernel_size=15, max_iter=15, batch_size=200)
@@ -136,7 +136,7 @@ PRESETS = {
         # 256 whitened kernels 7x7, 3x3 grid (2304 features), probe C=0.1,
         # EM from Gaussian noise kernels: as good after EM as greedy
         # k-means++ (0.9217/0.9200 against 0.9202/0.9199, seeds 0/1), and
-        # EM adds 1.1/1.0 points (README "Feature quality", row best)
+        # EM adds 1.1/1.0 points (docs/benchmarks.rst "Feature quality", row best)
         mnist=dict(_WHITE, n_kernels=256, C=0.1, init="random"),
         stl10=_STL10,
     ),
@@ -181,7 +181,7 @@ is layer 1 of a stack whose other layers :data:`NETWORK_PRESETS` gives."""
 NETWORK_PRESETS = {
     # 128 kernels of 3x3 on layer 1's maps average-pooled 2x2, both layers'
     # readouts (1728 features on Fashion-MNIST); measured not to beat one
-    # layer (README "Stacked layers")
+    # layer (docs/benchmarks.rst "Stacked layers")
     "network": dict(layers=2, layer2_kernels=128, layer2_kernel_size=3, pool_size=2),
 }
 """The command line's network settings by preset name (``layers``,
@@ -195,8 +195,8 @@ for _table in PRESETS.values():
     _table["natural"] = _NATURAL
 
 # where a data set departs from its family's preset: on real MNIST digits
-# (issue 12's 4000 training images; benchmarks/mnist_small.py, README "Real
-# MNIST digits": best's Fashion-MNIST entry 0.973) best's kernels with
+# (issue 12's 4000 training images; benchmarks/mnist_small.py, docs/benchmarks.rst
+# "Real MNIST digits": best's Fashion-MNIST entry 0.973) best's kernels with
 # sigma^2 = 1 fixed, read out as the square root of the posterior mass on a
 # 2x2 + 3x3 pyramid (the mass itself: 0.0015 lower over 20 splits)
 _DATASET_PRESETS = {
@@ -248,6 +248,14 @@ def array_mover(backend="numpy", device=None, dtype="float32"):
     ValueError
         If the device is not usable, or there is no GPU for CuPy, or
         ``backend`` or ``dtype`` is not one of the names above.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from calm_np.evaluation import array_mover
+    >>> move, device = array_mover("numpy", dtype="float32")
+    >>> device, move(np.arange(3)).dtype
+    ('cpu', dtype('float32'))
     """
     where = "array_mover"
     backend = _params.check(where, "backend", backend, ("numpy", "torch", "cupy"))
@@ -323,6 +331,13 @@ def preset(name, dataset):
     settings : dict
         Estimator parameters, ``preprocess`` and (some presets) ``fit_limit``
         and ``C``.
+
+    Examples
+    --------
+    >>> from calm_np.evaluation import preset
+    >>> settings = preset("paper", "digits")
+    >>> settings["n_kernels"], settings["features"], settings["preprocess"]
+    (64, 'log_posterior', 'none')
     """
     name, dataset = _check_names("preset", name, dataset)
     default = PRESETS[name][_FAMILY[dataset]]
@@ -603,6 +618,15 @@ def preprocess(name, X_train, X_test=None, *, window=7, dtype="float64"):
     -------
     X_train, X_test : ndarray of shape (n, c, H, W), of ``dtype``
         ``X_test`` is ``None`` when not given.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from calm_np.evaluation import preprocess
+    >>> X_train = np.random.default_rng(0).uniform(0, 255, (10, 1, 8, 8))
+    >>> A, B = preprocess("standardize", X_train, X_train[:3])
+    >>> round(float(A.mean()), 6), round(float(A.std()), 6), B.shape
+    (0.0, 1.0, (3, 1, 8, 8))
     """
     where = "preprocess"
     name = _params.check(where, "name", name, PREPROCESSORS)

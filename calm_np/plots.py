@@ -84,6 +84,17 @@ def kernel_grid(kernels, path, *, title=None, order=None):
     -------
     path : str or path-like
         The ``path`` given.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import calm_np
+    >>> X = np.random.default_rng(0).standard_normal((20, 1, 8, 8))
+    >>> model = calm_np.ConvolutionalMixture(4, kernel_size=3, tol=1e-2, random_state=0)
+    >>> model = model.fit(X)
+    >>> from calm_np.plots import kernel_grid
+    >>> kernel_grid(model.kernels_, "kernels.png", title="4 kernels 3x3")
+    'kernels.png'
     """
     tiles = _tiles(kernels)
     if order is not None:
@@ -121,6 +132,17 @@ def objective_curve(lower_bounds, path, *, title=None, ylabel=None):
     Returns
     -------
     path : str or path-like
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import calm_np
+    >>> X = np.random.default_rng(0).standard_normal((20, 1, 8, 8))
+    >>> model = calm_np.ConvolutionalMixture(4, kernel_size=3, tol=1e-2, random_state=0)
+    >>> model = model.fit(X)
+    >>> from calm_np.plots import objective_curve
+    >>> objective_curve(model.lower_bounds_, "curve.png")
+    'curve.png'
     """
     values = np.asarray(list(lower_bounds), dtype=np.float64)
     fig = _figure(5.0, 3.5)
@@ -166,6 +188,19 @@ def model_figures(model, kernels_path, curve_path, *, data="", n_fit=None):
         Name of the data, for the titles.
     n_fit : int or None, default=None
         Number of images fitted on, for the curve's title.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import calm_np
+    >>> X = np.random.default_rng(0).standard_normal((20, 1, 8, 8))
+    >>> model = calm_np.ConvolutionalMixture(4, kernel_size=3, tol=1e-2, random_state=0)
+    >>> model = model.fit(X)
+    >>> from pathlib import Path
+    >>> from calm_np.plots import model_figures
+    >>> model_figures(model, "kernels.png", "curve.png", data="noise")
+    >>> Path("kernels.png").stat().st_size > 0, Path("curve.png").stat().st_size > 0
+    (True, True)
     """
     k, c, kh, kw = model.kernels_.shape
     order = np.argsort(-np.asarray(to_numpy(model.weights_)), kind="stable")

@@ -115,6 +115,13 @@ def to_unit_float(X, dtype=np.float64):
     uint8 images are divided by 255 in one pass (in float32, the same values
     as through float64 for all 256 pixel values: a test checks it), other
     values are kept; a 3-D batch ``(n, H, W)`` gets a channel axis.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from calm_np.preprocessing import to_unit_float
+    >>> to_unit_float(np.array([[0, 51, 255]], dtype=np.uint8), np.float32)
+    array([[0. , 0.2, 1. ]], dtype=float32)
     """
     X = np.asarray(to_numpy(X))
     X = X[:, None] if X.ndim == 3 else X
@@ -139,6 +146,15 @@ class Standardize(_Transformer):
     mean_ : float
     scale_ : float
         The standard deviation, or 1 where it is 0.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from calm_np.preprocessing import Standardize
+    >>> X = np.random.default_rng(0).uniform(0, 255, (10, 1, 8, 8))
+    >>> Z = Standardize().fit_transform(X)
+    >>> round(float(Z.mean()), 6), round(float(Z.std()), 6)
+    (0.0, 1.0)
     """
 
     def fit(self, X, y=None):
@@ -207,6 +223,15 @@ def zca_whiten_per_image(X, *, eps=1e-8):
     ``H × W`` pixels of the plane (variance with divisor ``H·W``).
 
     Tested backends: NumPy, array-api-strict (2023.12), PyTorch (CPU).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from calm_np.preprocessing import zca_whiten_per_image
+    >>> X = np.random.default_rng(0).uniform(0, 1, (2, 3, 16, 16))
+    >>> Z = zca_whiten_per_image(X)
+    >>> Z.shape, bool(np.allclose(Z.mean(axis=(2, 3)), 0))
+    ((2, 3, 16, 16), True)
     """
     eps = _check_eps(eps, positive=False)
     X, xp, _, _ = _as_float(X, "X", images=True)
@@ -235,6 +260,16 @@ class PerImageStandardize(_Transformer):
     ----------
     eps : float, default=1e-8
         Regularizer added to each plane's variance.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from calm_np.preprocessing import PerImageStandardize
+    >>> X = np.random.default_rng(0).uniform(0, 255, (4, 3, 8, 8))
+    >>> Z = PerImageStandardize().fit_transform(X)
+    >>> means, stds = Z.mean(axis=(2, 3)), Z.std(axis=(2, 3))  # per image, channel
+    >>> bool(np.allclose(means, 0)), bool(np.allclose(stds, 1))
+    (True, True)
     """
 
     def __init__(self, eps=1e-8):
@@ -314,6 +349,14 @@ def local_contrast(X, window, eps=LOCAL_EPS):
     :math:`\\tilde X = c / \\sqrt{\\operatorname{box}(c^2) + \\epsilon}`.
     On NumPy the box filter is SciPy's ``uniform_filter``; other namespaces
     sum shifted slices (the same numbers up to rounding).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from calm_np.preprocessing import local_contrast
+    >>> X = np.random.default_rng(0).uniform(0, 1, (2, 1, 10, 10))
+    >>> local_contrast(X, window=5).shape
+    (2, 1, 10, 10)
     """
     eps = _check_eps(eps, positive=False)
     window = _check_window(window)
@@ -359,6 +402,14 @@ class LocalContrastNormalization(_Transformer):
     window : int or (int, int), default=7
         Box size, e.g. the kernel size of the model that reads the images.
     eps : float, default=LOCAL_EPS
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from calm_np.preprocessing import LocalContrastNormalization
+    >>> X = np.random.default_rng(0).uniform(0, 1, (4, 1, 12, 12))
+    >>> LocalContrastNormalization(window=5).fit_transform(X).shape
+    (4, 1, 12, 12)
     """
 
     def __init__(self, window=7, eps=LOCAL_EPS):
@@ -416,6 +467,16 @@ class ZCAWhitening(_Transformer):
 
     Tested backends: NumPy, array-api-strict (2023.12, with and without
     linalg), PyTorch (CPU).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from calm_np.preprocessing import ZCAWhitening
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.standard_normal((500, 4)) @ rng.standard_normal((4, 4))  # correlated
+    >>> Z = ZCAWhitening(eps=1e-6).fit_transform(X)
+    >>> bool(np.allclose(np.cov(Z, rowvar=False), np.eye(4), atol=0.01))
+    True
     """
 
     def __init__(self, eps=0.1):
@@ -484,7 +545,8 @@ class ZCAWhitening(_Transformer):
 
         Parameters
         ----------
-        X : array of shape (n_samples, *feature_shape_)
+        X : array of shape (n_samples, ...)
+            Samples of the shape ``feature_shape_`` seen by :meth:`fit`.
 
         Returns
         -------
@@ -582,6 +644,16 @@ def make_preprocessor(name, *, window=7):
     -------
     transformer : object with ``fit``, ``transform`` and ``fit_transform``
         Unfitted; fit it on the training images only.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from calm_np.preprocessing import make_preprocessor
+    >>> type(make_preprocessor("local", window=5)).__name__
+    'LocalContrastNormalization'
+    >>> X = np.array([[1.0, 2.0]])
+    >>> make_preprocessor("none").fit_transform(X)  # the values as they are
+    array([[1., 2.]])
     """
     if name == "local":
         return LocalContrastNormalization(window)

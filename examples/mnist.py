@@ -17,7 +17,7 @@ convergence after about two epochs) into ``--out``. The pixels are scaled to
 [0, 1], as in the reference script.
 
 The paper's setting is kept here as it was; ``calm-np evaluate --dataset
-fashion-mnist`` runs the setting that gives better features (README table).
+fashion-mnist`` runs the setting that gives better features (docs/benchmarks.rst).
 """
 
 from __future__ import annotations

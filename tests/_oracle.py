@@ -1,7 +1,7 @@
 """Slow, obviously-correct NumPy float64 references (loops and scipy.stats).
 
 Nothing here shares code with calm_np: the tests compare the package with
-these definitions written straight from SPEC §1.
+these definitions written straight from docs/user_guide/model.rst §1.
 """
 
 from __future__ import annotations

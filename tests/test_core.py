@@ -1,4 +1,5 @@
-"""The convolution–posterior identity and the EM statistics (SPEC §1–3)."""
+"""The convolution–posterior identity and the EM statistics
+(docs/user_guide/model.rst §1–3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""A learned shared variance σ² (SPEC §2): identity, ECM, recovery, persistence.
+"""A learned shared variance σ² (docs/user_guide/model.rst §2): identity, ECM,
+recovery, persistence.
 
 The identity with σ² is checked against a brute-force mixture of
 multivariate normals (scipy), the M-step's σ² against the expected residual

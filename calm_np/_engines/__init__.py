@@ -28,7 +28,8 @@ and inherits
     distances(kernels, func, sq_norms)
                         -> func(D, start, stop) of D = ‖x_u − μ_k‖², the same way
 
-``scale = 1/σ²`` (SPEC §2, a learned shared variance) multiplies the map,
+``scale = 1/σ²`` (docs/user_guide/model.rst §2, a learned shared variance) multiplies
+the map,
 never the data: the kernels are scaled before the correlation and the
 statistics ``N_k``, ``S_k`` stay unscaled; ``scale=1`` is the paper's model,
 with exactly the old arithmetic; so the EM code never needs to know which one it holds.
