@@ -180,83 +180,116 @@ def interleaved(fns, repeats, warmup=1):
     return {k: statistics.median(v) for k, v in times.items()}, times
 
 
-def calm_epoch(X, kernels, batch, padding, method, fused=None):
-    """One exact batch-EM epoch with calm_np: statistics of every batch, then
-    one M-step.  ``fused=True`` calls the engines' fused statistics directly
-    (what ``_em`` does once it delegates to them); ``None`` uses the public
-    :func:`calm_np.sufficient_statistics`."""
-    import calm_np
+class Backend:
+    """Where calm_np's arrays live for a benchmark row.
 
-    total = None
-    for s in range(0, X.shape[0], batch):
-        Xb = X[s : s + batch]
-        if fused:
-            stats = _fused_statistics(Xb, kernels, padding, method)
+    ``name`` is ``numpy``, ``torch`` or ``cupy``; ``device`` is ``cpu`` or a
+    CUDA device (CuPy: always CUDA); ``label`` says both (``torch:cuda``);
+    ``put(ndarray)`` moves a host float32 array there; ``sync()`` waits for
+    the device (a no-op on the CPU); ``ref_device`` is the torch device the
+    reference runs on beside it (CUDA for the GPU rows, else the CPU);
+    ``xp`` is the array-API namespace calm_np sees; ``torch_device`` the
+    torch device of the arrays (``None`` for NumPy and CuPy).
+    """
+
+    def __init__(self, name, device="cpu"):
+        from calm_np import evaluation
+
+        if name not in ("numpy", "torch", "cupy"):
+            raise ValueError(f"backend must be numpy, torch or cupy, got {name!r}")
+        device = "cpu" if device in (None, "") else device
+        if name == "numpy" and device != "cpu":
+            device = "cpu"  # NumPy rows run on the CPU whatever --device says
+        if name == "cupy":
+            device = "cuda"
+        move, _ = evaluation.array_mover(
+            name, None if name == "cupy" else device, "float32"
+        )
+        self.name, self.device, self.put = name, device, move
+        self.on_gpu = device != "cpu"
+        self.label = name if name == "numpy" else f"{name}:{device}"
+        self.ref_device = "cuda" if self.on_gpu else "cpu"
+        if name == "numpy":
+            import array_api_compat.numpy as xp
+        elif name == "torch":
+            import array_api_compat.torch as xp
         else:
-            stats = calm_np.sufficient_statistics(
-                Xb, kernels, padding=padding, method=method
-            )
-        total = stats if total is None else total + stats
-    new, ok = total.m_step()
-    return np.where(ok[:, None, None, None], new, kernels), total
+            import array_api_compat.cupy as xp
+        self.xp = xp
+        self.torch_device = None
+        if name == "torch":
+            import torch
+
+            self.torch_device = torch.device(device)
+
+    def sync(self):
+        if not self.on_gpu:
+            return
+        if self.name == "cupy":
+            import cupy
+
+            cupy.cuda.Device().synchronize()
+        else:
+            import torch
+
+            torch.cuda.synchronize()
+
+    def choose(self, c, k, padded_shape, kernel_shape, latent="image"):
+        """What ``method="auto"`` runs for these shapes on this backend."""
+        from calm_np._engines import choose_method
+
+        args = (c, k, tuple(padded_shape), tuple(kernel_shape), latent)
+        return choose_method(self.xp, *args, device=self.torch_device)
+
+    def __repr__(self):
+        return f"Backend({self.label})"
 
 
-def _fused_statistics(X, kernels, padding, method):
-    from calm_np import _em
-
-    batch = _em._Batch(X, kernels, None, padding, method)
-    wide = np.float64
-    counts, sums, log_norm = batch.engine.statistics(
-        batch.kernels, batch.log_weights, wide
-    )
-    ll = np.sum(log_norm[:, 0, 0, 0].astype(wide) + batch.log_const().astype(wide))
-    return _em.SufficientStatistics(counts, sums, ll, X.shape[0])
+def backends(names, device="cpu"):
+    """:class:`Backend` for each comma-separated name, in order."""
+    return [Backend(name.strip(), device) for name in names.split(",") if name.strip()]
 
 
-def install_hook():
-    """Make ``_em._statistics`` delegate to the engines' fused statistics.
+def torch_sync(device):
+    """Wait for torch's work on ``device`` (a no-op on the CPU)."""
+    if str(device).startswith("cuda"):
+        import torch
 
-    The benchmark-side stand-in for the few lines ``_em._statistics`` needs
-    (proposed in docs/benchmarks.rst, "Performance"): for ``latent="image"``
-    without a margin it calls ``batch.engine.statistics``; everything else
-    goes to the original.  Returns whether it patched anything.
+        torch.cuda.synchronize()
+
+
+def calm_epoch(X, kernels, batch, padding, method, sync=None):
+    """One exact batch-EM epoch with calm_np on any namespace.
+
+    What the EM loop runs: the statistics of every batch (trusted: images
+    and kernels are the benchmark's own, checked nowhere per batch, as the
+    estimator's loop), summed, then one M-step, then one host read of the
+    objective, so that a GPU has finished before the clock stops (and
+    ``sync()``, e.g. ``torch.cuda.synchronize``).  Returns the new kernels,
+    the mask of updated ones and the summed log-likelihood (a float).
     """
     from calm_np import _em
 
-    if hook_active():
-        return False
-    original = _em._statistics
-
-    def _statistics(batch, kernels_ndim=4, margin=0):
-        if margin or getattr(batch, "latent", "image") != "image":
-            return original(batch, kernels_ndim=kernels_ndim, margin=margin)
-        xp = batch.xp
-        wide = _em.wide_float(xp, batch.device)
-        counts, sums, log_norm = batch.engine.statistics(
-            batch.kernels, batch.log_weights, wide
+    options = _em.Options(padding=padding, method=method)
+    total = None
+    for s in range(0, X.shape[0], batch):
+        stats = _em.batch_statistics(
+            X[s : s + batch], kernels, None, options, trusted=True
         )
-        if kernels_ndim == 3:
-            sums = sums[:, 0, ...]
-        ll = xp.sum(batch.log_likelihood(log_norm, wide))
-        return _em.SufficientStatistics(counts, sums, ll, batch.X.shape[0])
-
-    _statistics.fused_hook = True
-    _em._statistics = _statistics
-    return True
-
-
-def hook_active():
-    """Whether ``calm_np.sufficient_statistics`` already runs the fused path."""
-    import inspect
-
-    from calm_np import _em
-
-    if getattr(_em._statistics, "fused_hook", False):
-        return True
-    return "engine.statistics" in inspect.getsource(_em._statistics)
+        total = stats if total is None else total + stats
+    new, ok = total.m_step()
+    ll = float(total.log_likelihood)
+    if sync is not None:
+        sync()
+    return new, ok, ll
 
 
 def reference_epoch(Xt, Mt, batch, padding):
+    """The reference's epoch (``reference_torch.epoch``), finished: its
+    summed log-likelihood read to the host (and CUDA synchronized)."""
     import reference_torch
 
-    return reference_torch.epoch(Xt, Mt, batch_size=batch, padding=padding)
+    new, total = reference_torch.epoch(Xt, Mt, batch_size=batch, padding=padding)
+    ll = float(total)
+    torch_sync(Xt.device)
+    return new, ll

@@ -64,7 +64,6 @@ def _child(path, n, batch_size, n_kernels, kernel_size):
     """Run in a subprocess: fit, print a JSON line with the RSS figures."""
     import calm_np
 
-    hooked = _perf.install_hook()
     X = np.load(path, mmap_mode="r")[:n]
     before = _perf.rss_parts_mb()
     peak = list(before)
@@ -107,7 +106,6 @@ def _child(path, n, batch_size, n_kernels, kernel_size):
                 after=after,
                 seconds=seconds,
                 bound=float(model.lower_bound_),
-                hooked=hooked,
             )
         )
     )
@@ -245,11 +243,6 @@ def main(argv=None):
                 folder.rmdir()
             except OSError:
                 pass
-    if rows and rows[0].get("hooked"):
-        print(
-            "(fit ran with the fused statistics hooked into _em in-process, "
-            "see benchmarks/_perf.install_hook)"
-        )
     small, full, big = (r["peak"][1] - r["before"][1] for r in rows)
     # bounded by the batch: 10x the images may not cost more anonymous memory
     # (20 MB of slack for allocator noise)
