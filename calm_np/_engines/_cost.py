@@ -40,9 +40,22 @@ SPEEDS["numpy"] = {
     "pmap": 1.86e10,
     "pixel": 5.78e08,
 }
-# PyTorch on the CPU: the same plans, each operation parallel inside torch
-# (fitted by ``benchmarks/engine_choice.py --backend torch --fit``; see there).
-SPEEDS["torch-cpu"] = dict(SPEEDS["numpy"])
+# PyTorch on the CPU: the same plans, chunks on worker threads with one torch
+# thread each.  Fitted by ``benchmarks/engine_choice.py --backend torch
+# --quick --fit`` to one sweep of 26 shapes x 2 latents, medians of 3
+# (``results/engine_choice_torch_quick.json``): 52 of 52 picks within 10 %
+# of the faster engine on that sweep (in-sample; 45 with NumPy's speeds).
+# The pixel term (the patch latent's pixel-weighted sum) was too small to
+# fit and is left out.
+SPEEDS["torch-cpu"] = {
+    "gemm": 4.18e11,
+    "dft": 8.63e10,
+    "map": 1.06e09,
+    "copy": 1.5e09,
+    "image": 1.06e05,
+    "pmap": 7.89e09,
+    "pixel": 1e30,
+}
 # CuPy and PyTorch on a GPU: not calibrated (no GPU has run the sweep).  A
 # GPU runs GEMMs far faster than it streams memory for small operands, so
 # this guess weighs GEMM flops at a GPU's tensor-core rate and every pass
