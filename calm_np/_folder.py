@@ -113,6 +113,19 @@ def image_folder_files(path, *, classes=None):
         If the folder holds no images, mixes images with class folders, has an
         empty class folder, or a class not in ``classes``; the message names
         the folder.
+
+    Examples
+    --------
+    >>> import os
+    >>> import numpy as np
+    >>> from PIL import Image
+    >>> for name, value in [("cat/a.png", 0), ("cat/b.png", 100), ("dog/c.png", 200)]:
+    ...     os.makedirs(os.path.dirname(f"pets/{name}"), exist_ok=True)
+    ...     Image.fromarray(np.full((4, 6), value, np.uint8)).save(f"pets/{name}")
+    >>> from calm_np.datasets import image_folder_files
+    >>> files, labels, class_names = image_folder_files("pets")
+    >>> [f.name for f in files], labels, class_names
+    (['a.png', 'b.png', 'c.png'], array([0, 0, 1]), ['cat', 'dog'])
     """
     folder = Path(path).expanduser()
     if not folder.is_dir():
@@ -262,6 +275,17 @@ def read_images(files, *, size=None, mode=None):
         If a file cannot be decoded, has a size unlike the first file's
         (without ``size``) or has more than 8 bits per channel; the message
         names the file.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from PIL import Image
+    >>> Image.fromarray(np.full((4, 6), 50, np.uint8)).save("gray.png")
+    >>> Image.fromarray(np.full((8, 12, 3), 200, np.uint8)).save("colour.png")
+    >>> from calm_np.datasets import read_images
+    >>> images = read_images(["gray.png", "colour.png"], size=(4, 6), mode="L")
+    >>> images.shape, images.dtype, images[:, 0, 0, 0]
+    ((2, 1, 4, 6), dtype('uint8'), array([ 50, 200], dtype=uint8))
     """
     Image = _pillow("read_images")
     size, mode = _check_size(size), _check_mode(mode)
@@ -350,6 +374,21 @@ def load_image_folder(path, *, size=None, mode=None, classes=None):
     -----
     :math:`X[i, c, y, x]` is channel ``c`` of pixel ``(y, x)`` of file ``i``,
     files in sorted order, class by class.
+
+    Examples
+    --------
+    >>> import os
+    >>> import numpy as np
+    >>> from PIL import Image
+    >>> for name, value in [("cat/a.png", 0), ("cat/b.png", 100), ("dog/c.png", 200)]:
+    ...     os.makedirs(os.path.dirname(f"pets/{name}"), exist_ok=True)
+    ...     Image.fromarray(np.full((4, 6), value, np.uint8)).save(f"pets/{name}")
+    >>> from calm_np.datasets import load_image_folder
+    >>> images, labels, class_names = load_image_folder("pets")
+    >>> images.shape, images.dtype, labels, class_names
+    ((3, 1, 4, 6), dtype('uint8'), array([0, 0, 1]), ['cat', 'dog'])
+    >>> images[:, 0, 0, 0]
+    array([  0, 100, 200], dtype=uint8)
     """
     _pillow("load_image_folder")
     files, labels, names = image_folder_files(path, classes=classes)

@@ -358,9 +358,18 @@ class Preset:
 
     Examples
     --------
+    >>> import numpy as np
+    >>> from calm_np.evaluation import get_preset, preprocess
     >>> p = get_preset("best", "fashion-mnist")
     >>> model = p.make_estimator()          # what calm-np evaluate fits
-    >>> X_train, X_test = preprocess(p.preprocess, X_train, X_test)  # doctest: +SKIP
+    >>> model.n_kernels, model.kernel_size, p.preprocess, p.fit_limit, p.C
+    (256, 7, 'none', 10000, 0.1)
+    >>> rng = np.random.default_rng(0)
+    >>> X_train = rng.integers(0, 256, (6, 1, 28, 28), dtype=np.uint8)
+    >>> X_test = X_train[:2]
+    >>> X_train, X_test = preprocess(p.preprocess, X_train, X_test)  # to [0, 1]
+    >>> X_train.shape, X_test.shape, float(X_train.max())
+    ((6, 1, 28, 28), (2, 1, 28, 28), 1.0)
     """
 
     name: str
@@ -408,6 +417,16 @@ def get_preset(name, dataset):
     ``get_preset(name, dataset).make_estimator()`` is the model ``calm-np
     evaluate --preset NAME --dataset DATASET`` fits, and ``.preprocess``,
     ``.fit_limit`` and ``.C`` the rest of its pipeline.
+
+    Examples
+    --------
+    >>> from calm_np.evaluation import get_preset
+    >>> p = get_preset("paper", "digits")
+    >>> settings = p.estimator
+    >>> settings["n_kernels"], settings["kernel_size"], settings["random_state"]
+    (64, 6, 0)
+    >>> p.pipeline()
+    {'preprocess': 'none', 'fit_limit': None, 'C': 1.0}
     """
     name, dataset = _check_names("get_preset", name, dataset)
     settings = preset(name, dataset)
@@ -428,7 +447,15 @@ def get_preset(name, dataset):
 
 def make_estimator(name="best", dataset="digits", **overrides):
     """The unfitted model ``calm-np evaluate --preset NAME --dataset DATASET``
-    fits: ``get_preset(name, dataset).make_estimator(**overrides)``."""
+    fits: ``get_preset(name, dataset).make_estimator(**overrides)``.
+
+    Examples
+    --------
+    >>> from calm_np.evaluation import make_estimator
+    >>> model = make_estimator("best", "digits", n_kernels=4)
+    >>> model.n_kernels, model.kernel_size, model.pooling, model.random_state
+    (4, 5, 3, 0)
+    """
     return get_preset(name, dataset).make_estimator(**overrides)
 
 
@@ -516,6 +543,13 @@ def load_dataset(
         A bad argument, named.
     FileNotFoundError
         A missing folder or file, named.
+
+    Examples
+    --------
+    >>> from calm_np.evaluation import load_dataset
+    >>> X_train, y_train, X_test, y_test = load_dataset("digits", limit=20)
+    >>> X_train.shape, X_test.shape, y_train[:5]
+    ((20, 1, 8, 8), (20, 1, 8, 8), array([6, 4, 4, 3, 2]))
     """
     where = "load_dataset"
     name = _params.check(where, "name", name, DATASETS)
@@ -700,6 +734,18 @@ def extract_features(model, X, batch_size=1000, *, progress=False):
     -------
     features : ndarray of shape (n, n_features), the transform's dtype
         (a Dask ``X`` is computed chunk by chunk).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from calm_np import ConvolutionalMixture
+    >>> from calm_np.evaluation import extract_features
+    >>> X = np.random.default_rng(0).standard_normal((10, 1, 8, 8))
+    >>> model = ConvolutionalMixture(n_kernels=3, kernel_size=3, random_state=0)
+    >>> model = model.fit(X)
+    >>> F = extract_features(model, X, batch_size=4)  # 3 chunks: 4, 4 and 2
+    >>> F.shape, F.dtype, bool(np.allclose(F, model.transform(X)))
+    ((10, 3), dtype('float64'), True)
     """
     batch_size, progress = _params.check_all(
         "extract_features", batch_size=batch_size, progress=progress

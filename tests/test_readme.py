@@ -1,8 +1,8 @@
 """The README's Python snippets and the shipped examples run with ``-W error``.
 
-Every ``python`` block of the README runs, in order, as one script (later
-blocks use the images of "Ten lines"), in a fresh interpreter where any
-warning is an error; the examples run the same way on tiny files.
+Every ``python`` block of the README runs, in order, as one script (a
+later block may use the names of an earlier one), in a fresh interpreter
+where any warning is an error; the examples run the same way on tiny files.
 """
 
 from __future__ import annotations
@@ -33,28 +33,15 @@ def run_strict(script, cwd, timeout=300):
 
 def test_readme_has_the_snippets():
     blocks = python_blocks((ROOT / "README.md").read_text())
-    assert len(blocks) >= 4
+    assert len(blocks) >= 1  # the front door's "Ten lines"
     assert any("ConvolutionalMixture(n_kernels=16" in b for b in blocks)
 
 
 @pytest.mark.slow
 def test_readme_snippets_run_without_a_warning(tmp_path):
-    pytest.importorskip("dask")
-    pytest.importorskip("distributed")
-    pytest.importorskip("PIL")
     blocks = python_blocks((ROOT / "README.md").read_text())
-    # the folder block reads my_images/train: make a tiny one
-    prelude = (
-        "import numpy as _np\n"
-        "from PIL import Image as _Image\n"
-        "import os as _os\n"
-        "for _c in ('cat', 'dog'):\n"
-        "    _os.makedirs(f'my_images/train/{_c}', exist_ok=True)\n"
-        "    for _i in range(3):\n"
-        "        _Image.fromarray(_np.full((28, 28), 40 * _i, _np.uint8))"
-        ".save(f'my_images/train/{_c}/{_i}.png')\n"
-    )
-    script = prelude + "\n".join(blocks)
+    assert blocks, "README.md has no python block"
+    script = "\n".join(blocks)
     done = run_strict(script, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Warning" not in done.stderr, done.stderr[-3000:]
