@@ -190,8 +190,10 @@ def run_setup(setup, n, repeats, seconds, backends, ref_device, sync_all):
     return {k: v / ref for k, v in med.items()}
 
 
-def run_model(n, backends, seconds, dry_run):
-    """The main job's model, ``max_iter=3``, on each backend in turn."""
+def run_model(n, backends, seconds, dry_run, batch_sizes=(None,), repeats=1):
+    """The main job's model, ``max_iter=3``, on each backend in turn, for
+    each ``batch_size`` (``None``: the preset's), ``repeats`` rounds
+    alternating the backends (medians)."""
     import calm_np
     from calm_np import evaluation
 
@@ -204,49 +206,64 @@ def run_model(n, backends, seconds, dry_run):
     print(
         f"[model] best preset (fashion-mnist): {shown}, whiten "
         f"{settings.get('whiten')}, learn_variance "
-        f"{settings.get('learn_variance')}, batch_size "
-        f"{settings.get('batch_size')}; {n} images {X.shape[1:]} ({source}); "
-        "max_iter=3, tol=0"
+        f"{settings.get('learn_variance')}; {n} images {X.shape[1:]} "
+        f"({source}); max_iter=3, tol=0; {repeats} round(s) alternating"
     )
     print(
-        f"  {'backend':11} {'first s':>8} {'s/iter':>8} {'vs numpy':>8} "
-        f"{'lower bound':>12}  (first: from fit() to the end of iteration 1, "
-        "with the initialisation; s/iter: median of iterations 2-3)"
+        f"  {'backend':11} {'batch':>6} {'first s':>8} {'s/iter':>8} "
+        f"{'vs numpy':>8} {'lower bound':>12}  (first: from fit() to the end of "
+        "iteration 1, with the initialisation; s/iter: median of iterations "
+        "2-3 over the rounds)"
     )
     started = time.perf_counter()
-    rows, failed = {}, False
-    for b in backends:
-        if time.perf_counter() - started > seconds:
-            print(f"  {b.label:11} skipped: --max-seconds spent")
-            continue
-        stamps = []
-        model = calm_np.ConvolutionalMixture(
-            **settings,
-            callback=lambda est, stamps=stamps: stamps.append(time.perf_counter()),
-        )
-        try:
-            Xb = b.put(X)
-            b.sync()
-            t0 = time.perf_counter()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                model.fit(Xb)
-            b.sync()
-        except Exception as exc:  # noqa: BLE001 - report, go on
-            failed = True
-            print(f"  {b.label:11} FAILED: {type(exc).__name__}: {exc}")
-            traceback.print_exc(limit=4, file=sys.stdout)
-            continue
-        finally:
-            _free(b)
-        first = stamps[0] - t0 if stamps else float("nan")
-        later = [t1 - t0_ for t0_, t1 in zip(stamps, stamps[1:], strict=False)]
-        per_iter = statistics.median(later) if later else float("nan")
-        rows[b.label] = (first, per_iter, float(model.lower_bound_))
-    base = rows.get("numpy", (None, None))[1]
-    for label, (first, per_iter, bound) in rows.items():
-        ratio = f"{per_iter / base:8.2f}" if base else f"{'-':>8}"
-        print(f"  {label:11} {first:8.2f} {per_iter:8.3f} {ratio} {bound:12.4f}")
+    failed = False
+    for batch_size in batch_sizes:
+        opts = dict(settings)
+        if batch_size is not None:
+            opts["batch_size"] = None if batch_size == "auto" else int(batch_size)
+        shown_bs = opts.get("batch_size") or "auto"
+        rows = {}
+        for _ in range(repeats):
+            for b in backends:
+                if time.perf_counter() - started > seconds:
+                    print(f"  {b.label:11} skipped: --max-seconds spent")
+                    continue
+                stamps = []
+                model = calm_np.ConvolutionalMixture(
+                    **opts,
+                    callback=lambda e, stamps=stamps: stamps.append(
+                        time.perf_counter()
+                    ),
+                )
+                try:
+                    Xb = b.put(X)
+                    b.sync()
+                    t0 = time.perf_counter()
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        model.fit(Xb)
+                    b.sync()
+                except Exception as exc:  # noqa: BLE001 - report, go on
+                    failed = True
+                    print(f"  {b.label:11} FAILED: {type(exc).__name__}: {exc}")
+                    traceback.print_exc(limit=4, file=sys.stdout)
+                    continue
+                finally:
+                    _free(b)
+                first = stamps[0] - t0 if stamps else float("nan")
+                later = [t1 - t0_ for t0_, t1 in zip(stamps, stamps[1:], strict=False)]
+                row = rows.setdefault(b.label, ([], [], float(model.lower_bound_)))
+                row[0].append(first)
+                row[1].extend(later)
+        med = {k: (statistics.median(v[0]), statistics.median(v[1]), v[2])
+               for k, v in rows.items() if v[1]}  # fmt: skip
+        base = med.get("numpy", (None, None))[1]
+        for label, (first, per_iter, bound) in med.items():
+            ratio = f"{per_iter / base:8.2f}" if base else f"{'-':>8}"
+            print(
+                f"  {label:11} {shown_bs!s:>6} {first:8.2f} {per_iter:8.3f} "
+                f"{ratio} {bound:12.4f}"
+            )
     _memory_line()
     return failed
 
@@ -318,6 +335,12 @@ def main(argv=None):
     ap.add_argument("--n-model", type=int, default=None, help="5000 (dry: 300)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument(
+        "--model-batches",
+        default="preset",
+        help="batch sizes of the model part: 'preset' (its 1000), or e.g. auto,1000",
+    )
+    ap.add_argument("--model-repeats", type=int, default=1)
+    ap.add_argument(
         "--max-seconds",
         type=float,
         default=150.0,
@@ -373,7 +396,11 @@ def main(argv=None):
             model_backends.append(_perf.Backend("numpy"))
         left = args.max_seconds - (time.perf_counter() - started)
         try:
-            failed |= run_model(n_model, model_backends, 0.8 * left, dry)
+            batches = [
+                None if b == "preset" else b for b in args.model_batches.split(",")
+            ]
+            args_model = (n_model, model_backends, 0.8 * left, dry)
+            failed |= run_model(*args_model, batches, args.model_repeats)
         except Exception as exc:  # noqa: BLE001
             failed = True
             print(f"[model] FAILED: {type(exc).__name__}: {exc}")

@@ -13,6 +13,17 @@ one EM iteration (two passes over every image) with small kernels, so the
 run stays short; memory per batch is set by the model and the batch size,
 whatever ``n``.
 
+    python benchmarks/memory.py --fits numpy,torch --fit-n 5000
+
+measures the peak resident memory (RSS, anonymous pages, sampled every
+20 ms) a fit of the main job's model (the ``best`` preset's estimator:
+256 kernels 7×7, patch latent, whitening, learned σ²; two EM iterations)
+adds above the loaded images, in a fresh subprocess per (library, batch
+size): ``batch_size`` automatic, 1000, and all the images at once.  The goal
+(issue 20): every fit at most 3× NumPy's plain iteration at the automatic
+batch, whatever ``batch_size``: the chunked plans hold a few images' maps,
+not a batch's.
+
     python benchmarks/memory.py --calls 6000 60000
 
 measures instead the peak of each call with the default ``batch_size=None``
@@ -147,6 +158,78 @@ def _calls_child(n):
     print(json.dumps(out))
 
 
+def _fit_child(backend, n, batch_size):
+    """Run in a subprocess: RSS growth of a fit of the main job's model."""
+    import warnings
+
+    import calm_np
+    from calm_np import evaluation
+
+    settings = evaluation.preset("best", "fashion-mnist")
+    for key in ("preprocess", "C", "fit_limit"):
+        settings.pop(key, None)
+    settings.update(max_iter=2, tol=0.0, batch_size=batch_size or None)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((n, 1, 28, 28)).astype(np.float32)
+    if backend == "torch":
+        import torch
+
+        X = torch.from_numpy(X)
+        torch.zeros(1) + 1  # the library's own start-up memory, before
+    before = _perf.rss_parts_mb()
+    peak = list(before)
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            now = _perf.rss_parts_mb()
+            for i in range(3):
+                peak[i] = max(peak[i], now[i])
+            time.sleep(0.02)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        calm_np.ConvolutionalMixture(**settings, random_state=0).fit(X)
+    seconds = time.perf_counter() - t0
+    stop.set()
+    t.join()
+    growth = peak[1] - before[1]
+    print(json.dumps(dict(backend=backend, n=n, batch_size=batch_size,
+                          growth=growth, seconds=seconds)))  # fmt: skip
+
+
+def fits_table(backends, n):
+    """Peak anonymous RSS growth of fits per library and batch size."""
+    print(_perf.machine_line(_perf.n_cpus()))
+    print(
+        f"main job's model (best preset), {n} float32 images 28x28, 2 EM "
+        "iterations; peak anonymous RSS growth above the loaded images, MB"
+    )
+    rows = []
+    for backend in backends:
+        for bs in (0, 1000, n):
+            cmd = [sys.executable, __file__, "--fit-child", backend, str(n), str(bs)]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    base = next(
+        r["growth"] for r in rows if r["backend"] == "numpy" and not r["batch_size"]
+    )
+    print(f"{'library':8} {'batch_size':>10} {'MB':>7} {'/numpy auto':>11} {'s':>6}")
+    ok = True
+    for r in rows:
+        ratio = r["growth"] / max(base, 1.0)
+        ok &= ratio <= 3
+        bs = r["batch_size"] or "auto"
+        print(f"{r['backend']:8} {bs!s:>10} {r['growth']:7.0f} {ratio:11.2f} "
+              f"{r['seconds']:6.1f}")  # fmt: skip
+    print(f"goal: every fit <= 3x NumPy's at the automatic batch: "
+          f"{'met' if ok else 'NOT met'}")  # fmt: skip
+    return rows
+
+
 def calls_table(ns):
     """Print the peak of each call, and whether none is over 3× an iteration."""
     print(_perf.machine_line(_perf.n_cpus()))
@@ -190,7 +273,15 @@ def main(argv=None):
         "--calls", type=int, nargs="+", help="peaks of fit/move/score/transform"
     )
     ap.add_argument("--calls-child", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--fits", help="libraries: peak RSS of the main job's fit")
+    ap.add_argument("--fit-n", type=int, default=5000)
+    ap.add_argument("--fit-child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.fit_child:
+        backend, n, bs = args.fit_child
+        return _fit_child(backend, int(n), int(bs))
+    if args.fits:
+        return fits_table(args.fits.split(","), args.fit_n)
     if args.calls_child:
         return _calls_child(args.calls_child)
     if args.calls:

@@ -422,7 +422,11 @@ def log_likelihood(
     True
     """
     options = Options(padding, method, latent, variance, whitening)
-    batch = _Batch(X, kernels, log_weights, options)
+    return batch_log_likelihood(_Batch(X, kernels, log_weights, options))
+
+
+def batch_log_likelihood(batch):
+    """:func:`log_likelihood` of a ``_Batch``, chunk by chunk."""
     log_norm = batch.readout(lambda A, start, stop: batch.log_normalizer(A))
     return batch.log_likelihood(log_norm)
 

@@ -475,7 +475,9 @@ class ConvolutionalMixture(ParamsMixin):
         ``latent``.  Lazily, as a Dask array, for Dask input.
         """
         source, _ = self._source(X)
-        func = _readouts.bind_model(log_likelihood, self)
+        trusted = source.validated  # checked where they entered: no host reads
+        score = _readouts.trusted_log_likelihood if trusted else log_likelihood
+        func = _readouts.bind_model(score, self)
         return source.map(func, kind="score")
 
     def score(self, X, y=None):
@@ -504,7 +506,9 @@ class ConvolutionalMixture(ParamsMixin):
         """
         source, params = self._source(X)
         options = dict(features=self.features, pooling=params["pooling"])
-        func = _readouts.bind_model(_readouts.pooled_features, self, **options)
+        trusted = source.validated  # checked where they entered: no host reads
+        read = _readouts.trusted_features if trusted else _readouts.pooled_features
+        func = _readouts.bind_model(read, self, **options)
         n_features = self.kernels_.shape[0] * _checks.n_cells(params["pooling"])
         return source.map(func, kind="transform", n_features=n_features)
 

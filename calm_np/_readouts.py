@@ -26,7 +26,7 @@ import math
 
 from . import _checks
 from ._checks import FEATURES
-from ._em import Options, _Batch
+from ._em import Options, _Batch, batch_log_likelihood
 from ._engines import LATENT_AXES
 from ._xp import (
     box_sums,
@@ -63,14 +63,33 @@ def pooled_features(
     ``ConvolutionalMixture``: every grid's features from one E-step,
     concatenated in order).  ``latent`` sets what the posterior is
     normalised over.  The log-joint and posterior features use the log joint
-    at ``variance`` (σ², docs/user_guide/model.rst §2); the triangle's distances do not
-    depend on
-    it.
+    at ``variance`` (σ², docs/user_guide/model.rst §2); the triangle's
+    distances do not depend on it.
     """
     options = Options(padding, method, latent, variance, whitening)
     batch = _Batch(X, kernels, log_weights, options)
+    return features_of(batch, features, pooling)
+
+
+def trusted_features(X, kernels, *, log_weights, features, pooling, **options):
+    """:func:`pooled_features` of a fitted model's batch whose images were
+    validated where they entered (``_data.ImageSource``): nothing is read
+    back from the device (``_em._Batch(trusted=True)``)."""
+    batch = _Batch(X, kernels, log_weights, Options(**options), trusted=True)
+    return features_of(batch, features, pooling)
+
+
+def trusted_log_likelihood(X, kernels, *, log_weights, **options):
+    """:func:`calm_np.log_likelihood` of a trusted batch (as
+    :func:`trusted_features`)."""
+    batch = _Batch(X, kernels, log_weights, Options(**options), trusted=True)
+    return batch_log_likelihood(batch)
+
+
+def features_of(batch, features, pooling):
+    """The pooled features of a ``_Batch`` (:func:`pooled_features`)."""
     grids = _checks.check_pooling(pooling)
-    xp = batch.xp
+    xp, latent = batch.xp, batch.latent
     if features == "triangle":
         return _pooled_triangle(batch, grids)
 

@@ -482,10 +482,10 @@ def log_or_minus_inf(a, xp):
 
 
 def relu(x, xp):
-    """``max(x, 0)``: in place on NumPy (``x`` is scratch), a new array
-    elsewhere.  NumPy's ``maximum`` with a scalar runs ~4× slower than with
-    an array, so ``x`` (a view in any axis order) is compared in memory
-    order with a small block of zeros."""
+    """``max(x, 0)``: in place on NumPy, CuPy and PyTorch (``x`` is
+    scratch), a new array elsewhere.  NumPy's ``maximum`` with a scalar runs
+    ~4× slower than with an array, so ``x`` (a view in any axis order) is
+    compared in memory order with a small block of zeros."""
     if use_native(xp) == "numpy":
         import numpy as np
 
@@ -499,26 +499,53 @@ def relu(x, xp):
         np.maximum(body, zeros, out=body)
         np.maximum(flat[q:], zeros[: flat.shape[0] - q], out=flat[q:])
         return x
+    native = use_native(xp)
+    if native == "torch":
+        import torch
+
+        return torch.clamp(x, min=0, out=x)
+    if native == "cupy":
+        import cupy
+
+        return cupy.maximum(x, 0, out=x)
     return xp.where(x > 0, x, xp.zeros_like(x))
 
 
-def inplace(name, x, xp):
-    """The elementwise function ``xp.<name>`` of ``x``: into ``x`` on NumPy
-    (``x`` is scratch; no new maps per chunk), a new array elsewhere."""
-    if use_native(xp) == "numpy":
-        import numpy as np
+def out_module(xp):
+    """The library module of ``xp`` whose functions take ``out=`` (NumPy,
+    CuPy, PyTorch), while native paths are on; else None."""
+    native = use_native(xp)
+    if native == "numpy":
+        import numpy
 
-        return getattr(np, name)(x, out=x)
+        return numpy
+    if native == "torch":
+        import torch
+
+        return torch
+    if native == "cupy":
+        import cupy
+
+        return cupy
+    return None
+
+
+def inplace(name, x, xp):
+    """The elementwise function ``xp.<name>`` of ``x``: into ``x`` where the
+    namespace takes ``out=`` (``x`` is scratch; no new maps per chunk), a
+    new array elsewhere."""
+    raw = out_module(xp)
+    if raw is not None:
+        return getattr(raw, name)(x, out=x)
     return getattr(xp, name)(x)
 
 
 def rsub(a, x, xp):
-    """``a − x`` (``a`` broadcast to ``x``): into ``x`` on NumPy (``x`` is
-    scratch), a new array elsewhere."""
-    if use_native(xp) == "numpy":
-        import numpy as np
-
-        return np.subtract(a, x, out=x)
+    """``a − x`` (``a`` broadcast to ``x``): into ``x`` where the namespace
+    takes ``out=`` (``x`` is scratch), a new array elsewhere."""
+    raw = out_module(xp)
+    if raw is not None:
+        return raw.subtract(a, x, out=x)
     return a - x
 
 

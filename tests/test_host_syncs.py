@@ -87,3 +87,26 @@ def test_the_counter_counts(host_reads):
     K = strict.asarray(np.ones((1, 1, 3, 3)))
     calm_np.sufficient_statistics(X, K)
     assert host_reads["n"] > 0
+
+
+@pytest.mark.parametrize("params", MODELS.values(), ids=MODELS.keys())
+def test_readouts_read_nothing_back_per_batch(host_reads, params):
+    # transform and score_samples of a fitted model: images validated once
+    # where they enter, then the same number of reads for 2 or 8 batches
+    rng = np.random.default_rng(1)
+    X = strict.asarray(rng.standard_normal((48, 1, 12, 12)))
+    model = calm_np.ConvolutionalMixture(
+        n_kernels=4, kernel_size=3, max_iter=2, tol=0.0, random_state=0,
+        pooling=((1, 1), (2, 2)), **params,
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit(X)
+    counts = []
+    for n_batches in (2, 8):
+        model.set_params(batch_size=48 // n_batches)
+        before = host_reads["n"]
+        model.transform(X)
+        model.score_samples(X)
+        counts.append(host_reads["n"] - before)
+    assert counts[0] == counts[1]

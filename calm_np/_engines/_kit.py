@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 
-from .._xp import device_of, use_native
+from .._xp import device_of, out_module, use_native
 
 # Bytes of maps and patches a chunk aims at, per device kind: the CPU value
 # keeps a chunk's work in cache (the NumPy passes' tuning, issue 11); a GPU
@@ -46,7 +46,7 @@ class Kit:
     def __init__(self, xp, device, dtype, wide):
         self.xp, self.device, self.dtype, self.wide = xp, device, dtype, wide
         native = use_native(xp)
-        self.raw = _raw_module(native)  # functions that take out=, or None
+        self.raw = out_module(xp)  # functions that take out=, or None
         self.kind = "gpu" if _on_gpu(native, device) else "cpu"
         # worker threads over chunks: whose operations then run on one thread
         cpu_threads = native in ("numpy", "torch") and self.kind == "cpu"
@@ -172,24 +172,6 @@ class Scratch:
             buf = kit.xp.empty((size,), dtype=dtype, device=kit.device)
             self.flat[name] = buf
         return kit.xp.reshape(buf[:size], shape)
-
-
-def _raw_module(native):
-    """The library module whose functions take ``out=`` (NumPy, CuPy,
-    PyTorch: all already imported by the caller's arrays), or None."""
-    if native == "numpy":
-        import numpy
-
-        return numpy
-    if native == "torch":
-        import torch
-
-        return torch
-    if native == "cupy":
-        import cupy
-
-        return cupy
-    return None
 
 
 def _on_gpu(native, device):
