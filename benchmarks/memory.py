@@ -71,11 +71,12 @@ def make_memmap(path, n, seed=0, block=50_000):
     del X
 
 
-def _child(path, n, batch_size, n_kernels, kernel_size):
-    """Run in a subprocess: fit, print a JSON line with the RSS figures."""
-    import calm_np
+def _sampled(run, every):
+    """``(before, peak, seconds)`` of ``run()``: RSS parts (MB) before it and
+    their peaks while it runs, sampled every ``every`` seconds; warnings
+    (a short fit's ConvergenceWarning) silenced."""
+    import warnings
 
-    X = np.load(path, mmap_mode="r")[:n]
     before = _perf.rss_parts_mb()
     peak = list(before)
     stop = threading.Event()
@@ -85,11 +86,25 @@ def _child(path, n, batch_size, n_kernels, kernel_size):
             now = _perf.rss_parts_mb()
             for i in range(3):
                 peak[i] = max(peak[i], now[i])
-            time.sleep(0.05)
+            time.sleep(every)
 
     t = threading.Thread(target=sample, daemon=True)
     t.start()
     t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run()
+    seconds = time.perf_counter() - t0
+    stop.set()
+    t.join()
+    return before, peak, seconds
+
+
+def _child(path, n, batch_size, n_kernels, kernel_size):
+    """Run in a subprocess: fit, print a JSON line with the RSS figures."""
+    import calm_np
+
+    X = np.load(path, mmap_mode="r")[:n]
     model = calm_np.ConvolutionalMixture(
         n_kernels,
         kernel_size=kernel_size,
@@ -98,14 +113,7 @@ def _child(path, n, batch_size, n_kernels, kernel_size):
         tol=0.0,
         random_state=0,
     )
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # ConvergenceWarning: one iteration
-        model.fit(X)
-    seconds = time.perf_counter() - t0
-    stop.set()
-    t.join()
+    before, peak, seconds = _sampled(lambda: model.fit(X), 0.05)
     after = _perf.rss_parts_mb()
     print(
         json.dumps(
@@ -160,8 +168,6 @@ def _calls_child(n):
 
 def _fit_child(backend, n, batch_size):
     """Run in a subprocess: RSS growth of a fit of the main job's model."""
-    import warnings
-
     import calm_np
     from calm_np import evaluation
 
@@ -176,26 +182,8 @@ def _fit_child(backend, n, batch_size):
 
         X = torch.from_numpy(X)
         torch.zeros(1) + 1  # the library's own start-up memory, before
-    before = _perf.rss_parts_mb()
-    peak = list(before)
-    stop = threading.Event()
-
-    def sample():
-        while not stop.is_set():
-            now = _perf.rss_parts_mb()
-            for i in range(3):
-                peak[i] = max(peak[i], now[i])
-            time.sleep(0.02)
-
-    t = threading.Thread(target=sample, daemon=True)
-    t.start()
-    t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        calm_np.ConvolutionalMixture(**settings, random_state=0).fit(X)
-    seconds = time.perf_counter() - t0
-    stop.set()
-    t.join()
+    model = calm_np.ConvolutionalMixture(**settings, random_state=0)
+    before, peak, seconds = _sampled(lambda: model.fit(X), 0.02)
     growth = peak[1] - before[1]
     print(json.dumps(dict(backend=backend, n=n, batch_size=batch_size,
                           growth=growth, seconds=seconds)))  # fmt: skip

@@ -567,25 +567,28 @@ def _zeros(size, dtype):
     return zeros
 
 
-def flush_tiny_inplace(E, np):
-    """NumPy: probabilities ``E`` rounded to multiples of ``tiny / eps`` near
-    0, in place: ``(E + T) − T`` with ``T = tiny / eps²`` (2⁻⁸⁰ in float32).
+def flush_tiny_inplace(E, xp):
+    """Probabilities ``E`` rounded to multiples of ``tiny / eps`` near 0, in
+    place (any namespace): ``(E + T) − T`` with ``T = tiny / eps²`` (2⁻⁸⁰ in
+    float32).
 
     Those below ``tiny / (2 eps)`` (5e-32 in float32) become exactly 0 and
     every other one is at least ``tiny / eps``, so kept ones times any factor
     above ``eps`` (DFT weights, pixels, 1/Z) stay normal numbers: subnormal
-    GEMM operands cost ~3× the time (up to 100× on peaked posteriors).  Each
-    probability moves by at most ``tiny / eps`` (1e-31 in float32), or by a
-    unit in its last place when above ``T``; from ``4 T / eps`` (2.8e-17 in
-    float32) up it is unchanged (below that, ``T`` can be half a unit in
-    the last place, a tie that rounds to even).  Two scalar passes without
-    branches: the masked copy it replaces took up to 4× longer on a trained
-    model's maps, where a few percent of the probabilities are flushed.
+    GEMM operands cost a CPU ~3× the time (up to 100× on peaked posteriors).
+    Each probability moves by at most ``tiny / eps`` (1e-31 in float32), or
+    by a unit in its last place when above ``T``; from ``4 T / eps``
+    (2.8e-17 in float32) up it is unchanged (below that, ``T`` can be half a
+    unit in the last place, a tie that rounds to even).  Two scalar passes
+    without branches: the masked copy it replaced took up to 4× longer on a
+    trained model's maps, where a few percent of the probabilities are
+    flushed.
     """
-    info = np.finfo(E.dtype)
-    T = info.tiny / (info.eps * info.eps)  # in the dtype (long double too)
-    np.add(E, T, out=E)
-    return np.subtract(E, T, out=E)
+    info = xp.finfo(E.dtype)
+    T = float(info.smallest_normal) / (float(info.eps) * float(info.eps))
+    E += T
+    E -= T
+    return E
 
 
 def flush_tiny(resp, xp):
