@@ -99,25 +99,34 @@ def check_finite(a, name, xp):
         )
 
 
-def check_images_finite(X, name, xp):
-    """Refuse NaN/inf, and values whose squares overflow ``X``'s dtype.
+def check_images_finite(X, name, xp, step=None, dtype=None):
+    """Refuse NaN/inf, and values whose squares overflow ``dtype`` (default
+    ``X``'s; ``X`` is cast to it).
 
-    One reduction (``max |X|``, which NaN propagates through).  The bound
-    ``sqrt(max_float / pixels per image)`` keeps ``‖X‖²`` and the
-    correlations finite; beyond it the objective would be ``-inf``.
+    One reduction (``max |X|``, which NaN propagates through; over ``step``
+    images at a time when given, so the temporaries stay small), one host
+    read.  The bound ``sqrt(max_float / pixels per image)`` keeps ``‖X‖²``
+    and the correlations finite; beyond it the objective would be ``-inf``.
     Returns ``max |X|`` (0 for no images).
     """
-    if X.shape[0] == 0:
+    n = X.shape[0]
+    if n == 0:
         return 0.0
-    peak = float(xp.max(xp.abs(X)))
+    dtype = X.dtype if dtype is None else dtype
+    step = n if step is None else step
+    peaks = [
+        xp.max(xp.abs(xp.astype(X[s : min(s + step, n), ...], dtype, copy=False)))
+        for s in range(0, n, step)
+    ]
+    peak = float(peaks[0] if len(peaks) == 1 else xp.max(xp.stack(peaks)))
     if not math.isfinite(peak):
         check_finite(X, name, xp)  # the usual message
     pixels = math.prod(X.shape[1:])
-    limit = math.sqrt(float(xp.finfo(X.dtype).max) / max(pixels, 1))
+    limit = math.sqrt(float(xp.finfo(dtype).max) / max(pixels, 1))
     if peak > limit:
         raise ValueError(
             f"{name} has values up to {peak:.3g}, whose squares overflow "
-            f"{X.dtype} (largest usable magnitude {limit:.3g} for images of "
+            f"{dtype} (largest usable magnitude {limit:.3g} for images of "
             f"{pixels} pixels); rescale the images (calm_np assumes unit noise "
             "variance) or pass float64"
         )

@@ -104,8 +104,8 @@ class ImageSource:
 
         if self.kind == "array" and not isinstance(self.X, np.memmap):
             xp = self.xp
-            X = xp.astype(self.X, self.work_dtype, copy=False)
-            _checks.check_images_finite(X, "X", xp)
+            step = self.batch_size or 1024  # temporaries of one batch
+            _checks.check_images_finite(self.X, "X", xp, step, self.work_dtype)
             self.validated = True
         return self
 
