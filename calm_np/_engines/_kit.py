@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 
-from .._xp import device_of, out_module, use_native
+from .._xp import device_of, flush_tiny_inplace, out_module, use_native
 
 # Bytes of maps and patches a chunk aims at, per device kind: the CPU value
 # keeps a chunk's work in cache (the NumPy passes' tuning, issue 11); a GPU
@@ -111,6 +111,30 @@ class Kit:
             out[...] = result
             return out
         return getattr(self.raw, name)(*args, out=out)
+
+    def exp_flushed(self, E):
+        """``exp(E)`` in place, probabilities near 0 flushed to 0 or at least
+        ``tiny / eps`` (:func:`calm_np._xp.flush_tiny_inplace`).
+
+        Logs below ``log(tiny / eps) − 2`` are raised to it first: their
+        probabilities are flushed to 0 either way (``exp`` of that bound is
+        below ``tiny / (2 eps)``), so the results are the same to the bit,
+        but ``exp`` no longer computes subnormal results, which took NumPy
+        5× and PyTorch 25× the time of normal ones (peaked posteriors have
+        many).
+        """
+        xp, info = self.xp, self.xp.finfo(E.dtype)
+        floor = math.log(float(info.smallest_normal) / float(info.eps)) - 2.0
+        if self.raw is not None and self.strided:  # NumPy
+            self.raw.maximum(E, floor, out=E)
+        elif self.raw is not None and hasattr(self.raw, "clamp"):  # PyTorch
+            self.raw.clamp(E, min=floor, out=E)
+        elif self.raw is not None:  # CuPy
+            self.raw.maximum(E, floor, out=E)
+        else:
+            E[...] = xp.clip(E, min=floor)
+        self.apply("exp", E, out=E)
+        return flush_tiny_inplace(E, xp)
 
     def windows(self, src, axis, size, at, out):
         """The ``size`` windows of ``n = src.shape[axis] - size + 1`` along

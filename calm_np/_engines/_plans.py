@@ -32,7 +32,7 @@ the caller's batch size.  Three tricks keep passes few:
   plan), not another sum over the maps.
 
 Probabilities are flushed to 0 or at least tiny/eps (1e-31 in float32)
-before the M-step GEMM (``(p + T) − T``, :func:`flush_tiny_inplace`):
+before the M-step GEMM (``(p + T) − T``, :meth:`._kit.Kit.exp_flushed`):
 subnormal operands make a CPU GEMM ~3× slower (up to 100× on peaked
 posteriors), and each probability moves by at most 1e-31 or a unit in its
 last place.
@@ -51,7 +51,6 @@ from __future__ import annotations
 import math
 
 from .._whiten import column_sq_norms, whiten_in_place
-from .._xp import flush_tiny_inplace
 from ._dft import RowTransforms, dft_matrices, on_namespace
 from ._kit import np_name as _np_name
 
@@ -60,7 +59,7 @@ def _softmax_inplace(A3, kit):
     """``A3`` (rows, m, cols) of log joints -> exp(A - max_n), in place.
 
     Returns the per-image max (m,), finite.  Probabilities near 0 are
-    flushed (:func:`flush_tiny_inplace`).
+    flushed (:meth:`~._kit.Kit.exp_flushed`).
     """
     xp = kit.xp
     if A3.shape[1] == 1:
@@ -69,8 +68,7 @@ def _softmax_inplace(A3, kit):
         mx = xp.max(xp.max(A3, axis=0), axis=-1)
     mx = xp.where(xp.isfinite(mx), mx, xp.zeros_like(mx))
     A3 -= mx[None, :, None]
-    kit.apply("exp", A3, out=A3)
-    flush_tiny_inplace(A3, xp)
+    kit.exp_flushed(A3)
     return mx
 
 
@@ -81,14 +79,13 @@ def _softmax_over_kernels(maps, axis, kit):
     Returns the log normalisers (``maps`` without ``axis``) and ``1/Z``
     (keepdims): the caller divides the maps by ``Z``, or the other operand
     of its M-step.  Probabilities (relative to a position's largest) near 0
-    are flushed (:func:`flush_tiny_inplace`).
+    are flushed (:meth:`~._kit.Kit.exp_flushed`).
     """
     xp = kit.xp
     mx = xp.max(maps, axis=axis, keepdims=True)
     mx = xp.where(xp.isfinite(mx), mx, xp.zeros_like(mx))
     maps -= mx
-    kit.apply("exp", maps, out=maps)
-    flush_tiny_inplace(maps, xp)
+    kit.exp_flushed(maps)
     Z = xp.sum(maps, axis=axis, keepdims=True)  # >= 1: the largest is exp(0)
     return xp.squeeze(mx + xp.log(Z), axis=axis), 1.0 / Z
 
