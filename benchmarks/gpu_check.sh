@@ -25,7 +25,7 @@
 # calm_np needs array-api-compat, which a bare GPU image may lack (and the
 # tests' array-api-strict backend array-api-strict): --prepare copies both
 # pure-Python packages from this machine's Python into .gpu_site/ (ignored
-# by git through .git/info/exclude); carry .gpu_site to the GPU machine and
+# by git through .gitignore); carry .gpu_site to the GPU machine and
 # this script puts it on PYTHONPATH.
 set -u
 set -o pipefail
