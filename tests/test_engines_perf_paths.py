@@ -323,9 +323,7 @@ def test_one_switch_decides_plans_or_reference(monkeypatch):
     # every namespace runs the chunked plans; with native paths off, the
     # whole-batch reference (the tests' oracle) instead
     calls = []
-    monkeypatch.setattr(
-        _passes, "statistics", lambda *args: calls.append(args) or args
-    )
+    monkeypatch.setattr(_passes, "statistics", lambda *args: calls.append(args) or args)
     batch = _em._Batch(np.ones((2, 1, 6, 6)), np.ones((2, 1, 3, 3)), None,
                        _em.Options(0, "fft"))  # fmt: skip
     batch.engine.statistics(batch.kernels, batch.log_weights, np.float64)
@@ -473,3 +471,25 @@ def test_plans_on_every_namespace_equal_the_reference(shape, method, latent, bac
         finite = np.isfinite(b)
         scale = max(np.max(np.abs(b[finite]), initial=0.0), 1e-300)
         np.testing.assert_allclose(a[finite], b[finite], rtol=0, atol=1e-10 * scale)
+
+
+@pytest.mark.parametrize("method", ["im2col", "fft"])
+def test_the_gpu_configuration_on_torch_cpu(method, monkeypatch):
+    # what a GPU runs (chunks sized for the device, no worker threads), on
+    # torch CPU tensors standing in for CUDA ones: the same statistics
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(_kit, "_on_gpu", lambda native, device: True)
+    rng = np.random.default_rng(8)
+    X = rng.standard_normal((300, 2, 11, 12))
+    M = rng.standard_normal((5, 2, 4, 3))
+    for latent in ("image", "patch"):
+        fused, generic = _fused_and_generic(X, M, None, 1, method, latent, margin=1)
+        batch = _em._Batch(torch.asarray(X), torch.asarray(M), None,
+                           _em.Options(1, method, latent))  # fmt: skip
+        kit = _kit.Kit(batch.xp, batch.device, torch.float64, torch.float64)
+        assert kit.kind == "gpu" and kit.threads is None
+        got = batch.engine.statistics(
+            batch.kernels, batch.log_weights, torch.float64, latent, 1
+        )
+        for a, b in zip(got, generic, strict=True):
+            np.testing.assert_allclose(a.numpy(), b, rtol=1e-10, atol=1e-10)

@@ -59,8 +59,12 @@ def _reads_of_a_fit(host_reads, n_batches, max_iter, **params):
 MODELS = {
     "paper": {},
     "fft": {"method": "fft"},
-    "main job": {"latent": "patch", "whiten": True, "learn_variance": True,
-                 "init": "random"},  # fmt: skip
+    "main job": {
+        "latent": "patch",
+        "whiten": True,
+        "learn_variance": True,
+        "init": "random",
+    },  # fmt: skip
     "weights": {"learn_weights": True, "reg_kernels": 0.5, "padding": 1},
 }
 
