@@ -493,3 +493,47 @@ def test_the_gpu_configuration_on_torch_cpu(method, monkeypatch):
         )
         for a, b in zip(got, generic, strict=True):
             np.testing.assert_allclose(a.numpy(), b, rtol=1e-10, atol=1e-10)
+
+
+def test_a_larger_pool_never_shuts_down_one_in_use(monkeypatch):
+    # a pass that holds the shared pool keeps submitting to it after another
+    # thread asked for a larger one (was: "cannot schedule new futures after
+    # shutdown" from concurrent transforms with many threads)
+    from calm_np import _pool
+
+    monkeypatch.setitem(_pool._POOL, "executor", None)
+    monkeypatch.setitem(_pool._POOL, "size", 0)
+    held = _pool.executor(2)
+    bigger = _pool.executor(4)
+    assert bigger is not held
+    assert held.submit(lambda: 7).result() == 7
+    assert _pool.executor(3) is bigger  # large enough: shared
+
+
+def test_concurrent_passes_with_growing_thread_counts(monkeypatch):
+    # many threads, each asking for more workers than the last: every pass
+    # completes with the same statistics
+    rng = np.random.default_rng(9)
+    X = rng.standard_normal((40, 1, 10, 10))
+    M = rng.standard_normal((3, 1, 3, 3))
+    want = __import__("calm_np").sufficient_statistics(X, M)
+    results, errors = [], []
+
+    def run(threads):
+        try:
+            batch = _em._Batch(X, M, None, _em.Options(0, "im2col"))
+            monkeypatch.setenv("CALM_NP_NUM_THREADS", str(threads))
+            results.append(
+                batch.engine.statistics(batch.kernels, batch.log_weights, np.float64)
+            )
+        except Exception as exc:  # noqa: BLE001 - re-raised below
+            errors.append(exc)
+
+    workers = [threading.Thread(target=run, args=(t,)) for t in range(1, 9)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert not errors
+    for counts, _, _ in results:
+        np.testing.assert_allclose(counts, want.counts, rtol=1e-12)
