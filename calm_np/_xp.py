@@ -365,8 +365,10 @@ def box_sums(Y, boxes, xp):
             return _from_positions(S, view, (len(boxes),))
     C = _box_matrix(H, W, tuple(boxes), "<f8").copy()  # writable: torch
     C = xp.asarray(C, dtype=Y.dtype, device=device_of(Y))
-    S = xp.reshape(Y, (math.prod(lead), H * W)) @ C
-    return xp.reshape(S, (*lead, len(boxes)))
+    # the lead axes kept apart: merging only H and W is a view of maps laid
+    # out positions-outermost too (the chunked readouts'), and the batched
+    # GEMM takes their strides without a copy
+    return xp.matmul(xp.reshape(Y, (*lead, H * W)), C)
 
 
 def piece_logsumexp(Y, rows, cols, xp):
