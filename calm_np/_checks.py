@@ -259,9 +259,16 @@ def _four_d(a, name, message):
     return a
 
 
-def check_images(X, name="X"):
-    """Return ``X`` as 4-D ``(n, c, H, W)`` (3-D input means ``c = 1``)."""
-    return _four_d(
+def check_images(X, name="X", *, layout=True):
+    """Return ``X`` as 4-D ``(n, c, H, W)`` (3-D input means ``c = 1``).
+
+    ``layout=True`` also refuses a channels-last batch
+    (:func:`check_channels_first`).  Callers pass ``False`` where the channel
+    count is checked against something else (kernels, a fitted model) or
+    the array was checked before (a batch of a checked source, a network's
+    maps, which are channels-first by construction).
+    """
+    X = _four_d(
         X,
         name,
         lambda X: (
@@ -270,6 +277,9 @@ def check_images(X, name="X"):
             f"of shape {tuple(X.shape)}; add a leading axis for a single image"
         ),
     )
+    if layout:
+        check_channels_first(tuple(X.shape), name)
+    return X
 
 
 def check_kernels(kernels, n_channels, name="kernels"):
@@ -581,23 +591,27 @@ def check_channels_first(shape, name="X"):
 
     calm_np reads ``(n, C, H, W)``; a ``(20, 32, 32, 3)`` RGB batch read that
     way is 32 channels of 32x3 images, and would fit without an error.  The
-    rule: the last axis holds 1, 3 or 4 values, the second does not, and
-    the third has more than 4 (so it is a row axis, not a width of a few
-    columns).  A real ``(n, C, H, W)`` batch is refused only if its images
-    are at most 4 columns wide with more than 4 rows and more than 4 (or 2)
-    channels, narrower than any useful kernel grid.
+    rule fires only where both readings point the same way: read
+    channels-last, the batch is images of at least 5x5 pixels (the default
+    kernel size) with 1, 3 or 4 channels (gray, RGB, RGBA: what Pillow,
+    imageio and matplotlib return); read channels-first, it is more than 4
+    channels of images more than 4 rows tall but only 1, 3 or 4 columns
+    wide.  That is ``shape[3] in (1, 3, 4)``, ``shape[1] > 4`` and
+    ``shape[2] > 4``.  A batch with 1 to 4 channels, or images at least 5
+    columns wide, always passes (so every gray, RGB or RGBA batch laid out
+    channels-first does).
     """
     if len(shape) != 4:
         return
     n, c, h, w = (int(s) for s in shape)
-    if w in CHANNELS_LAST_SIZES and c not in CHANNELS_LAST_SIZES and h > 4:
+    if w in CHANNELS_LAST_SIZES and c > 4 and h > 4:
         raise ValueError(
             f"{name} has shape {(n, c, h, w)}, which looks channels-last (n, H, "
             f"W, C): {n} images of {c}x{h} with {w} channel(s), the layout of "
             "Pillow, imageio and matplotlib. calm_np reads (n, C, H, W); pass "
-            "np.moveaxis(X, -1, 1) (torch: X.permute(0, 3, 1, 2)). If these "
-            f"really are {c} channels of {h}x{w} images, they are narrower "
-            "than any kernel grid calm_np is meant for: pad them wider"
+            "np.moveaxis(X, -1, 1) (torch: X.permute(0, 3, 1, 2)). calm_np "
+            "refuses more than 4 channels of images 1, 3 or 4 columns wide; "
+            f"if these really are {c} channels of {h}x{w} images, pad them wider"
         )
 
 

@@ -124,7 +124,9 @@ class _Batch:
         xp, device = get_namespace(X, kernels, log_weights)
         _checks.check_method(method, xp)
         padding = _checks.check_padding(options.padding)
-        X = _checks.check_images(X)
+        # no layout check: the kernels' channel count is the check here (X
+        # may be a network's maps, channels-first by construction)
+        X = _checks.check_images(X, layout=False)
         kernels = _checks.check_kernels(kernels, X.shape[1])
         dtype = _checks.float_dtype(xp, [(X, "X"), (kernels, "kernels")], device)
         X = xp.astype(X, dtype, copy=False)

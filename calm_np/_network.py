@@ -247,7 +247,9 @@ class ConvolutionalMixtureNetwork(ParamsMixin):
         """
         self._check_fitted()
         layers = self.layers_
-        source = ImageSource(X, self.batch_size or layers[0].batch_size)
+        # layer 1's channel count is the layout check here (and says so)
+        batch_size = self.batch_size or layers[0].batch_size
+        source = ImageSource(X, batch_size, layout=False)
         source.check(
             layers[0].kernel_size_, layers[0].padding_, layers[0].n_channels_in_
         )
@@ -381,7 +383,7 @@ def _step(data, layer, norm, activation, pool_size, readout=False):
 
 def encode(batch, *, layers, norms, activation, pool_size):
     """A batch of images → the input of the layer above ``layers``."""
-    batch = check_images(batch, "each batch of X")
+    batch = check_images(batch, "each batch of X", layout=False)
     for layer, norm in zip(layers, norms, strict=True):
         batch, _ = _step(batch, layer, norm, activation, pool_size)
     return batch
@@ -389,7 +391,7 @@ def encode(batch, *, layers, norms, activation, pool_size):
 
 def _features(batch, *, layers, norms, activation, pool_size, readout):
     """Features of one batch of images: the layers' readouts, bottom first."""
-    data = check_images(batch, "each batch of X")
+    data = check_images(batch, "each batch of X", layout=False)
     outs = []
     for layer, norm in zip(layers[:-1], norms, strict=True):
         concat = readout == "concat"
@@ -409,7 +411,11 @@ class _Maps:
     ``ImageSource`` reads it batch by batch and samples rows without
     computing the others.  For an iterable ``X`` it is a re-iterable of
     mapped batches (``ImageSource`` then counts images by one extra pass).
+    Its rows are maps ``(n, K, Ho, Wo)``, channels-first by construction:
+    ``channels_first`` tells ``ImageSource`` not to question their layout.
     """
+
+    channels_first = True
 
     def __init__(self, source, encoder):
         self.source, self.encoder = source, encoder

@@ -15,6 +15,9 @@ import zipfile
 
 import numpy as np
 import pytest
+from _helpers import problems, readonly_memmap
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 import calm_np
 from calm_np import _checks, evaluation, preprocessing
@@ -210,6 +213,7 @@ CHANNELS_LAST = [
 CHANNELS_FIRST = [
     (20, 3, 32, 32), (5, 1, 28, 28), (2, 4, 64, 64), (8, 32, 4, 4),
     (8, 64, 11, 11), (3, 3, 9, 3), (4, 1, 8, 3), (2, 16, 3, 3),
+    (3, 2, 9, 3), (12, 2, 7, 1), (4, 4, 9, 4), (6, 5, 4, 3), (2, 8, 9, 5),
 ]  # fmt: skip
 
 
@@ -235,15 +239,117 @@ def test_hostile_preprocessing_refuses_channels_last(shape):
             call()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the lead's wiring: _checks.check_images must call "
-    "check_channels_first (issue 21; remove this mark when wired)",
-)
 def test_estimator_refuses_channels_last():
     X = RNG.standard_normal((20, 32, 32, 3))
     with pytest.raises(ValueError, match="channels-last"):
         calm_np.ConvolutionalMixture(2, kernel_size=3, max_iter=1).fit(X)
+
+
+class _Sliced:
+    """An array-like read by slices (no array namespace): the lazy door."""
+
+    def __init__(self, X):
+        self.X, self.shape, self.dtype = X, X.shape, X.dtype
+
+    def __getitem__(self, key):
+        return self.X[key]
+
+
+def _doors(X, tmp_path):
+    """Every form a fit accepts, holding the images ``X``."""
+    import dask.array as da
+    import torch
+
+    return dict(
+        numpy=X,
+        uint8=X.astype(np.uint8),
+        torch=torch.asarray(X),
+        nested_list=X.tolist(),
+        list_of_batches=[X[:10], X[10:]],
+        memmap=readonly_memmap(X, tmp_path / "x.dat"),
+        sliced=_Sliced(X),
+        dask=da.from_array(X, chunks=(10, *X.shape[1:])),
+    )
+
+
+DOORS = [
+    "numpy", "uint8", "torch", "nested_list", "list_of_batches", "memmap",
+    "sliced", "dask",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("door", DOORS)
+def test_hostile_every_door_of_fit_refuses_channels_last(door, tmp_path):
+    X = np.abs(RNG.standard_normal((20, 12, 10, 3)))
+    model = calm_np.ConvolutionalMixture(2, kernel_size=3, max_iter=1)
+    with pytest.raises(ValueError, match=r"channels-last.*np.moveaxis"):
+        model.fit(_doors(X, tmp_path)[door])
+    assert not hasattr(model, "kernels_")
+
+
+def test_hostile_partial_fit_and_network_refuse_channels_last():
+    X = RNG.standard_normal((20, 16, 16, 3))
+    with pytest.raises(ValueError, match="channels-last"):
+        calm_np.ConvolutionalMixture(2, kernel_size=3).partial_fit(X)
+    net = calm_np.ConvolutionalMixtureNetwork(
+        [calm_np.ConvolutionalMixture(2, kernel_size=3, max_iter=1)]
+    )
+    with pytest.raises(ValueError, match="channels-last"):
+        net.fit(X)
+
+
+def test_hostile_fitted_model_names_the_transpose_for_channels_last():
+    X = RNG.standard_normal((20, 3, 16, 16))
+    model = calm_np.ConvolutionalMixture(2, kernel_size=3, max_iter=2, tol=1.0)
+    model.fit(X)
+    last = np.moveaxis(X, 1, -1)
+    for call in (model.transform, model.score_samples, model.partial_fit):
+        with pytest.raises(ValueError, match=r"fitted on 3.*np.moveaxis\(X, -1, 1\)"):
+            call(last)
+
+
+def test_network_maps_that_look_channels_last_still_fit():
+    # layer 1's 6 maps of 20x12 images are 16x8, pooled 8x4: (n, 6, 8, 4),
+    # a shape the rule refuses from a user, but maps are channels-first
+    X = RNG.standard_normal((24, 1, 20, 12))
+    layers = [
+        calm_np.ConvolutionalMixture(
+            6, kernel_size=5, latent="patch", max_iter=2, tol=1e9, random_state=0
+        ),
+        calm_np.ConvolutionalMixture(
+            2, kernel_size=3, latent="patch", max_iter=2, tol=1e9, random_state=0
+        ),
+    ]
+    net = calm_np.ConvolutionalMixtureNetwork(layers, pool_size=2).fit(X)
+    assert net.layers_[1].n_channels_in_ == 6
+    assert net.transform(X).shape == (24, net.n_features_)
+
+
+@settings(max_examples=200)
+@given(p=problems(max_n=6, max_c=4, max_hw=12, max_kernel=5))
+def test_property_drawn_channels_first_batches_are_never_refused(p):
+    # the generators of the property tests draw up to 4 channels: gray, RGB
+    # and RGBA laid out channels-first always pass, whatever their size
+    shape = (p["n"], p["c"], p["H"], p["W"])
+    _checks.check_channels_first(shape)
+    _checks.check_images(np.zeros(shape))
+
+
+@example(n=3, H=2, W=9, C=3)  # a drawn (n, 2, 9, 3) is 2 channels of 9x3
+@given(
+    n=st.integers(1, 4),
+    H=st.integers(1, 12),
+    W=st.integers(1, 12),
+    C=st.sampled_from(_checks.CHANNELS_LAST_SIZES),
+)
+def test_property_refused_shapes_are_channels_last_images_of_5x5_or_more(n, H, W, C):
+    try:
+        _checks.check_channels_first((n, H, W, C))
+    except ValueError:
+        refused = True
+    else:
+        refused = False
+    assert refused == (H >= 5 and W >= 5)
 
 
 # -- scale: one message saying what to do -----------------------------------------
