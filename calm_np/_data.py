@@ -252,6 +252,21 @@ class ImageSource:
                 break
         return xp.concat(out, axis=0)
 
+    def sample(self, count):
+        """At most ``count`` images, evenly spaced from the first to the last,
+        read at most ``batch_size`` at a time (a lazy source, such as a
+        network's maps, computes the rows it is asked for at once)."""
+        import numpy as np
+
+        n = self.n_samples
+        indices = np.unique(np.linspace(0, n - 1, min(n, count)).astype(np.intp))
+        step = min(self.batch_size or count, count)
+        pieces = [
+            self.take(indices[s : s + step].tolist())
+            for s in range(0, len(indices), step)
+        ]
+        return self.xp.concat(pieces, axis=0) if len(pieces) > 1 else pieces[0]
+
     def spaced(self, count):
         """An :class:`ImageSource` of every ``n // count``-th image, from the
         first to the last (``count`` to ``2·count`` images, evenly spread

@@ -353,7 +353,14 @@ def test_property_refused_shapes_are_channels_last_images_of_5x5_or_more(n, H, W
 
 
 # -- scale: one message saying what to do -----------------------------------------
-SCALES = [(16.0, True), (255.0, True), (1.0, False), (1 / 16, False), (4.0, True)]
+SCALES = [
+    (16.0, True),
+    (255.0, True),
+    (1.0, False),
+    (1 / 16, False),
+    (6.0, True),
+    (3.0, False),
+]  # fmt: skip  (uniform * scale * 3.5: standard deviation about scale)
 
 
 @pytest.mark.parametrize("scale, advised", SCALES)
@@ -365,6 +372,96 @@ def test_scale_advice_for_the_unit_variance_model(scale, advised):
         assert "Standardize" in message and "learn_variance=True" in message
     assert _checks.scale_advice(sample, learn_variance=True, whiten=False) is None
     assert _checks.scale_advice(sample, learn_variance=False, whiten=True) is None
+
+
+def _digits(scale):
+    pytest.importorskip("sklearn")
+    from sklearn.datasets import load_digits
+
+    X = load_digits().images[:400, None]  # 0..16
+    return X if scale == 16 else np.round(X * 255 / 16).astype(np.uint8)
+
+
+def _caught(fit):
+    """``fit()``'s warnings, and those already raised at its first iteration."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = fit()
+    return model, [w.category for w in caught]
+
+
+@pytest.mark.parametrize("scale", [16, 255])
+@pytest.mark.parametrize("n_kernels", [16, 64])
+def test_hostile_raw_pixels_get_one_message_at_the_start(scale, n_kernels):
+    # raw 0..16 with 16 kernels ran 100 iterations and ended with a
+    # ConvergenceWarning; 0..255 with 64 a DeadKernelWarning
+    X, at_first = _digits(scale), []
+
+    def first(model):
+        if model.n_iter_ == 1:
+            at_first.extend(w.category for w in caught)
+
+    model = calm_np.ConvolutionalMixture(n_kernels, random_state=0, callback=first)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(X)
+    assert [w.category for w in caught] == [calm_np.DataScaleWarning]
+    assert at_first == [calm_np.DataScaleWarning]  # before the first iteration
+    message = str(caught[0].message)
+    assert f"range 0..{scale}" in message and "Standardize" in message
+    assert "learn_variance=True" in message
+
+
+@pytest.mark.parametrize("scale", [16, 255])
+def test_scaled_pixels_fit_without_a_word(scale):
+    X = _digits(scale) / scale
+    model, caught = _caught(
+        lambda: calm_np.ConvolutionalMixture(16, random_state=0).fit(X)
+    )
+    assert caught == [] and model.converged_
+
+
+@pytest.mark.parametrize(
+    "params",
+    [dict(learn_variance=True), dict(latent="patch", whiten=True, method="im2col")],
+)
+def test_scale_free_models_get_no_scale_warning(params):
+    X = _digits(255)
+    fit = calm_np.ConvolutionalMixture(4, max_iter=3, tol=1e9, random_state=0, **params)
+    assert _caught(lambda: fit.fit(X))[1] == []
+
+
+def test_warm_start_is_not_warned_twice():
+    X = _digits(16)
+    model = calm_np.ConvolutionalMixture(4, max_iter=2, warm_start=True, random_state=0)
+    assert calm_np.DataScaleWarning in _caught(lambda: model.fit(X))[1]
+    assert calm_np.DataScaleWarning not in _caught(lambda: model.fit(X))[1]
+
+
+@pytest.mark.parametrize("door", DOORS)
+def test_hostile_every_door_of_fit_checks_the_scale(door, tmp_path):
+    X = np.round(np.abs(RNG.standard_normal((20, 1, 10, 10))) * 80)
+    model = calm_np.ConvolutionalMixture(2, kernel_size=3, max_iter=2, batch_size=5)
+    fitted, caught = _caught(lambda: model.fit(_doors(X, tmp_path)[door]))
+    assert caught == [calm_np.DataScaleWarning]  # and no ConvergenceWarning
+    assert not fitted.converged_
+
+
+def test_scale_sample_reads_at_most_a_batch_at_a_time():
+    from calm_np._data import ImageSource
+
+    X = RNG.standard_normal((200, 1, 6, 6))
+    sizes = []
+
+    class Counted(_Sliced):
+        def __getitem__(self, key):
+            rows = self.X[key]
+            sizes.append(len(rows))
+            return rows
+
+    sample = ImageSource(Counted(X), batch_size=7).sample(_checks.SCALE_SAMPLES)
+    assert sample.shape == (64, 1, 6, 6) and max(sizes[1:]) <= 7
+    np.testing.assert_array_equal(sample[[0, -1]], X[[0, -1]])  # first to last
 
 
 # -- preprocessing: never zeros or NaN without a word -----------------------------
