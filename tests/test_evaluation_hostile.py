@@ -601,6 +601,74 @@ def test_hostile_network_header(network, tmp_path, changes, match):
         calm_np.ConvolutionalMixtureNetwork.load(tmp_path / "bad.npz")
 
 
+def _no_temporary_folder(monkeypatch, tmp_path):
+    """Every way of making a temporary file or folder fails, as with a full
+    or read-only /tmp and TMPDIR pointing nowhere."""
+    import tempfile
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "no writable temporary folder")
+
+    for name in ("mkdtemp", "mkstemp", "TemporaryDirectory", "NamedTemporaryFile"):
+        monkeypatch.setattr(tempfile, name, refuse)
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "nowhere"))
+
+
+def test_hostile_network_loads_without_a_temporary_folder(
+    network, tmp_path, monkeypatch
+):
+    net, X = network
+    net.save(tmp_path / "net.npz")
+    _no_temporary_folder(monkeypatch, tmp_path)
+    loaded = calm_np.ConvolutionalMixtureNetwork.load(tmp_path / "net.npz")
+    np.testing.assert_array_equal(loaded.transform(X), net.transform(X))
+
+
+def test_hostile_network_layer_errors_name_the_member_not_a_temporary_file(
+    network, tmp_path, monkeypatch
+):
+    net, _ = network
+    net.save(tmp_path / "net.npz")
+    with zipfile.ZipFile(tmp_path / "net.npz") as zf:
+        members = {name: zf.read(name) for name in zf.namelist()}
+    layer = np.load(io.BytesIO(members["layer1.npy"]))
+    buffer = io.BytesIO()
+    np.save(buffer, layer[: len(layer) // 2])  # layer 1's file cut in half
+    members["layer1.npy"] = buffer.getvalue()
+    with zipfile.ZipFile(tmp_path / "bad.npz", "w") as zf:
+        for name, raw in members.items():
+            zf.writestr(name, raw)
+    _no_temporary_folder(monkeypatch, tmp_path)
+    with pytest.raises(ValueError, match="layer 1 is not valid: layer1.npy is") as info:
+        calm_np.ConvolutionalMixtureNetwork.load(tmp_path / "bad.npz")
+    assert str(tmp_path / "bad.npz") in str(info.value)
+    assert "tmp" not in str(info.value).replace(str(tmp_path), "")
+
+
+def test_network_saves_without_a_temporary_folder_beside_its_target(
+    network, tmp_path, monkeypatch
+):
+    # the layers' files are made in memory; only the target's own temporary
+    # name (beside it, for an atomic rename) is written
+    import tempfile
+
+    net, X = network
+    real = tempfile.mkstemp
+    made = []
+
+    def spy(*args, dir=None, **kwargs):
+        made.append(dir)
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", spy)
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", None)
+    net.save(tmp_path / "net.npz")
+    assert all(d is not None and str(d).startswith(str(tmp_path)) for d in made)
+    loaded = calm_np.ConvolutionalMixtureNetwork.load(tmp_path / "net.npz")
+    np.testing.assert_array_equal(loaded.transform(X), net.transform(X))
+
+
 # -- saves name their target; --out is probed before the fit ----------------------
 def test_save_to_a_full_device_names_it(network):
     net, _ = network
