@@ -181,6 +181,7 @@ class ConvolutionalMixtureNetwork(ParamsMixin):
         layers = self._check_params()
         source = ImageSource(X, layers[0].batch_size)
         check_stack(layers, source.image_shape, self.pool_size)
+        check_inits(layers, source.n_channels)
         with restore_on_error(self, _FITTED):
             fitted, norms = [], []
             for depth, layer in enumerate(layers):
@@ -317,6 +318,32 @@ def check_stack(layers, image_shape, pool_size):
                 f"layers[{i}]'s maps are smaller than one {pool_size}x{pool_size} "
                 "pooling cell; use a smaller pool_size or larger images"
             )
+
+
+def check_inits(layers, n_channels):
+    """Refuse a layer's ``init`` array whose shape does not fit the stack
+    (layer ``l+1`` has one channel per kernel of layer ``l``), before any
+    layer is fitted; the error names the layer."""
+    for i, layer in enumerate(layers):
+        init = layer.init
+        if not isinstance(init, str):
+            shape = tuple(int(d) for d in init.shape)
+            if len(shape) == 3:  # one channel
+                shape = (shape[0], 1, *shape[1:])
+            kernel_size = check_params(layer.get_params())["kernel_size"]
+            expected = (layer.n_kernels, n_channels, *kernel_size)
+            if shape != expected:
+                why = (
+                    f"the images have {n_channels} channel(s)"
+                    if i == 0
+                    else f"its input has {n_channels} channel(s), one per kernel "
+                    f"of layers[{i - 1}]"
+                )
+                raise ValueError(
+                    f"layers[{i}]: init has shape {tuple(init.shape)} but must be "
+                    f"(n_kernels, n_channels, kh, kw) = {expected}: {why}"
+                )
+        n_channels = layer.n_kernels
 
 
 def _geometry(layer):

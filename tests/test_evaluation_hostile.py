@@ -601,6 +601,56 @@ def test_hostile_network_header(network, tmp_path, changes, match):
         calm_np.ConvolutionalMixtureNetwork.load(tmp_path / "bad.npz")
 
 
+def _stack_with_init(depth, shape):
+    """Two layers (3 then 2 kernels); layer ``depth``'s init has ``shape``."""
+    sizes = [(3, 3), (2, 2)]
+    layers = []
+    for i, (k, size) in enumerate(sizes):
+        init = "kmeans++"
+        if i == depth:
+            init = np.random.default_rng(i).standard_normal(shape)
+        layers.append(
+            calm_np.ConvolutionalMixture(k, kernel_size=size, init=init, max_iter=2)
+        )
+    return calm_np.ConvolutionalMixtureNetwork(layers)
+
+
+INIT_SHAPES = [
+    (1, (2, 5, 2, 2), r"layers\[1\]: init has shape \(2, 5, 2, 2\).*\(2, 3, 2, 2\)"),
+    (1, (2, 1, 2, 2), r"layers\[1\].*one per kernel of layers\[0\]"),
+    (1, (2, 2, 2), r"layers\[1\].*3 channel"),  # 3-D: one channel
+    (1, (2, 3, 3, 3), r"layers\[1\].*\(2, 3, 2, 2\)"),  # wrong kernel size
+    (1, (4, 3, 2, 2), r"layers\[1\].*\(2, 3, 2, 2\)"),  # wrong kernel count
+    (0, (3, 2, 3, 3), r"layers\[0\].*the images have 1 channel"),
+    (0, (3, 1, 2, 2), r"layers\[0\].*\(3, 1, 3, 3\)"),
+]
+
+
+@pytest.mark.parametrize("depth, shape, match", INIT_SHAPES)
+def test_hostile_network_init_of_the_wrong_shape_refused_before_any_fit(
+    depth, shape, match, monkeypatch
+):
+    fits = []
+    real = calm_np.ConvolutionalMixture.fit
+    monkeypatch.setattr(
+        calm_np.ConvolutionalMixture,
+        "fit",
+        lambda self, X, y=None: fits.append(1) or real(self, X, y),
+    )
+    with pytest.raises(ValueError, match=match):
+        _stack_with_init(depth, shape).fit(RNG.standard_normal((20, 1, 10, 10)))
+    assert fits == []  # layer 1 was not fitted first
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 2, 2)])
+def test_network_init_of_the_right_shape_is_used(shape):
+    net = _stack_with_init(1, shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", calm_np.ConvergenceWarning)
+        net.fit(RNG.standard_normal((20, 1, 10, 10)))
+    assert net.layers_[1].kernels_.shape == shape
+
+
 def _no_temporary_folder(monkeypatch, tmp_path):
     """Every way of making a temporary file or folder fails, as with a full
     or read-only /tmp and TMPDIR pointing nowhere."""
