@@ -517,7 +517,30 @@ def check_params(params):
     """
     checked = {name: check(name, params[name]) for name, check in PARAMS.items()}
     check_whiten(checked["whiten"], checked["latent"], checked["method"])
+    check_padding_fits(checked["padding"], checked["kernel_size"], params["padding"])
     return checked
+
+
+def check_padding_fits(padding, kernel_size, given=None):
+    """Refuse padding beyond ``kernel_size - 1`` on an axis.
+
+    With ``p`` zeros on each side and kernels ``k`` wide, the windows at the
+    first and last ``p - k + 1`` positions (when ``p >= k``) hold no pixel
+    of the image, only zeros: they cost work (a padding of 100 makes maps
+    of 200x200 positions on 8x8 images) and carry no information.
+    ``padding = kernel_size - 1`` is the "full" convolution, every window
+    overlapping the image.
+    """
+    given = padding if given is None else given
+    limit = tuple(k - 1 for k in kernel_size)
+    if any(p > m for p, m in zip(padding, limit, strict=True)):
+        shown = limit[0] if limit[0] == limit[1] else limit
+        raise ValueError(
+            f"padding={given!r} is more than kernel_size - 1 = {shown}: the "
+            "windows at the edges would hold only the zeros added, no pixel of "
+            "the image (work with no information); use "
+            f"padding <= {shown} (the full convolution) or larger kernels"
+        )
 
 
 # Largest log-joint maps of one image (n_kernels × Ho × Wo × 8 bytes) a model

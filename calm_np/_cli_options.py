@@ -389,6 +389,26 @@ def _resolve_settings(args):
     return params, extras
 
 
+def check_settings(args, params, network):
+    """The estimator's (or network's) parameter checks, run before any data
+    is read: a bad combination (``--padding`` beyond ``--kernel-size - 1``)
+    costs a second, not a data load; the error names the options (and says
+    which value came from the preset)."""
+    import re
+
+    model = _cli_network.build(params, network)
+    try:
+        model._check_params()
+    except (TypeError, ValueError) as exc:
+        given = _explicit_params(args)
+        names = [n for n in sorted(params) if re.search(rf"\b{n}=", str(exc))]
+        flags = ", ".join(
+            "--" + n.replace("_", "-") + ("" if n in given else " (--preset's)")
+            for n in names
+        )
+        raise UserError(f"{flags}: {exc}" if flags else str(exc)) from exc
+
+
 def _explicit_params(args):
     """Estimator parameters given on the command line."""
     params = {}

@@ -77,10 +77,12 @@ class ConvolutionalMixture(ParamsMixin):
     kernel_size : int or (int, int), default=5
         Kernel height and width.
     padding : int or (int, int), default=0
-        Zeros added on each side of every image.
+        Zeros added on each side of every image, at most ``kernel_size - 1``
+        (the full convolution; more would add windows of zeros only).
     reg_kernels : float, default=0.0
         Precision ``λ`` of an isotropic Gaussian prior on the kernels; the
-        M-step is ``μ_k = S_k / (N_k + λ)`` (MAP).
+        M-step is ``μ_k = S_k / (N_k + λ)`` (MAP).  A ``λ`` so large that the
+        penalty ``½ λ Σ_k ‖μ_k‖²`` overflows is a ``ValueError``.
     learn_weights : bool, default=False
         Learn the mixture weights ``π_k = N_k / n``; otherwise uniform.
     learn_variance : bool, default=False

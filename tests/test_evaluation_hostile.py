@@ -719,6 +719,92 @@ def test_network_saves_without_a_temporary_folder_beside_its_target(
     np.testing.assert_array_equal(loaded.transform(X), net.transform(X))
 
 
+# -- padding beyond kernel_size - 1; a prior penalty that overflows ------------------
+PADDINGS = [
+    (5, 5, "padding=5 is more than kernel_size - 1 = 4"),
+    (5, 100, "padding=100 is more than kernel_size - 1 = 4"),
+    (5, 10**6, "padding=1000000 is more than"),
+    (1, 1, "padding=1 is more than kernel_size - 1 = 0"),
+    (3, (0, 3), r"padding=\(0, 3\) is more than kernel_size - 1 = 2"),
+    (3, (3, 0), r"padding=\(3, 0\)"),
+    ((3, 5), (2, 5), r"padding=\(2, 5\) is more than kernel_size - 1 = \(2, 4\)"),
+    ((1, 7), (1, 0), r"padding=\(1, 0\) is more than kernel_size - 1 = \(0, 6\)"),
+]
+
+
+@pytest.mark.parametrize("kernel_size, padding, match", PADDINGS)
+def test_hostile_padding_beyond_the_kernel_is_refused_before_any_work(
+    kernel_size, padding, match
+):
+    X = RNG.standard_normal((10, 1, 8, 8))
+    model = calm_np.ConvolutionalMixture(2, kernel_size=kernel_size, padding=padding)
+    for call in (model.fit, model.partial_fit):
+        with pytest.raises(ValueError, match=match + ".*windows at the edges"):
+            call(X)
+    assert not hasattr(model, "kernels_")
+    net = calm_np.ConvolutionalMixtureNetwork(
+        [calm_np.ConvolutionalMixture(2, kernel_size=3), model]
+    )
+    with pytest.raises(ValueError, match=r"layers\[1\]: " + match):
+        net.fit(X)
+
+
+@pytest.mark.parametrize(
+    "kernel_size, padding", [(5, 4), (1, 0), ((3, 5), (2, 4)), (2, (1, 0))]
+)
+def test_padding_up_to_the_full_convolution_fits(kernel_size, padding):
+    X = RNG.standard_normal((10, 1, 6, 6))
+    model = calm_np.ConvolutionalMixture(
+        2, kernel_size=kernel_size, padding=padding, max_iter=2, tol=1e9
+    )
+    assert model.fit(X).padding_ == _checks.check_padding(padding)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--padding", "100"], "--padding: padding=100 is more than kernel_size - 1"),
+    (["--padding", "3", "--kernel-size", "3"], "--padding: padding=3"),
+    (["--kernel-size", "2"], "--padding (--preset's): padding=2"),
+    (["--padding", "9", "--layers", "2"], "layers[0]: padding=9"),
+])  # fmt: skip
+def test_hostile_cli_padding_refused_before_the_data_is_read(
+    tmp_path, capsys, monkeypatch, args, fragment
+):
+    from calm_np import _cli
+
+    monkeypatch.setattr(_cli, "_load_data", lambda *a: pytest.fail("data read"))
+    status = main(["fit", "--quiet", "--out", str(tmp_path / "o"), *args])
+    err = capsys.readouterr().err
+    assert status == 1 and fragment in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("reg", [1e308, 1.7976931348623157e308, 5e307])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_hostile_huge_reg_kernels_is_named_not_blamed_on_the_data(reg, dtype):
+    X = RNG.standard_normal((20, 1, 8, 8)).astype(dtype)
+    init = np.stack([np.full((1, 3, 3), 1.0), np.full((1, 3, 3), -1.0)])
+    model = calm_np.ConvolutionalMixture(2, kernel_size=3, reg_kernels=reg, init=init)
+    with pytest.raises(ValueError, match=r"reg_kernels=.*overflow.*smaller") as info:
+        model.fit(X)
+    assert "scale" not in str(info.value)
+
+
+def test_hostile_cli_huge_reg_kernels_is_named(tmp_path, capsys):
+    args = ["fit", "--quiet", "--limit", "30", "--reg-kernels", "1e308"]
+    status = main([*args, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert status == 1 and "reg_kernels=1e+308" in err and "scale" not in err, err
+
+
+def test_large_but_finite_reg_kernels_fits():
+    X = RNG.standard_normal((20, 1, 8, 8))
+    model = calm_np.ConvolutionalMixture(2, kernel_size=3, reg_kernels=1e300)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", calm_np.DeadKernelWarning)
+        model.fit(X)
+    assert np.isfinite(model.lower_bound_)
+
+
 # -- saves name their target; --out is probed before the fit ----------------------
 def test_save_to_a_full_device_names_it(network):
     net, _ = network
