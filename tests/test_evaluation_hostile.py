@@ -894,6 +894,45 @@ def test_cli_network_preset_runs_on_digits(tmp_path, capsys):
     assert status == 0, capsys.readouterr().err
 
 
+def _option_help(text, flag):
+    """The help of ``flag`` in ``--help``'s text, on one line."""
+    lines = text.split("\noptions:", 1)[1].splitlines()  # not the usage
+    for i, line in enumerate(lines):
+        words = line.split()
+        if line.startswith("  -") and words and words[0].rstrip(",") == flag:
+            block = [line]
+            for more in lines[i + 1 :]:
+                if more.startswith("  -") or not more.startswith("   "):
+                    break
+                block.append(more)
+            return " ".join(" ".join(block).split())
+    raise AssertionError(f"{flag} not in the help")
+
+
+@pytest.mark.parametrize("command", ["fit", "evaluate"])
+def test_hostile_cli_help_shows_every_estimator_default(capsys, command):
+    from calm_np import _cli_options
+
+    with pytest.raises(SystemExit):
+        _cli_options.build_parser().parse_args([command, "--help"])
+    text = capsys.readouterr().out
+    defaults = calm_np.ConvolutionalMixture().get_params()
+    by_preset = _cli_options._preset_keys()
+    skipped = {"warm_start", "init", "callback", "verbose"}
+    for name in sorted(set(defaults) - skipped):
+        help_text = _option_help(text, "--" + name.replace("_", "-"))
+        own = _cli_options._shown(name, defaults[name])
+        if name in by_preset:
+            assert f"default: the --preset's, else {own}" in help_text, name
+        else:
+            assert f"default: {own} (no preset sets it)" in help_text, name
+    assert "default: 1 (no preset sets it)" in _option_help(text, "--n-init")
+    assert "default: auto (no preset sets it)" in _option_help(text, "--method")
+    assert "else kmeans++" in _option_help(text, "--init")
+    for flag, value in (("--backend", "numpy"), ("--dtype", "float32")):
+        assert f"default: {value}" in _option_help(text, flag)
+
+
 def test_cli_help_states_defaults_and_presets():
     import subprocess
     import sys
