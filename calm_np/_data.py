@@ -255,11 +255,17 @@ class ImageSource:
     def sample(self, count):
         """At most ``count`` images, evenly spaced from the first to the last,
         read at most ``batch_size`` at a time (a lazy source, such as a
-        network's maps, computes the rows it is asked for at once)."""
+        network's maps, computes the rows it is asked for at once).  An
+        iterable of batches gives its first ``count`` images instead: reading
+        them stops there, where spacing them would cost a whole pass."""
         import numpy as np
 
         n = self.n_samples
-        indices = np.unique(np.linspace(0, n - 1, min(n, count)).astype(np.intp))
+        if self.kind == "iterable":
+            indices = np.arange(min(n, count))
+        else:
+            indices = np.linspace(0, n - 1, min(n, count)).astype(np.intp)
+            indices = np.unique(indices)
         step = min(self.batch_size or count, count)
         pieces = [
             self.take(indices[s : s + step].tolist())

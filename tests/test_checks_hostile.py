@@ -664,6 +664,26 @@ def test_hostile_every_door_of_fit_checks_the_scale(door, tmp_path):
     assert not fitted.converged_
 
 
+def test_scale_sample_of_batches_stops_after_the_first_images():
+    from calm_np._data import ImageSource
+
+    X = RNG.standard_normal((200, 1, 6, 6))
+    served = []
+
+    class Batches:
+        def __iter__(self):
+            for start in range(0, 200, 10):
+                served.append(start)
+                yield X[start : start + 10]
+
+    source = ImageSource(Batches())
+    assert source.n_samples == 200  # one counting pass, as a fit makes anyway
+    served.clear()
+    sample = source.sample(_checks.SCALE_SAMPLES)
+    assert sample.shape == (64, 1, 6, 6) and served == list(range(0, 70, 10))
+    np.testing.assert_array_equal(sample, X[:64])
+
+
 def test_scale_sample_reads_at_most_a_batch_at_a_time():
     from calm_np._data import ImageSource
 
