@@ -640,18 +640,23 @@ def check_channels_first(shape, name="X"):
 
 # Largest standard deviation of the pixel values that the unit-variance model
 # (learn_variance=False, whiten=False) is given without a word.  Measured on
-# scikit-learn's digits with the estimator's defaults (n_kernels 16 and 64,
-# seeds 0 and 1; iterations, * = no convergence in 100, D = dead kernels):
-#   /16 (std 0.38)   9 9 9 9          std 1 (standardised)  74 51 92 78
-#   std 2            100* 100* 100* 74   std 3  100* 70 74 100*
-#   raw 0..16 (std 6)  100* 89 35 49   std 16  100* 49 26 35D
-#   0..255 (std 96)  97 37 24D 26D
+# scikit-learn's digits with the estimator's defaults, iterations of four
+# fits (n_kernels 16 with seeds 0 and 1, then 64 with seeds 0 and 1; * no
+# convergence in 100, D dead kernels at the end):
+#   std 0.38 (digits / 16)    9     9     9     9
+#   std 1 (standardised)     74    51    92    78
+#   std 2                   100*  100*  100*   74
+#   std 3                   100*   70    74   100*
+#   std 6 (raw 0..16)       100*   89    35    49
+#   std 16                  100*   49    26    35D
+#   std 96 (0..255)          97    37    24D   26D
 # Non-convergence also happens at std 2-3, so the limit only separates
 # what Standardize gives (std 1, and the tests' noise up to std 3) from raw
 # 0..16 and 0..255 pixels, where posteriors are hard (log-joint gaps of
 # hundreds to thousands of nats) and kernels starve.
 SCALE_LIMIT = 4.0
-# Images whose pixels give the standard deviation (evenly spaced over X).
+# Images whose pixels give the standard deviation (evenly spaced over X; the
+# first ones of an iterable of batches).
 SCALE_SAMPLES = 64
 
 
@@ -659,7 +664,7 @@ def scale_advice(sample, learn_variance, whiten, name="X"):
     """A message saying how to scale ``X``, or ``None`` when it fits the model.
 
     ``sample`` is a few images of ``X`` (any namespace; ``fit`` passes
-    ``SCALE_SAMPLES`` images evenly spaced over ``X``).  Advised above a
+    ``SCALE_SAMPLES`` of them, ``ImageSource.sample``).  Advised above a
     standard deviation of ``SCALE_LIMIT`` (4).  Only the unit-variance model
     is scale-sensitive: with ``learn_variance=True`` a fit is
     scale-equivariant, with ``whiten=True`` every patch is normalised.

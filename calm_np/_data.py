@@ -130,10 +130,9 @@ class ImageSource:
         if n_channels is not None and self.n_channels != n_channels:
             hint = ""
             if self.image_shape[1] == n_channels:  # (n, H, W, C) read as C-first
-                H, W = self.image_shape
                 hint = (
-                    f"; its last axis holds {W}: if X is channels-last (n, H, W, "
-                    "C), pass np.moveaxis(X, -1, 1)"
+                    f"; its last axis holds {n_channels}: if X is channels-last "
+                    "(n, H, W, C), pass np.moveaxis(X, -1, 1)"
                 )
             raise ValueError(
                 f"X has {self.n_channels} channel(s) but the model was fitted on "
