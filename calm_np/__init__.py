@@ -15,6 +15,7 @@ from ._em import (
 from ._estimator import (
     ConvergenceWarning,
     ConvolutionalMixture,
+    DataScaleWarning,
     DeadKernelWarning,
     NotFittedError,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "ConvergenceWarning",
     "ConvolutionalMixture",
     "ConvolutionalMixtureNetwork",
+    "DataScaleWarning",
     "DeadKernelWarning",
     "NotFittedError",
     "SufficientStatistics",

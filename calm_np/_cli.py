@@ -41,6 +41,7 @@ from ._cli_options import (
     build_parser,
     check_extras,
     check_paths,
+    check_settings,
     load_model,
     probe_folder,
     remove_created,
@@ -305,6 +306,8 @@ def _fit_and_write(args, evaluate, paths, log):
     saved = _load_saved(args)
     _refuse_model_options(args, saved)
     _cli_network.refuse_saved(extras["network"], saved)
+    if not saved:  # a saved model's settings were checked when it was read
+        check_settings(args, params, extras["network"])
     clock = _Clock()
     X_train, y_train, X_test, y_test = _load_data(args, labelled=evaluate)
     clock.lap("load")

@@ -139,12 +139,53 @@ def _choices(name, fallback):
 
 # the estimator's boolean parameters, as --flag / --no-flag
 _FLAGS = {
-    "--learn-weights": "learn the mixture weights (default: uniform)",
-    "--learn-variance": "learn a shared pixel variance σ² (default: σ² = 1, the "
+    "--learn-weights": "learn the mixture weights (off: uniform weights)",
+    "--learn-variance": "learn a shared pixel variance σ² (off: σ² = 1, the "
     "paper's model)",
     "--whiten": "normalise and ZCA-whiten every patch inside the model "
-    "(latent patch only; default: off)",
+    "(latent patch only)",
 }
+
+
+def _preset_keys():
+    """Estimator parameters that some preset sets, for some data set."""
+    keys = set()
+    for name in PRESETS:
+        for dataset in DATASETS:
+            keys |= set(evaluation.get_preset(name, dataset).estimator)
+    return keys
+
+
+def _shown(name, value):
+    """An estimator default as the command line spells it."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if name == "batch_size" and value is None:
+        return "automatic (about 8 MB of maps per batch)"
+    if name == "random_state" and value is None:
+        return "none (fresh randomness on every run)"
+    if isinstance(value, tuple):
+        return "x".join(map(str, value))
+    return str(value)
+
+
+def _add_defaults(group):
+    """End each estimator option's help with its default: the estimator's
+    own where no preset sets the option, else the preset's (listed at the
+    end of ``--help``) and the estimator's where the preset leaves it."""
+    defaults = ConvolutionalMixture().get_params()
+    by_preset = _preset_keys()
+    for action in group._group_actions:
+        name = action.dest
+        if name not in defaults or name in ("warm_start", "init"):
+            continue  # they name files or methods; their help says it
+        own = _shown(name, defaults[name])
+        tail = (
+            f"default: the --preset's, else {own}"
+            if name in by_preset
+            else f"default: {own} (no preset sets it)"
+        )
+        action.help = f"{action.help}; {tail}" if action.help else tail
 
 
 def _add_estimator_options(p):
@@ -165,7 +206,8 @@ def _add_estimator_options(p):
     g.add_argument(
         "--init",
         metavar="|".join(inits) + "|MODEL.npz",
-        help="initial kernels: a method, or the kernels of a saved model",
+        help="initial kernels: a method, or the kernels of a saved model "
+        "(default: the --preset's, else kmeans++)",
     )
     g.add_argument("--n-init", type=_int_at_least(1), metavar="N")
     g.add_argument("--max-iter", type=_int_at_least(0), metavar="N")
@@ -174,7 +216,8 @@ def _add_estimator_options(p):
         "--batch-size",
         type=_batch_size,
         metavar="N|all",
-        help="images per minibatch (the statistics are exact either way)",
+        help="images per minibatch (the statistics are exact either way; all: "
+        "automatic)",
     )
     g.add_argument("--method", choices=_choices("method", ("auto", "im2col", "fft")))
     g.add_argument(
@@ -183,7 +226,10 @@ def _add_estimator_options(p):
         help="continue EM from a saved model (its kernels, weights and shapes)",
     )
     g.add_argument(
-        "--random-state", type=_int_at_least(0), metavar="SEED", help="default: 0"
+        "--random-state",
+        type=_int_at_least(0),
+        metavar="SEED",
+        help="seed of initialisation and re-seeding",
     )
     g.add_argument(
         "--features",
@@ -197,6 +243,7 @@ def _add_estimator_options(p):
     )
     if "latent" in _estimator_param_names():
         g.add_argument("--latent", choices=_choices("latent", ("image", "patch")))
+    _add_defaults(g)
 
 
 def _add_data_options(p, labelled):
@@ -269,13 +316,17 @@ def _add_data_options(p, labelled):
 
 def _add_run_options(p):
     g = p.add_argument_group("run")
-    g.add_argument("--backend", choices=BACKENDS, default="numpy")
+    g.add_argument(
+        "--backend", choices=BACKENDS, default="numpy", help="default: numpy"
+    )
     g.add_argument(
         "--device",
         metavar="DEV",
         help="torch device (default: cuda when available, else cpu)",
     )
-    g.add_argument("--dtype", choices=DTYPES, default="float32")
+    g.add_argument(
+        "--dtype", choices=DTYPES, default="float32", help="default: float32"
+    )
     g.add_argument(
         "--out",
         metavar="DIR",
@@ -387,6 +438,26 @@ def _resolve_settings(args):
     params = dict(preset.estimator)
     params.update(_explicit_params(args))
     return params, extras
+
+
+def check_settings(args, params, network):
+    """The estimator's (or network's) parameter checks, run before any data
+    is read: a bad combination (``--padding`` beyond ``--kernel-size - 1``)
+    costs a second, not a data load; the error names the options (and says
+    which value came from the preset)."""
+    import re
+
+    model = _cli_network.build(params, network)
+    try:
+        model._check_params()
+    except (TypeError, ValueError) as exc:
+        given = _explicit_params(args)
+        names = [n for n in sorted(params) if re.search(rf"\b{n}=", str(exc))]
+        flags = ", ".join(
+            "--" + n.replace("_", "-") + ("" if n in given else " (--preset's)")
+            for n in names
+        )
+        raise UserError(f"{flags}: {exc}" if flags else str(exc)) from exc
 
 
 def _explicit_params(args):

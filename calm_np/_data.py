@@ -31,17 +31,24 @@ class ImageSource:
     batch_size : int or None
         Images per batch for arrays; ``None`` is all at once.  An iterable's
         own batches are used as they come.
+    layout : bool, default=True
+        Refuse a channels-last batch (``_checks.check_channels_first``), as a
+        fit must: it learns the channel count from ``X``.  ``False`` where
+        the count is checked against a fitted model instead (``check``), and
+        for an ``X`` that says it is channels-first (a network's maps, whose
+        ``channels_first`` attribute is True).
     """
 
-    def __init__(self, X, batch_size=None, name="X"):
+    def __init__(self, X, batch_size=None, name="X", layout=True):
         self.batch_size = batch_size
         self.kind = None
+        self.layout = layout = layout and not getattr(X, "channels_first", False)
         if is_dask_array(X):
             self.kind = "dask"
-            self.X = _checks.check_images(X, name)
+            self.X = _checks.check_images(X, name, layout=layout)
         elif is_array_api_obj(X):
             self.kind = "array"
-            self.X = _checks.check_images(_checks.detached(X), name)
+            self.X = _checks.check_images(_checks.detached(X), name, layout=layout)
         elif isinstance(X, (list, tuple)) and X and is_array_api_obj(X[0]):
             if X[0].ndim not in (3, 4):
                 raise ValueError(
@@ -52,7 +59,8 @@ class ImageSource:
             self.X = X
         elif isinstance(X, (list, tuple)):
             self.kind = "array"
-            self.X = _checks.check_images(_checks.as_array(X, name), name)
+            X = _checks.as_array(X, name)
+            self.X = _checks.check_images(X, name, layout=layout)
         elif _is_lazy_array(X):
             # array-like read by slices (e.g. calm_np.datasets' STL-10 memmap):
             # each batch is converted when it is read, never the whole
@@ -61,6 +69,8 @@ class ImageSource:
                 import numpy as np  # checked on a zero-stride view (no memory)
 
                 _checks.check_images(np.broadcast_to(np.float32(0), X.shape), name)
+            if layout:
+                _checks.check_channels_first(tuple(X.shape), name)
             self.X = X
         elif isinstance(X, (str, bytes, Mapping)):
             raise TypeError(
@@ -118,9 +128,15 @@ class ImageSource:
         """
         Hp, Wp = _checks.check_sizes(self.image_shape, kernel_size, padding)
         if n_channels is not None and self.n_channels != n_channels:
+            hint = ""
+            if self.image_shape[1] == n_channels:  # (n, H, W, C) read as C-first
+                hint = (
+                    f"; its last axis holds {n_channels}: if X is channels-last "
+                    "(n, H, W, C), pass np.moveaxis(X, -1, 1)"
+                )
             raise ValueError(
                 f"X has {self.n_channels} channel(s) but the model was fitted on "
-                f"{n_channels}; pass images with {n_channels} channel(s)"
+                f"{n_channels}; pass images with {n_channels} channel(s){hint}"
             )
         map_shape = (Hp - kernel_size[0] + 1, Wp - kernel_size[1] + 1)
         if self.batch_size is None and n_kernels is not None:
@@ -156,8 +172,9 @@ class ImageSource:
 
     # -- reading -------------------------------------------------------------
     def _iter_raw(self):
+        name, layout = "each batch of X", self.layout
         for batch in self.X:
-            yield _checks.check_images(_checks.detached(batch), "each batch of X")
+            yield _checks.check_images(_checks.detached(batch), name, layout=layout)
 
     def batches(self):
         """Yield batches ``(n_b, c, H, W)``, each checked for shape."""
@@ -186,7 +203,8 @@ class ImageSource:
 
     def _slice(self, start, stop):
         if self.kind == "lazy":
-            return _checks.check_images(_checks.as_array(self.X[start:stop], "X"))
+            rows = _checks.as_array(self.X[start:stop], "X")
+            return _checks.check_images(rows, layout=False)  # checked whole
         return self.X[start:stop, ...]
 
     def take(self, indices):
@@ -196,7 +214,7 @@ class ImageSource:
             import numpy as np
 
             rows = self.X[np.asarray(indices, dtype=np.intp)]
-            return _checks.check_images(_checks.as_array(rows, "X"))
+            return _checks.check_images(_checks.as_array(rows, "X"), layout=False)
         if self.kind == "array":
             if _is_numpy_like(self.X):
                 import numpy as np
@@ -233,6 +251,27 @@ class ImageSource:
                 break
         return xp.concat(out, axis=0)
 
+    def sample(self, count):
+        """At most ``count`` images, evenly spaced from the first to the last,
+        read at most ``batch_size`` at a time (a lazy source, such as a
+        network's maps, computes the rows it is asked for at once).  An
+        iterable of batches gives its first ``count`` images instead: reading
+        them stops there, where spacing them would cost a whole pass."""
+        import numpy as np
+
+        n = self.n_samples
+        if self.kind == "iterable":
+            indices = np.arange(min(n, count))
+        else:
+            indices = np.linspace(0, n - 1, min(n, count)).astype(np.intp)
+            indices = np.unique(indices)
+        step = min(self.batch_size or count, count)
+        pieces = [
+            self.take(indices[s : s + step].tolist())
+            for s in range(0, len(indices), step)
+        ]
+        return self.xp.concat(pieces, axis=0) if len(pieces) > 1 else pieces[0]
+
     def spaced(self, count):
         """An :class:`ImageSource` of every ``n // count``-th image, from the
         first to the last (``count`` to ``2·count`` images, evenly spread
@@ -244,7 +283,7 @@ class ImageSource:
             images = self.X[::step, ...]
         else:
             images = self.take(list(range(0, self.n_samples, step)))
-        sample = ImageSource(images, batch_size=self.batch_size)
+        sample = ImageSource(images, batch_size=self.batch_size, layout=False)
         sample.validated = self.validated
         return sample
 
@@ -378,7 +417,9 @@ def checked_source(X, params, fitted=None, readout=False):
     Also sizes the automatic batch and refuses models the data cannot support
     (``readout=True``: reading out a fitted model, no initialisation).
     """
-    source = ImageSource(X, params["batch_size"])
+    # the layout is checked where the channel count is learned (a fresh fit);
+    # a fitted model checks the count against its own instead (check below)
+    source = ImageSource(X, params["batch_size"], layout=not fitted and not readout)
     fitted = fitted or {}
     for name in ("n_kernels", "kernel_size", "padding", "whiten"):
         if name in fitted and params[name] != fitted[name]:

@@ -124,7 +124,9 @@ class _Batch:
         xp, device = get_namespace(X, kernels, log_weights)
         _checks.check_method(method, xp)
         padding = _checks.check_padding(options.padding)
-        X = _checks.check_images(X)
+        # no layout check: the kernels' channel count is the check here (X
+        # may be a network's maps, channels-first by construction)
+        X = _checks.check_images(X, layout=False)
         kernels = _checks.check_kernels(kernels, X.shape[1])
         dtype = _checks.float_dtype(xp, [(X, "X"), (kernels, "kernels")], device)
         X = xp.astype(X, dtype, copy=False)
@@ -633,7 +635,16 @@ def objective(stats, kernels, reg_kernels=0.0):
     xp = get_namespace(kernels)[0]
     penalty = 0.0
     if reg_kernels:
-        penalty = 0.5 * reg_kernels * float(xp.sum(kernels * kernels))
+        squares = float(xp.sum(kernels * kernels))
+        penalty = 0.5 * reg_kernels * squares
+        if math.isfinite(squares) and not math.isfinite(penalty):
+            raise ValueError(
+                f"reg_kernels={reg_kernels:g} makes the prior penalty "
+                f"reg_kernels/2 * sum_k ||mu_k||^2 overflow (the kernels' squared "
+                f"norms sum to {squares:.3g}); use a smaller reg_kernels: it is "
+                "a precision added to each kernel's posterior mass N_k, so "
+                "values near the number of images already shrink kernels hard"
+            )
     value = (float(stats.log_likelihood) - penalty) / stats.n_samples
     if not math.isfinite(value):
         wider = "" if xp.finfo(kernels.dtype).bits >= 64 else ", or pass float64"

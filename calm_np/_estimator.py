@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import math
 import time
+import warnings
 
 import numpy as np
 
@@ -35,6 +36,7 @@ from ._online import online_step, running_from_model, running_statistics
 from ._persist import FORMAT_VERSION  # noqa: F401  (kept importable from here)
 from ._warnings import (
     ConvergenceWarning,
+    DataScaleWarning,
     DeadKernelWarning,
     NotFittedError,
     warn_after_fit,
@@ -44,6 +46,7 @@ from ._xp import log_or_minus_inf, to_numpy
 __all__ = [
     "ConvergenceWarning",
     "ConvolutionalMixture",
+    "DataScaleWarning",
     "DeadKernelWarning",
     "NotFittedError",
 ]
@@ -74,10 +77,12 @@ class ConvolutionalMixture(ParamsMixin):
     kernel_size : int or (int, int), default=5
         Kernel height and width.
     padding : int or (int, int), default=0
-        Zeros added on each side of every image.
+        Zeros added on each side of every image, at most ``kernel_size - 1``
+        (the full convolution; more would add windows of zeros only).
     reg_kernels : float, default=0.0
         Precision ``λ`` of an isotropic Gaussian prior on the kernels; the
-        M-step is ``μ_k = S_k / (N_k + λ)`` (MAP).
+        M-step is ``μ_k = S_k / (N_k + λ)`` (MAP).  A ``λ`` so large that the
+        penalty ``½ λ Σ_k ‖μ_k‖²`` overflows is a ``ValueError``.
     learn_weights : bool, default=False
         Learn the mixture weights ``π_k = N_k / n``; otherwise uniform.
     learn_variance : bool, default=False
@@ -278,11 +283,20 @@ class ConvolutionalMixture(ParamsMixin):
         params = self._check_params()
         warm = params["warm_start"] and hasattr(self, "kernels_")
         source = checked_source(X, params, self._fitted_shapes() if warm else None)
+        # the scale, once, before any work (a warm start was told already):
+        # the one message of such a fit, whose slow or starved end it explains
+        advice = None
+        if not warm:
+            sample = source.sample(_checks.SCALE_SAMPLES)
+            advice = _checks.scale_advice(sample, self.learn_variance, self.whiten)
+        if advice is not None:
+            warnings.warn(advice, DataScaleWarning, stacklevel=2)
         with restore_on_error(self, _FITTED):
-            self._fit(source, params["kernel_size"], params["padding"], warm)
+            args = (params["kernel_size"], params["padding"], warm)
+            self._fit(source, *args, warn=advice is None)
         return self
 
-    def _fit(self, source, kernel_size, padding, warm):
+    def _fit(self, source, kernel_size, padding, warm, warn=True):
         """Best of ``n_init`` EM runs, each until ``tol`` or ``max_iter``.
 
         When EM stalls (change below ``tol``) a run tries a *move*
@@ -332,7 +346,8 @@ class ConvolutionalMixture(ParamsMixin):
                 best_whitening = self.whitening_
         self.whitening_ = best_whitening  # the kept run's
         self._set_fitted(best, source, kernel_size, padding)
-        warn_after_fit(best, self.max_iter, self.tol)
+        if warn:
+            warn_after_fit(best, self.max_iter, self.tol)
 
     def _e_step(self, params, source, padding, bar, margin=0):
         """Statistics of one pass over ``source`` (window ones if ``margin``)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import os
 import zlib
 from pathlib import Path
 
@@ -19,12 +20,18 @@ _IDX_DTYPES = {
     0x0E: np.dtype(">f8"),
 }
 _GZIP_MAGIC = b"\x1f\x8b"
-# Read in chunks so a damaged header claiming petabytes fails as "truncated"
-# instead of trying to allocate the claimed size up front.
-_CHUNK = 1 << 24
+# Deflate's largest compression ratio (a 258-byte match in 2 bits): a gzip
+# file of s bytes holds at most 1032·s bytes, so a header announcing more is
+# refused before anything is decompressed (a small gzip of zeros cannot make
+# the reader inflate gigabytes only to call the file truncated).
+_DEFLATE_RATIO = 1032
+# Data is read into one buffer of the announced size, this much at a time
+# (small: gzip makes a temporary copy of each piece).
+_CHUNK = 1 << 20
 
 
 def _read_exact(f, count):
+    """``count`` bytes of ``f`` (fewer at the end of the file)."""
     parts, got = [], 0
     while got < count:
         part = f.read(min(_CHUNK, count - got))
@@ -33,6 +40,17 @@ def _read_exact(f, count):
         parts.append(part)
         got += len(part)
     return b"".join(parts)
+
+
+def _read_into(f, buffer):
+    """Fill ``buffer`` (a writable byte view) from ``f``; the bytes read."""
+    got = 0
+    while got < len(buffer):
+        n = f.readinto(buffer[got : got + _CHUNK])
+        if not n:
+            break
+        got += n
+    return got
 
 
 def load_idx(path, *, limit=None):
@@ -60,6 +78,11 @@ def load_idx(path, *, limit=None):
     ValueError
         If the file is not an IDX file, is truncated, holds extra bytes
         after the data, or is a damaged gzip file; the message names the file.
+        A header announcing more data than the file can hold (for gzip,
+        1032 times its size, deflate's largest ratio) is refused before any
+        data is read, and the data is read into one array of the announced
+        size, never more: a small gzip of zeros cannot make it inflate
+        gigabytes.
 
     Notes
     -----
@@ -88,17 +111,24 @@ def load_idx(path, *, limit=None):
     limit = _check_limit(limit)
     with open(path, "rb") as raw:
         compressed = raw.read(2) == _GZIP_MAGIC
+        size = os.fstat(raw.fileno()).st_size
+    # the most bytes the file can give: itself, or deflate's ratio times it
+    capacity = size * _DEFLATE_RATIO if compressed else size
     opener = gzip.open if compressed else open
     try:
         with opener(path, "rb") as f:
-            return _read_idx(f, path, limit)
+            return _read_idx(f, path, limit, capacity, compressed)
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise ValueError(
             f"{path} is a damaged gzip file ({exc}); download or copy it again"
         ) from exc
+    except OSError as exc:  # a read error: say which file
+        if exc.filename is None:
+            raise OSError(exc.errno, f"{exc.strerror or exc}", str(path)) from exc
+        raise
 
 
-def _read_idx(f, path, limit):
+def _read_idx(f, path, limit, capacity, compressed):
     header = _read_exact(f, 4)
     if len(header) < 4 or header[0] != 0 or header[1] != 0:
         raise ValueError(
@@ -121,11 +151,23 @@ def _read_idx(f, path, limit):
         shape[0] = min(shape[0], limit)
     dtype = _IDX_DTYPES[code]
     count = math.prod(shape) * dtype.itemsize
-    data = _read_exact(f, count)
-    if len(data) < count:
+    if 4 + 4 * ndim + count > capacity:  # refused before any data is read
+        holds = (
+            f"its {capacity // _DEFLATE_RATIO}-byte gzip stream can hold at most "
+            f"{capacity} (deflate compresses at most {_DEFLATE_RATIO}:1)"
+            if compressed
+            else f"the file holds {capacity} bytes in all"
+        )
         raise ValueError(
             f"{path} is truncated: the header announces shape {tuple(shape)} "
-            f"({count} bytes of data) but the file holds {len(data)}; "
+            f"({count} bytes of data) but {holds}; download or copy it again"
+        )
+    array = np.empty(shape, dtype=dtype)  # the announced size, and no more
+    got = _read_into(f, memoryview(array.reshape(-1).view(np.uint8)))
+    if got < count:
+        raise ValueError(
+            f"{path} is truncated: the header announces shape {tuple(shape)} "
+            f"({count} bytes of data) but the file holds {got}; "
             "download or copy it again"
         )
     if limit is None and f.read(1):
@@ -133,8 +175,10 @@ def _read_idx(f, path, limit):
             f"{path} has bytes after the {count} announced by its header "
             f"(shape {tuple(shape)}); it is not a valid IDX file"
         )
-    array = np.frombuffer(data, dtype=dtype).reshape(shape)
-    return array.astype(dtype.newbyteorder("="))  # native order, writable copy
+    native = dtype.newbyteorder("=")
+    if native != dtype:  # big-endian values to native order, in place
+        array = array.byteswap(inplace=True).view(native)
+    return array
 
 
 def _check_limit(limit):

@@ -38,7 +38,9 @@ SCREEN_IMAGES = 1024
 
 
 def starved(stats):
-    """Indices of the kernels with less than ``STARVED_SHARE`` of a fair share."""
+    """Indices of the kernels with less than ``STARVED_SHARE`` of a fair share
+    (``n / k``) of posterior mass: the one test of a starved kernel, which
+    the moves re-seed and ``DeadKernelWarning`` names."""
     counts = to_numpy(stats.counts)
     share = stats.n_samples / counts.shape[0]
     return [int(i) for i in np.flatnonzero(counts < STARVED_SHARE * share)]
@@ -154,7 +156,7 @@ class Moves:
         """Starved kernels and the lighter of each duplicate pair, sorted."""
         k = kernels.shape[0]
         counts = to_numpy(stats.counts)
-        bad = set(np.flatnonzero(counts < STARVED_SHARE * stats.n_samples / k).tolist())
+        bad = set(starved(stats))
         if k > 1:
             sim = to_numpy(similarity(kernels, margin, self.source.xp))
             pairs = np.nonzero(np.triu(sim > DUPLICATE_SIMILARITY, 1))

@@ -181,6 +181,7 @@ class ConvolutionalMixtureNetwork(ParamsMixin):
         layers = self._check_params()
         source = ImageSource(X, layers[0].batch_size)
         check_stack(layers, source.image_shape, self.pool_size)
+        check_inits(layers, source.n_channels)
         with restore_on_error(self, _FITTED):
             fitted, norms = [], []
             for depth, layer in enumerate(layers):
@@ -247,7 +248,9 @@ class ConvolutionalMixtureNetwork(ParamsMixin):
         """
         self._check_fitted()
         layers = self.layers_
-        source = ImageSource(X, self.batch_size or layers[0].batch_size)
+        # layer 1's channel count is the layout check here (and says so)
+        batch_size = self.batch_size or layers[0].batch_size
+        source = ImageSource(X, batch_size, layout=False)
         source.check(
             layers[0].kernel_size_, layers[0].padding_, layers[0].n_channels_in_
         )
@@ -317,6 +320,32 @@ def check_stack(layers, image_shape, pool_size):
             )
 
 
+def check_inits(layers, n_channels):
+    """Refuse a layer's ``init`` array whose shape does not fit the stack
+    (layer ``l+1`` has one channel per kernel of layer ``l``), before any
+    layer is fitted; the error names the layer."""
+    for i, layer in enumerate(layers):
+        init = layer.init
+        if not isinstance(init, str):
+            shape = tuple(int(d) for d in init.shape)
+            if len(shape) == 3:  # one channel
+                shape = (shape[0], 1, *shape[1:])
+            kernel_size = check_params(layer.get_params())["kernel_size"]
+            expected = (layer.n_kernels, n_channels, *kernel_size)
+            if shape != expected:
+                why = (
+                    f"the images have {n_channels} channel(s)"
+                    if i == 0
+                    else f"its input has {n_channels} channel(s), one per kernel "
+                    f"of layers[{i - 1}]"
+                )
+                raise ValueError(
+                    f"layers[{i}]: init has shape {tuple(init.shape)} but must be "
+                    f"(n_kernels, n_channels, kh, kw) = {expected}: {why}"
+                )
+        n_channels = layer.n_kernels
+
+
 def _geometry(layer):
     if hasattr(layer, "kernel_size_"):
         return layer.kernel_size_, layer.padding_
@@ -381,7 +410,7 @@ def _step(data, layer, norm, activation, pool_size, readout=False):
 
 def encode(batch, *, layers, norms, activation, pool_size):
     """A batch of images → the input of the layer above ``layers``."""
-    batch = check_images(batch, "each batch of X")
+    batch = check_images(batch, "each batch of X", layout=False)
     for layer, norm in zip(layers, norms, strict=True):
         batch, _ = _step(batch, layer, norm, activation, pool_size)
     return batch
@@ -389,7 +418,7 @@ def encode(batch, *, layers, norms, activation, pool_size):
 
 def _features(batch, *, layers, norms, activation, pool_size, readout):
     """Features of one batch of images: the layers' readouts, bottom first."""
-    data = check_images(batch, "each batch of X")
+    data = check_images(batch, "each batch of X", layout=False)
     outs = []
     for layer, norm in zip(layers[:-1], norms, strict=True):
         concat = readout == "concat"
@@ -409,7 +438,11 @@ class _Maps:
     ``ImageSource`` reads it batch by batch and samples rows without
     computing the others.  For an iterable ``X`` it is a re-iterable of
     mapped batches (``ImageSource`` then counts images by one extra pass).
+    Its rows are maps ``(n, K, Ho, Wo)``, channels-first by construction:
+    ``channels_first`` tells ``ImageSource`` not to question their layout.
     """
+
+    channels_first = True
 
     def __init__(self, source, encoder):
         self.source, self.encoder = source, encoder

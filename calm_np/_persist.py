@@ -26,6 +26,7 @@ in files written before it was learned).
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import numbers
@@ -87,6 +88,19 @@ def save(model, path):
     arrays and a JSON header (format version, hyper-parameters, dtype,
     shapes).  :meth:`load` gives back the same arrays bit for bit.
     """
+    arrays = _model_arrays(model)
+    write_replacing(path, lambda fh: np.savez(fh, **arrays))
+
+
+def model_bytes(model):
+    """The bytes :func:`save` would write for ``model`` (made in memory)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **_model_arrays(model))
+    return buffer.getvalue()
+
+
+def _model_arrays(model):
+    """The arrays of a model file, its JSON header first; checked first."""
     params = {}
     for name, value in model.get_params().items():
         if name == "callback":
@@ -123,7 +137,7 @@ def save(model, path):
         mean, matrix, header["whiten_eps"] = model.whitening_
         whitening = dict(whiten_mean=to_numpy(mean), whiten_matrix=to_numpy(matrix))
     blob = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
-    arrays = dict(
+    return dict(
         header=blob,
         kernels=kernels,
         weights=to_numpy(model.weights_),
@@ -132,17 +146,19 @@ def save(model, path):
         ),
         **whitening,
     )
-    write_replacing(path, lambda fh: np.savez(fh, **arrays))
 
 
-def load(cls, path, *, xp=None, device=None):
+def load(cls, path, *, xp=None, device=None, data=None):
     """Read a model written by :func:`save` as an instance of ``cls``.
 
     Arrays come back as NumPy arrays (a model saved from CuPy loads on a
     machine without a GPU) unless ``xp`` (a namespace) and ``device``
     say where to put them.  Every defect is a ``ValueError`` naming ``path``.
+    ``data``: the file's bytes, read from memory (``path`` then only names
+    them; a network's layers are read so, with no temporary file).
     """
-    header, params, kernels, weights, bounds, whitening = _read(path, cls)
+    source = path if data is None else data
+    header, params, kernels, weights, bounds, whitening = _read(source, cls, path)
     model = cls(**params)
     if xp is not None:
         kernels = xp.asarray(kernels, device=device)
@@ -162,14 +178,27 @@ def load(cls, path, *, xp=None, device=None):
     return model
 
 
-def _read(path, cls):
+def _zip(source):
+    """A ``zipfile.ZipFile`` over a file's path or its bytes, once its first
+    bytes are a zip's signature."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        source = io.BytesIO(source)
+        first = source.read(4)
+        source.seek(0)
+    else:
+        with open(source, "rb") as fh:
+            first = fh.read(4)
+    if first != b"PK\x03\x04":
+        raise zipfile.BadZipFile("no zip signature")
+    return zipfile.ZipFile(source)
+
+
+def _read(source, cls, path):
     """``(header, params, kernels, weights, lower_bounds or None, whitening or
-    None)``, all checked."""
+    None)`` of the file at ``source`` (a path, or its bytes), all checked;
+    errors name ``path``."""
     try:
-        with open(path, "rb") as fh:
-            if fh.read(4) != b"PK\x03\x04":
-                raise zipfile.BadZipFile("no zip signature")
-        with zipfile.ZipFile(path) as zf:
+        with _zip(source) as zf:
             sizes = _members(zf, path)
             header = _header(_array(zf, "header", sizes, path, "uint8"), path)
             params = _params(header, cls, path)
@@ -451,15 +480,10 @@ MAX_NETWORK_MEMBER_BYTES = 2**31
 def save_network(network, path):
     """Write a fitted network: a JSON header, per-channel statistics, and each
     layer as the bytes of the file :func:`save` writes for it."""
-    import pathlib
-    import tempfile
-
-    arrays = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for i, layer in enumerate(network.layers_):
-            file = pathlib.Path(tmp) / f"layer{i}.npz"
-            save(layer, file)
-            arrays[f"layer{i}"] = np.frombuffer(file.read_bytes(), dtype=np.uint8)
+    arrays = {
+        f"layer{i}": np.frombuffer(model_bytes(layer), dtype=np.uint8)
+        for i, layer in enumerate(network.layers_)
+    }  # made in memory: no temporary folder
     for i, (mean, scale) in enumerate(network.norms_):
         arrays[f"norm_mean{i}"] = np.asarray(mean, dtype=np.float64)
         arrays[f"norm_scale{i}"] = np.asarray(scale, dtype=np.float64)
@@ -476,20 +500,16 @@ def save_network(network, path):
 
 def load_network(cls, layer_cls, path, *, xp=None, device=None):
     """Read a network written by :func:`save_network`; every layer is read by
-    :func:`load` (the estimator's checks), then the stack is checked whole."""
-    import pathlib
-    import tempfile
-
+    :func:`load` (the estimator's checks) from the member's bytes in memory
+    (no temporary folder), then the stack is checked whole."""
     header, arrays = _read_network(path)
     layers = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for i in range(header["n_layers"]):
-            file = pathlib.Path(tmp) / f"layer{i}.npz"
-            file.write_bytes(arrays[f"layer{i}"].tobytes())
-            try:
-                layers.append(load(layer_cls, file, xp=xp, device=device))
-            except ValueError as exc:
-                raise ValueError(f"{path}: layer {i} is not valid: {exc}") from exc
+    for i in range(header["n_layers"]):
+        data, name = arrays[f"layer{i}"].tobytes(), f"layer{i}.npy"
+        try:
+            layers.append(load(layer_cls, name, xp=xp, device=device, data=data))
+        except ValueError as exc:
+            raise ValueError(f"{path}: layer {i} is not valid: {exc}") from exc
     norms = [
         (arrays[f"norm_mean{i}"], arrays[f"norm_scale{i}"])
         for i in range(header["n_layers"] - 1)
@@ -527,10 +547,7 @@ def _read_network(path):
     uncompressed, each ``.npy`` header checked before its bytes are read (the
     model file's rules, :func:`_array`)."""
     try:
-        with open(path, "rb") as fh:
-            if fh.read(4) != b"PK\x03\x04":
-                raise zipfile.BadZipFile("no zip signature")
-        with zipfile.ZipFile(path) as zf:
+        with _zip(path) as zf:
             sizes = _stored_sizes(zf, path)
             if "header" not in sizes or sizes["header"] > MAX_HEADER_BYTES:
                 raise ValueError(f"{path} is not a calm_np network file")

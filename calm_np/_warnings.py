@@ -3,6 +3,7 @@
 ``warn_after_fit`` is the last step of ``ConvolutionalMixture._fit``: EM that
 stopped at ``max_iter`` before ``tol`` (``ConvergenceWarning``), and kernels
 that stayed starved of posterior mass (``DeadKernelWarning``, see ``_moves``).
+A fit that began with a ``DataScaleWarning`` skips it: one message per fit.
 """
 
 from __future__ import annotations
@@ -40,8 +41,31 @@ class ConvergenceWarning(UserWarning):
 
 
 class DataScaleWarning(UserWarning):
-    """The images are far from the unit noise variance the model assumes
-    (``_checks.scale_advice`` says what to do); raised at the start of a fit."""
+    """The pixels are far from the unit noise variance the model assumes.
+
+    Raised once, at the start of ``fit`` (not on a warm start), when a
+    sample of the images has a standard deviation above 4 and the model's
+    noise variance is fixed at 1 (``learn_variance=False, whiten=False``):
+    raw 0..16 or 0..255 pixels.  It says what to do (standardise, divide by
+    255, or ``learn_variance=True``); that fit then gives no
+    ``ConvergenceWarning`` or ``DeadKernelWarning``, whose cause it names.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> import numpy as np
+    >>> import calm_np
+    >>> X = np.random.default_rng(0).integers(0, 256, (20, 1, 8, 8))  # 8-bit
+    >>> model = calm_np.ConvolutionalMixture(3, kernel_size=3, random_state=0)
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     _ = model.fit(X)
+    >>> [w.category.__name__ for w in caught]
+    ['DataScaleWarning']
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("error")  # X / 255: no warning at all
+    ...     _ = model.fit(X / 255)
+    """
 
 
 class DeadKernelWarning(UserWarning):

@@ -106,7 +106,22 @@ def _load_idx_pair(data_dir, kind, limit, what, hint):
             f"{paths[0]} holds {images.shape[0]} images but {paths[1]} holds "
             f"{labels.shape[0]} labels; the files belong to different sets"
         )
-    return images, labels.astype(np.int64)
+    return images, _mnist_labels(labels, paths[1])
+
+
+def _mnist_labels(labels, path):
+    """The labels of an MNIST-format file as int64, each a class 0..9."""
+    if labels.dtype.kind not in "iu":
+        raise ValueError(
+            f"{path} holds {labels.dtype} values, but MNIST labels are integers "
+            "0..9; it is not an MNIST label file"
+        )
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise ValueError(
+            f"{path} holds labels outside 0..9 (min {labels.min()}, max "
+            f"{labels.max()}); it is not an MNIST label file"
+        )
+    return labels.astype(np.int64)
 
 
 def load_mnist(data_dir, kind="train", *, limit=None):
@@ -134,6 +149,10 @@ def load_mnist(data_dir, kind="train", *, limit=None):
     ------
     FileNotFoundError
         If the folder or one of the two files of the split is missing.
+    ValueError
+        If a file is not an IDX file or is truncated (see :func:`load_idx`),
+        the two files disagree, or a label is outside 0..9; the message names
+        the file.
 
     Notes
     -----
@@ -191,6 +210,8 @@ def load_fashion_mnist(data_dir=None, kind="train", *, limit=None):
     ------
     FileNotFoundError
         If the folder or a file is missing; the message says what to install.
+    ValueError
+        As for :func:`load_mnist`, naming the file.
 
     Notes
     -----
@@ -498,8 +519,9 @@ def stl10_folds(data_dir):
     FileNotFoundError
         If ``fold_indices.txt`` is missing.
     ValueError
-        If a line holds something other than non-negative integers, or an
-        index is beyond the training split (when ``train_y.bin`` is there).
+        If the file is not ASCII text, a line holds something other than
+        non-negative integers, or an index is beyond the training split (when
+        ``train_y.bin`` is there); the message names the file.
 
     Notes
     -----
@@ -524,13 +546,21 @@ def stl10_folds(data_dir):
             "ships in stl10_binary.tar.gz next to train_X.bin); without it the "
             "standard 10-fold protocol cannot be followed"
         )
+    try:
+        text = path.read_bytes().decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"{path} is not a text file of indices (byte {exc.start} is "
+            f"0x{exc.object[exc.start]:02x}, not ASCII); it is not STL-10's "
+            "fold_indices.txt"
+        ) from None
     folds = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
             fold = np.array([int(tok) for tok in line.split()], dtype=np.int64)
-        except ValueError as exc:
+        except (ValueError, OverflowError) as exc:
             raise ValueError(
                 f"{path} line {number} is not a list of integers ({exc})"
             ) from exc

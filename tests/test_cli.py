@@ -658,6 +658,7 @@ def test_cli_network_preset_and_refusals(tmp_path, capsys):
 def test_cli_init_model_sets_the_shape_unless_given(tmp_path, capsys):
     """--init MODEL.npz without --n-kernels/--kernel-size takes the model's."""
     base = ["fit", "--dataset", "digits", "--limit", "60", "--max-iter", "1", "--quiet"]
+    base += ["--padding", "1"]  # the preset's 2 is beyond kernel_size - 1 = 1
     shape = ["--n-kernels", "3", "--kernel-size", "2"]
     status, _, err = run(capsys, *base, *shape, "--out", tmp_path / "a")
     assert status == 0, err
@@ -675,8 +676,10 @@ def test_cli_init_model_sets_the_shape_unless_given(tmp_path, capsys):
 
 def test_cli_a_network_file_is_refused_where_one_layer_is_expected(tmp_path, capsys):
     base = ["fit", "--dataset", "digits", "--limit", "60", "--max-iter", "1", "--quiet"]
-    net = ["--n-kernels", "3", "--kernel-size", "2", "--layers", "2"]
-    run(capsys, *base, *net, "--out", tmp_path / "n")
+    net = ["--n-kernels", "3", "--kernel-size", "2", "--padding", "1", "--layers", "2"]
+    net += ["--layer2-kernel-size", "2"]  # layer 1's maps pooled are 4x4
+    status, _, err = run(capsys, *base, *net, "--out", tmp_path / "n")
+    assert status == 0, err
     for flag in ("--warm-start", "--init"):
         status, _, err = run(
             capsys, *base, flag, tmp_path / "n" / "model.npz", "--out", tmp_path / "x"

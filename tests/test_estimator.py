@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import subprocess
@@ -67,6 +68,7 @@ def test_objective_never_decreases(
 ):
     rng = np.random.default_rng(seed)
     X = scale * rng.standard_normal((12, channels, 7, 6))
+    padding = min(padding, kernel - 1)  # more would add windows of zeros only
     model = quiet(
         n_kernels=n_kernels,
         kernel_size=kernel,
@@ -488,6 +490,22 @@ def test_a_move_is_judged_on_an_evenly_spaced_sample_first(monkeypatch):
     )
     read.clear()
     assert small._gains_on_sample(e_step, right, wrong) and read == []
+
+
+@pytest.mark.parametrize("named", [[], [0], [1], [0, 1]])
+def test_moves_reseed_exactly_the_kernels_starved_names(monkeypatch, named):
+    """One test of a starved kernel (``_moves.starved``): the moves re-seed
+    what it names (and what DeadKernelWarning names), nothing else; here the
+    two kernels are far apart, so no duplicate is added."""
+    truth, source = _planted_source()
+    stats = source.statistics(truth, np.log(np.full(2, 0.5)), Options())
+    monkeypatch.setattr(_moves, "starved", lambda s: list(named))
+    moves = _moves.Moves(source, (4, 4), (0, 0), np.random.RandomState(0), 0.0, False)
+    assert moves._bad(stats, truth, 0) == named
+    monkeypatch.undo()
+    counts = to_numpy(stats.counts)
+    stats = dataclasses.replace(stats, counts=np.asarray([counts.sum(), 0.0]))
+    assert _moves.starved(stats) == [1] == moves._bad(stats, truth, 0)
 
 
 class _Lazy:

@@ -270,7 +270,7 @@ def test_presets_are_valid_and_copied():
 
 @pytest.mark.filterwarnings("ignore::calm_np.ConvergenceWarning")
 def test_extract_features_of_an_array_and_of_batches():
-    X = _images(5, (7, 1, 6, 6))
+    X = _images(5, (7, 1, 6, 6), spread=False)  # unit scale: no DataScaleWarning
     model = calm_np.ConvolutionalMixture(
         n_kernels=2, kernel_size=3, max_iter=2, random_state=0
     ).fit(X)

@@ -1,9 +1,11 @@
-"""The ``calm-np`` command line against hostile input.
+"""The ``calm-np`` command line against hostile input (``_cli``, ``_cli_options``).
 
-Every case ends with exit status 1 (a run error) or 2 (a bad command line),
+A bad run ends with exit status 1 (a run error) or 2 (a bad command line),
 one line on stderr that names the option or file and says what to change,
-no traceback, and nothing written: paths, model files and the environment
-are checked before any data is read or any model fitted.
+no traceback, and nothing written: paths, model files, the environment and
+the estimator's settings are checked before any data is read or any model
+fitted.  An interrupted write keeps the previous outputs, every preset runs
+where it says it does, and ``--help`` states every default.
 """
 
 from __future__ import annotations
@@ -15,14 +17,20 @@ import zipfile
 import numpy as np
 import pytest
 
+import calm_np
 from calm_np import _cli, evaluation
 from calm_np._cli import main
 
 pytest.importorskip("sklearn")
+
+
 pytest.importorskip("matplotlib")
+
 
 TINY = ["--n-kernels", "4", "--kernel-size", "3", "--max-iter", "2", "--quiet"]
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+
+
 ROOT_SKIP = pytest.mark.skipif(
     IS_ROOT, reason="root reads and writes regardless of permission bits"
 )
@@ -55,9 +63,7 @@ def no_work(monkeypatch):
 
 
 def snapshot(folder):
-    return sorted(
-        (str(p.relative_to(folder)), p.is_dir()) for p in folder.rglob("*")
-    )
+    return sorted((str(p.relative_to(folder)), p.is_dir()) for p in folder.rglob("*"))
 
 
 def check_error(capsys, tmp_path, args, status, *fragments):
@@ -303,3 +309,166 @@ def test_hostile_cli_debug_shows_the_cause(capsys, tmp_path, saved_model, monkey
     with pytest.raises(_cli.UserError) as info:
         main(["show", str(bad)])
     assert info.value.__cause__ is not None  # the estimator's own error
+
+
+# ---------------------------------------------------------------------------
+# settings: checked before the data is read; --out probed before the fit;
+# an interrupted write keeps the old set; --help states every default
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--padding", "100"], "--padding: padding=100 is more than kernel_size - 1"),
+    (["--padding", "3", "--kernel-size", "3"], "--padding: padding=3"),
+    (["--kernel-size", "2"], "--padding (--preset's): padding=2"),
+    (["--padding", "9", "--layers", "2"], "layers[0]: padding=9"),
+])  # fmt: skip
+def test_hostile_cli_padding_refused_before_the_data_is_read(
+    tmp_path, capsys, monkeypatch, args, fragment
+):
+    from calm_np import _cli
+
+    monkeypatch.setattr(_cli, "_load_data", lambda *a: pytest.fail("data read"))
+    status = main(["fit", "--quiet", "--out", str(tmp_path / "o"), *args])
+    err = capsys.readouterr().err
+    assert status == 1 and fragment in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_hostile_cli_huge_reg_kernels_is_named(tmp_path, capsys):
+    args = ["fit", "--quiet", "--limit", "30", "--reg-kernels", "1e308"]
+    status = main([*args, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert status == 1 and "reg_kernels=1e+308" in err and "scale" not in err, err
+
+
+OUT_CASES = [
+    ("", "--out is empty"),
+    ("/proc/calm-np-out", "--out"),
+    ("/sys/calm-np-out", "--out"),
+]
+
+
+@pytest.mark.parametrize("out, fragment", OUT_CASES)
+def test_hostile_cli_out_refused_before_the_fit(tmp_path, capsys, monkeypatch, out,
+                                                fragment):  # fmt: skip
+    import os
+
+    if out and not os.path.isdir(out.rsplit("/", 1)[0]):
+        pytest.skip(f"no {out.rsplit('/', 1)[0]} here")
+    monkeypatch.chdir(tmp_path)
+    fitted = []
+    monkeypatch.setattr(
+        calm_np.ConvolutionalMixture, "fit", lambda self, X: fitted.append(1)
+    )
+    status = main(["fit", "--quiet", "--limit", "20", "--out", out])
+    err = capsys.readouterr().err
+    assert status == 1 and fragment in err and not fitted, err
+    assert list(tmp_path.iterdir()) == []  # nothing written in the current folder
+
+
+def test_cli_interrupted_write_keeps_the_old_set(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    from calm_np import plots
+
+    out = tmp_path / "out"
+    tiny = ["--n-kernels", "2", "--kernel-size", "3", "--max-iter", "1", "--quiet"]
+    assert main(["fit", *tiny, "--limit", "30", "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(plots, "model_figures", interrupted)
+    assert main(["fit", *tiny, "--limit", "40", "--out", str(out)]) == 130
+    after = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert after == before  # the old set, whole; no staging folder left
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--n-kernels", "5"], "--n-kernels would be ignored"),
+        (["--kernel-size", "4"], "--kernel-size would be ignored"),
+        (["--max-iter", "7"], "--max-iter would be ignored"),
+        (["--fit-limit", "7"], "--fit-limit would be ignored"),
+        (["--layers", "2"], "--layers would be ignored"),
+    ],
+)
+def test_hostile_cli_evaluate_model_refuses_fit_options(tmp_path, capsys, args,
+                                                        fragment):  # fmt: skip
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    tiny = ["--n-kernels", "2", "--kernel-size", "3", "--max-iter", "1", "--quiet"]
+    assert main(["fit", *tiny, "--limit", "30", "--out", str(tmp_path / "m")]) == 0
+    model = str(tmp_path / "m" / "model.npz")
+    status = main(["evaluate", "--model", model, *args, "--out", str(tmp_path / "e")])
+    err = capsys.readouterr().err
+    assert status == 1 and fragment in err, err
+
+
+def test_cli_network_preset_runs_on_digits(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    status = main(
+        ["evaluate", "--preset", "network", "--limit", "60", "--max-iter", "1",
+         "--n-kernels", "4", "--layer2-kernels", "3", "--quiet",
+         "--out", str(tmp_path)]
+    )  # fmt: skip
+    assert status == 0, capsys.readouterr().err
+
+
+def _option_help(text, flag):
+    """The help of ``flag`` in ``--help``'s text, on one line."""
+    lines = text.split("\noptions:", 1)[1].splitlines()  # not the usage
+    for i, line in enumerate(lines):
+        words = line.split()
+        if line.startswith("  -") and words and words[0].rstrip(",") == flag:
+            block = [line]
+            for more in lines[i + 1 :]:
+                if more.startswith("  -") or not more.startswith("   "):
+                    break
+                block.append(more)
+            return " ".join(" ".join(block).split())
+    raise AssertionError(f"{flag} not in the help")
+
+
+@pytest.mark.parametrize("command", ["fit", "evaluate"])
+def test_hostile_cli_help_shows_every_estimator_default(capsys, command):
+    from calm_np import _cli_options
+
+    with pytest.raises(SystemExit):
+        _cli_options.build_parser().parse_args([command, "--help"])
+    text = capsys.readouterr().out
+    defaults = calm_np.ConvolutionalMixture().get_params()
+    by_preset = _cli_options._preset_keys()
+    skipped = {"warm_start", "init", "callback", "verbose"}
+    for name in sorted(set(defaults) - skipped):
+        help_text = _option_help(text, "--" + name.replace("_", "-"))
+        own = _cli_options._shown(name, defaults[name])
+        if name in by_preset:
+            assert f"default: the --preset's, else {own}" in help_text, name
+        else:
+            assert f"default: {own} (no preset sets it)" in help_text, name
+    assert "default: 1 (no preset sets it)" in _option_help(text, "--n-init")
+    assert "default: auto (no preset sets it)" in _option_help(text, "--method")
+    assert "else kmeans++" in _option_help(text, "--init")
+    for flag, value in (("--backend", "numpy"), ("--dtype", "float32")):
+        assert f"default: {value}" in _option_help(text, flag)
+
+
+def test_cli_help_states_defaults_and_presets():
+    import subprocess
+    import sys
+
+    text = subprocess.run(
+        [sys.executable, "-m", "calm_np", "evaluate", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for name in evaluation.PRESETS:
+        for dataset in ("digits", "fashion-mnist", "mnist", "stl10", "folder"):
+            line = f"  {name} / {dataset}: "
+            assert line + evaluation.get_preset(name, dataset).summary() in text
