@@ -91,14 +91,14 @@ def _softmax_over_kernels(maps, axis, kit):
 
 
 def _normalise(sk, xp):
-    """Per-image ``Z``, ``1/Z`` (0 where ``Z = 0``) and ``log Z`` (``-inf``
-    there) from the map sums ``sk`` (k, m)."""
+    """Per-image ``1/Z`` (0 where ``Z = 0``) and ``log Z`` (``-inf`` there)
+    from the map sums ``sk`` (k, m)."""
     Z = xp.sum(sk, axis=0)
     positive = Z > 0
     safe = xp.where(positive, Z, xp.ones_like(Z))
     inv = xp.where(positive, 1.0 / safe, xp.zeros_like(Z))
     log_Z = xp.where(positive, xp.log(safe), xp.full_like(Z, -math.inf))
-    return Z, inv, log_Z
+    return inv, log_Z
 
 
 def _per_image(values, L, xp):
@@ -210,7 +210,7 @@ class Im2colPlan:
         else:
             mx = _softmax_inplace(A3, kit)
             sk = xp.sum(A3, axis=-1)  # (k, m)
-            Z, inv, log_Z = _normalise(sk, xp)
+            inv, log_Z = _normalise(sk, xp)
             acc["counts"] += xp.sum(sk * inv, axis=1, dtype=kit.wide)
             side = P if patch_side else A
             side *= _per_image(inv, L, xp)[None, :]
@@ -388,7 +388,7 @@ class RowDFTPlan:
             acc["counts"] += xp.sum(mass, axis=1)
         else:
             sk = xp.sum(xp.reshape(mass, (k, m, Ho)), axis=-1)  # (k, m)
-            Z, inv, log_Z = _normalise(sk, xp)
+            inv, log_Z = _normalise(sk, xp)
             acc["counts"] += xp.sum(sk * inv, axis=1, dtype=kit.wide)
             # the image side scaled by 1/Z_n, not the maps
             T *= _per_image(inv, Ho, xp)[None, None, :]
