@@ -18,6 +18,15 @@ import warnings
 import numpy as np
 import pytest
 from _helpers import problems, readonly_memmap
+from _hostile import (
+    LIBS,
+    assert_unchanged,
+    fitted,
+    lib_array,
+    model,
+    quiet_fit,
+    snapshot,
+)
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -25,52 +34,8 @@ import calm_np
 from calm_np import ConvolutionalMixture, _checks
 from calm_np._xp import to_numpy
 
-LIBS = ["numpy", "torch"]
 RNG = np.random.default_rng(0)
 X = RNG.standard_normal((20, 1, 8, 8))
-
-
-def lib_array(a, lib):
-    if lib == "torch":
-        torch = pytest.importorskip("torch")
-        return torch.asarray(np.ascontiguousarray(a))
-    return a
-
-
-def model(**kw):
-    params = dict(n_kernels=3, kernel_size=3, max_iter=2, tol=0.0, random_state=0)
-    params.update(kw)
-    return ConvolutionalMixture(**params)
-
-
-def fitted(**kw):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return model(**kw).fit(X)
-
-
-def snapshot(m):
-    return (
-        to_numpy(m.kernels_).copy(),
-        to_numpy(m.weights_).copy(),
-        list(m.lower_bounds_),
-        m.n_iter_,
-        tuple(m.kernel_size_),
-        m.n_channels_in_,
-    )
-
-
-def assert_unchanged(m, before):
-    after = snapshot(m)
-    np.testing.assert_array_equal(after[0], before[0])
-    np.testing.assert_array_equal(after[1], before[1])
-    assert after[2:] == before[2:]
-
-
-def quiet_fit(m, data):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return m.fit(data)
 
 
 # -- X ------------------------------------------

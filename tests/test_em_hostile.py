@@ -14,32 +14,13 @@ import warnings
 
 import numpy as np
 import pytest
+from _hostile import LIBS, lib_array, model, quiet_fit
 
 import calm_np
 from calm_np import ConvolutionalMixture
 
-LIBS = ["numpy", "torch"]
 RNG = np.random.default_rng(0)
 X = RNG.standard_normal((20, 1, 8, 8))
-
-
-def lib_array(a, lib):
-    if lib == "torch":
-        torch = pytest.importorskip("torch")
-        return torch.asarray(np.ascontiguousarray(a))
-    return a
-
-
-def model(**kw):
-    params = dict(n_kernels=3, kernel_size=3, max_iter=2, tol=0.0, random_state=0)
-    params.update(kw)
-    return ConvolutionalMixture(**params)
-
-
-def quiet_fit(m, data):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return m.fit(data)
 
 
 # -- the public functions ------------------------------------------

@@ -18,24 +18,13 @@ import zipfile
 
 import numpy as np
 import pytest
+from _hostile import fitted
 
 import calm_np
 from calm_np import ConvolutionalMixture, ConvolutionalMixtureNetwork
 
 RNG = np.random.default_rng(0)
 X = RNG.standard_normal((20, 1, 8, 8))
-
-
-def model(**kw):
-    params = dict(n_kernels=3, kernel_size=3, max_iter=2, tol=0.0, random_state=0)
-    params.update(kw)
-    return ConvolutionalMixture(**params)
-
-
-def fitted(**kw):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return model(**kw).fit(X)
 
 
 # -- model files ------------------------------------------
