@@ -189,6 +189,111 @@ def test_dask_input_fits_and_transforms_lazily():
     np.testing.assert_allclose(lazy.compute(), ref.transform(X), rtol=1e-10)
 
 
+# the cache of the maps -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("cache", ["memory", "disk", "auto"])
+def test_a_cache_gives_the_same_network(cache):
+    X = noise(20, (25, 1, 12, 12))
+    layers = [layer(4, pooling=2), layer(3, 2, pooling=2), layer(2, 2)]
+    ref = net(layers=layers, batch_size=6).fit(X)
+    model = net(layers=layers, batch_size=6, cache=cache).fit(X)
+    fitted_same(model, ref)
+    np.testing.assert_allclose(model.transform(X), ref.transform(X), rtol=1e-10)
+
+
+def test_a_cache_computes_the_maps_below_once_per_image(monkeypatch):
+    X = noise(7, (40, 1, 12, 12))
+    seen = []
+    real = _network._step
+
+    def spy(batch, *args):
+        seen.append(batch.shape[0])
+        return real(batch, *args)
+
+    monkeypatch.setattr(_network, "_step", spy)
+    init = np.random.default_rng(0).standard_normal((3, 4, 3, 3))
+    layers = [layer(4), layer(3, init=init)]
+    for cache in ("memory", "disk"):
+        seen.clear()
+        net(layers=layers, batch_size=8, cache=cache).fit(X)
+        assert sum(seen) == 40 and max(seen) <= 8  # one E-step of layer 1 per image
+    seen.clear()
+    net(layers=layers, batch_size=8).fit(X)
+    assert sum(seen) >= 4 * 40  # without: every EM pass of layer 2 maps them all
+
+
+def test_auto_cache_goes_to_disk_above_its_bound_and_cleans_up(monkeypatch, tmp_path):
+    import os
+    import tempfile
+
+    X = noise(21, (25, 1, 12, 12))
+    ref = net(batch_size=6, cache="memory").fit(X)
+    made, real_allocate = [], _network._Cache.allocate
+
+    def allocate(self, *args):
+        out = real_allocate(self, *args)
+        if isinstance(out, np.memmap):
+            made.append(out.filename)
+        return out
+
+    monkeypatch.setattr(_network._Cache, "allocate", allocate)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(_network, "CACHE_MEMORY_BYTES", 100)
+    model = net(batch_size=6, cache="auto").fit(X)
+    fitted_same(model, ref)
+    assert made and all(str(p).startswith(str(tmp_path)) for p in made)
+    assert os.listdir(tmp_path) == []  # the folder and its memmap are gone
+    monkeypatch.setattr(_network, "CACHE_MEMORY_BYTES", 10**9)
+    made.clear()
+    net(batch_size=6, cache="auto").fit(X)
+    assert made == []  # small maps stay in memory
+
+
+def test_a_failed_cached_fit_leaves_no_files(monkeypatch, tmp_path):
+    import os
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    def fail(*args):
+        raise RuntimeError("boom")
+
+    model = net(cache="disk")
+    monkeypatch.setattr(ConvolutionalMixture, "transform", fail)
+    monkeypatch.setattr(_network, "_step", fail)
+    with pytest.raises(RuntimeError, match="boom"):
+        model.fit(noise())
+    assert os.listdir(tmp_path) == [] and not hasattr(model, "layers_")
+
+
+def test_cache_on_memmap_iterable_and_dask_input(tmp_path):
+    X = noise(22, (25, 1, 12, 12))
+    ref = net(batch_size=6).fit(X)
+    inputs = [readonly_memmap(X, tmp_path / "images.dat")]
+    inputs.append([X[i : i + 4] for i in range(0, 25, 4)])
+    try:
+        import dask.array as da
+
+        inputs.append(da.from_array(X, chunks=(5, 1, 12, 12)))
+    except ImportError:  # pragma: no cover
+        pass
+    for data in inputs:
+        for cache in ("memory", "disk"):
+            model = net(batch_size=6, cache=cache).fit(data)
+            fitted_same(model, ref)
+
+
+@pytest.mark.parametrize("cache", ["memory", "disk"])
+def test_every_backend_with_a_cache_gives_the_numpy_network(backend, cache):
+    X = noise(10, (12, 1, 10, 10))
+    ref = net(batch_size=5).fit(X)
+    model = net(batch_size=5, cache=cache).fit(backend.asarray(X))
+    for a, b in zip(model.layers_, ref.layers_, strict=True):
+        assert array_namespace(a.kernels_) is array_namespace(backend.asarray(X))
+        assert_close(a.kernels_, b.kernels_)
+
+
 # readout ------------------------------------------------------------------------------
 
 
@@ -394,6 +499,11 @@ ERRORS = [
     (dict(pool_size=0), ValueError, "pool_size must be >= 1, got 0"),
     (dict(pool_size=2.0), TypeError, "pool_size must be an int, got 2.0"),
     (dict(batch_size=0), ValueError, "batch_size must be >= 1, got 0"),
+    (
+        dict(cache="ram"),
+        ValueError,
+        "cache must be one of (None, 'auto', 'memory', 'disk'), got 'ram'",
+    ),
     (
         dict(activation="relu"),
         ValueError,
