@@ -404,6 +404,8 @@ class Preset:
 
 
 def _text(value):
+    if isinstance(value, dict):
+        return ",".join(f"{k}:{_text(v)}" for k, v in value.items())
     if isinstance(value, tuple) and all(isinstance(v, tuple) for v in value):
         return "+".join("x".join(map(str, g)) for g in value)
     if isinstance(value, tuple):
@@ -463,8 +465,11 @@ def build_model(params, network=None):
     """A ``ConvolutionalMixture(**params)``, or a network of
     ``network["layers"]`` layers: layer 1 is ``params``, the layers above
     have ``layer2_kernels`` kernels of ``layer2_kernel_size`` (no padding,
-    pooling ``layer2_pooling`` if given, else layer 1's), read from layer 1's
-    maps average-pooled by ``pool_size``."""
+    pooling ``layer2_pooling`` if given, else layer 1's, and any other
+    estimator parameter in the dict ``layer2``), read from layer 1's maps
+    average-pooled by ``pool_size``.  ``activation``, ``normalize``,
+    ``readout`` and ``cache``, where given, are the network's own
+    parameters (:class:`~calm_np.ConvolutionalMixtureNetwork`)."""
     from ._estimator import ConvolutionalMixture
     from ._network import ConvolutionalMixtureNetwork
 
@@ -479,11 +484,20 @@ def build_model(params, network=None):
     if network.get("layer2_pooling") is not None:
         upper["pooling"] = network["layer2_pooling"]
     upper.pop("tol", None)  # a preset's tol is in nats per image of layer 1
+    upper.update(network.get("layer2") or {})
     layers = [ConvolutionalMixture(**params)]
     layers += [ConvolutionalMixture(**upper) for _ in range(network["layers"] - 1)]
+    options = {k: network[k] for k in _NETWORK_OPTIONS if k in network}
     return ConvolutionalMixtureNetwork(
-        layers, pool_size=network["pool_size"], batch_size=params.get("batch_size")
+        layers,
+        pool_size=network["pool_size"],
+        batch_size=params.get("batch_size"),
+        **options,
     )
+
+
+# the network's own parameters a network preset may set
+_NETWORK_OPTIONS = ("activation", "normalize", "readout", "cache")
 
 
 def check_model_fits(model, image_shape):
