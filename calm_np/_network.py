@@ -59,13 +59,16 @@ from ._xp import get_namespace, is_numpy_namespace, logsumexp, to_numpy, wide_fl
 __all__ = ["ConvolutionalMixtureNetwork"]
 
 ACTIVATIONS = ("triangle", "posterior")
-NORMALIZE = ("standardize", None)
+NORMALIZE = ("standardize", "whiten", None)
 READOUTS = ("concat", "top")
 CACHES = (None, "auto", "memory", "disk")
 # cache="auto": in memory up to this many bytes of maps, on disk above
 CACHE_MEMORY_BYTES = 2 * 2**30
 # images whose maps give each layer's per-channel mean and scale
 NORM_SAMPLES = 1000
+# normalize="whiten": added to the eigenvalues of the channels' correlation
+# matrix (which sum to the number of channels), as _whiten.EPS_ZCA for patches
+EPS_CHANNELS = 0.1
 _FITTED = ("layers_", "norms_")
 
 
@@ -85,10 +88,17 @@ class ConvolutionalMixtureNetwork(ParamsMixin):
         triangle activation ``max(0, mean_j z_j − z_k)`` of the distances
         ``z_k = ‖x_u − μ_k‖`` (Coates et al. 2011), or the posterior of
         kernel ``k`` given the patch at ``u`` (softmax over kernels).
-    normalize : {"standardize", None}, default="standardize"
+    normalize : {"standardize", "whiten", None}, default="standardize"
         Standardise each channel of a layer's input with the mean and
         standard deviation over the positions of the first ``NORM_SAMPLES``
-        (1000) training images' maps.
+        (1000) training images' maps; or whiten the channels at each
+        position: centre them, then project them on the ``n_components``
+        leading principal axes of their correlation matrix over those maps,
+        each divided by ``sqrt(eigenvalue + 0.1)`` (PCA whitening, a 1×1
+        convolution; the layer above then has ``n_components`` channels).
+    n_components : int or None, default=None
+        ``normalize="whiten"`` only: the principal axes kept (at most the
+        number of kernels below; ``None`` keeps them all).
     readout : {"concat", "top"}, default="concat"
         What :meth:`transform` returns: the top layer's ``transform`` of its
         input, or every layer's, concatenated bottom first.
@@ -116,7 +126,8 @@ class ConvolutionalMixtureNetwork(ParamsMixin):
         The fitted layers.
     norms_ : list of (mean, scale) pairs of NumPy arrays
         Per-channel statistics applied to the input of layers 2, 3, ...
-        (``(0, 1)`` when ``normalize=None``).
+        (``(0, 1)`` when ``normalize=None``); for ``normalize="whiten"``
+        ``scale`` is the projection, of shape ``(n_components, K)``.
     n_features_ : int
         Columns of :meth:`transform`.
 
@@ -148,11 +159,12 @@ class ConvolutionalMixtureNetwork(ParamsMixin):
         readout="concat",
         batch_size=None,
         cache=None,
+        n_components=None,
     ):
         self.layers, self.pool_size = layers, pool_size
         self.activation, self.normalize = activation, normalize
         self.readout, self.batch_size = readout, batch_size
-        self.cache = cache
+        self.cache, self.n_components = cache, n_components
 
     # -- validation ----------------------------------------------------------
     def _check_params(self):
@@ -168,6 +180,13 @@ class ConvolutionalMixtureNetwork(ParamsMixin):
         _integer("pool_size", self.pool_size, 1)
         if self.batch_size is not None:
             _integer("batch_size", self.batch_size, 1)
+        if self.n_components is not None:
+            _integer("n_components", self.n_components, 1)
+            if self.normalize != "whiten":
+                raise ValueError(
+                    "n_components is for normalize='whiten' (the principal axes "
+                    f"kept); with normalize={self.normalize!r} drop it"
+                )
         for name, value, choices in (
             ("activation", self.activation, ACTIVATIONS),
             ("normalize", self.normalize, NORMALIZE),
@@ -221,7 +240,8 @@ class ConvolutionalMixtureNetwork(ParamsMixin):
                 if depth and self.cache is None:
                     encode = self._encoder(fitted, norms, depth)
                     step = layer.batch_size or NORM_SAMPLES
-                    norms.append(self._statistics(_Maps(source, encode).head, step))
+                    head = functools.partial(_Maps(source, encode).head, step=step)
+                    norms.append(self._statistics(head))
                     data = _Maps(source, self._encoder(fitted, norms, depth))
                 elif depth:
                     below = layers[depth - 1].batch_size
@@ -243,24 +263,25 @@ class ConvolutionalMixtureNetwork(ParamsMixin):
         source = ImageSource(data, batch_size)
         K = int(layer.kernels_.shape[0])  # batch_size None: maps of about 8 MB
         source.check(layer.kernel_size_, layer.padding_, n_kernels=K)
-        stats = _ChannelStats() if self.normalize is not None else None
+        whiten = self.normalize == "whiten"
+        stats = _ChannelStats() if self.normalize == "standardize" else None
+        norm = None
+        if whiten:  # fewer channels out: the statistics first, from the head
+            norm = self._statistics(functools.partial(_head, source, layer, self))
         out, start = None, 0
-        for batch in source.batches():
-            if source.kind == "dask":
-                batch = batch.compute()
-            batch = check_images(batch, "each batch of X")
-            maps, _ = _step(batch, layer, None, self.activation, self.pool_size)
+        for batch in _batches(source):
+            maps, _ = _step(batch, layer, norm, self.activation, self.pool_size)
             if out is None:
                 out = cache.allocate((source.n_samples, *maps.shape[1:]), maps)
             if stats is not None and start < NORM_SAMPLES:
                 stats.add(maps[: min(NORM_SAMPLES - start, maps.shape[0]), ...])
             cache.write(out, start, maps)
             start += maps.shape[0]
-        if stats is None:
-            norm = (np.zeros(1), np.ones(1))
-        else:
+        if stats is not None:
             norm = stats.result()
             cache.standardize(out, norm, source.batch_size or NORM_SAMPLES)
+        elif norm is None:
+            norm = (np.zeros(1), np.ones(1))
         cache.release(data)
         return cache.reader(out), norm
 
@@ -282,15 +303,16 @@ class ConvolutionalMixtureNetwork(ParamsMixin):
             pool_size=self.pool_size,
         )
 
-    def _statistics(self, head, step):
+    def _statistics(self, head):
         """Per-channel ``(mean, scale)`` of the first NORM_SAMPLES images' maps
-        (``head(n_max, step)`` yields them in batches)."""
+        (``head(n_max)`` yields them in batches), or ``(mean, projection)``."""
         if self.normalize is None:
             return np.zeros(1), np.ones(1)
-        stats = _ChannelStats()
-        for batch in head(NORM_SAMPLES, step):
+        whiten = self.normalize == "whiten"
+        stats = _ChannelStats(second=whiten)
+        for batch in head(NORM_SAMPLES):
             stats.add(batch)
-        return stats.result()
+        return stats.whitening(self.n_components) if whiten else stats.result()
 
     def _readers(self):
         return self.layers_ if self.readout == "concat" else self.layers_[-1:]
@@ -430,12 +452,34 @@ def _step(data, layer, norm, activation, pool_size, readout=False):
     maps, features = _activation_maps(data, layer, activation, readout)
     maps = average_pool(maps, pool_size, xp)
     if norm is not None:
-        mean, scale = (
-            xp.reshape(xp.asarray(a, dtype=maps.dtype, device=device), (1, -1, 1, 1))
-            for a in norm
-        )
-        maps = (maps - mean) / scale
+        mean, scale = (xp.asarray(a, dtype=maps.dtype, device=device) for a in norm)
+        maps = maps - xp.reshape(mean, (1, -1, 1, 1))
+        if scale.ndim == 1:
+            maps = maps / xp.reshape(scale, (1, -1, 1, 1))
+        else:  # whitening: a 1x1 convolution by the projection (C, K)
+            moved = xp.permute_dims(maps, (0, 2, 3, 1)) @ xp.permute_dims(scale, (1, 0))
+            maps = xp.permute_dims(moved, (0, 3, 1, 2))
     return maps, features
+
+
+def _batches(source):
+    """The batches of an ImageSource, computed (Dask) and checked."""
+    for batch in source.batches():
+        if source.kind == "dask":
+            batch = batch.compute()
+        yield check_images(batch, "each batch of X")
+
+
+def _head(source, layer, network, n_max):
+    """``layer``'s pooled maps of the first ``n_max`` images of ``source``."""
+    seen = 0
+    for batch in _batches(source):
+        batch = batch[: min(n_max - seen, batch.shape[0]), ...]
+        maps, _ = _step(batch, layer, None, network.activation, network.pool_size)
+        yield maps
+        seen += batch.shape[0]
+        if seen >= n_max:
+            return
 
 
 def encode(batch, *, layers, norms, activation, pool_size):
@@ -462,11 +506,12 @@ def _features(batch, *, layers, norms, activation, pool_size, readout):
 
 class _ChannelStats:
     """Per-channel sums of maps ``(n, K, h, w)``, in the widest float, on the
-    host: ``result()`` is ``(mean, scale)`` over images and positions."""
+    host: ``result()`` is ``(mean, scale)`` over images and positions; with
+    ``second``, the sums of products of channels too, and ``whitening()``."""
 
-    def __init__(self):
-        self.total = self.total_sq = None
-        self.count = 0
+    def __init__(self, second=False):
+        self.total = self.total_sq = self.products = None
+        self.count, self.second = 0, second
 
     def add(self, batch):
         if batch.shape[0] == 0:
@@ -478,6 +523,22 @@ class _ChannelStats:
         self.total = s1 if self.total is None else self.total + s1
         self.total_sq = s2 if self.total_sq is None else self.total_sq + s2
         self.count += batch.shape[0] * batch.shape[2] * batch.shape[3]
+        if self.second:
+            flat = xp.reshape(xp.permute_dims(wide, (1, 0, 2, 3)), (wide.shape[1], -1))
+            s3 = to_numpy(flat @ xp.permute_dims(flat, (1, 0))).astype(np.float64)
+            self.products = s3 if self.products is None else self.products + s3
+
+    def whitening(self, n_components):
+        """``(mean, W)``: ``W`` (C, K) projects centred channels on the ``C``
+        leading axes of their correlation, each scaled to about unit variance."""
+        mean, scale = self.result()
+        cov = self.products / self.count - np.outer(mean, mean)
+        corr = cov / np.outer(scale, scale)
+        lam, V = np.linalg.eigh(0.5 * (corr + corr.T))  # ascending
+        keep = len(lam) if n_components is None else min(n_components, len(lam))
+        lam, V = np.maximum(lam[::-1][:keep], 0.0), V[:, ::-1][:, :keep]
+        W = (V / np.sqrt(lam + EPS_CHANNELS)).T / scale[None, :]
+        return mean, W
 
     def result(self):
         mean = self.total / self.count

@@ -468,7 +468,7 @@ def build_model(params, network=None):
     pooling ``layer2_pooling`` if given, else layer 1's, and any other
     estimator parameter in the dict ``layer2``), read from layer 1's maps
     average-pooled by ``pool_size``.  ``activation``, ``normalize``,
-    ``readout`` and ``cache``, where given, are the network's own
+    ``n_components``, ``readout`` and ``cache``, where given, are the network's own
     parameters (:class:`~calm_np.ConvolutionalMixtureNetwork`)."""
     from ._estimator import ConvolutionalMixture
     from ._network import ConvolutionalMixtureNetwork
@@ -497,7 +497,7 @@ def build_model(params, network=None):
 
 
 # the network's own parameters a network preset may set
-_NETWORK_OPTIONS = ("activation", "normalize", "readout", "cache")
+_NETWORK_OPTIONS = ("activation", "normalize", "readout", "cache", "n_components")
 
 
 def check_model_fits(model, image_shape):

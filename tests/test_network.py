@@ -122,6 +122,38 @@ def test_posterior_activation_is_a_softmax_over_kernels():
     np.testing.assert_allclose(encoder(X).sum(axis=1), 1.0, rtol=1e-12)
 
 
+def test_whitened_maps_are_decorrelated_principal_components():
+    X = noise(23, (40, 1, 12, 12))
+    model = net(normalize="whiten", n_components=3, pool_size=1).fit(X)
+    mean, W = model.norms_[0]
+    assert W.shape == (3, 4) and model.layers_[1].n_channels_in_ == 3
+    pooled = pooled_triangle_by_hand(X, model.layers_[0], size=1)
+    np.testing.assert_allclose(mean, pooled.mean(axis=(0, 2, 3)), rtol=1e-9)
+    Z = model._encoder(model.layers_, model.norms_, 1)(X)
+    flat = np.moveaxis(Z, 1, -1).reshape(-1, 3)
+    cov = np.cov(flat, rowvar=False, bias=True)
+    np.testing.assert_allclose(cov - np.diag(np.diag(cov)), 0, atol=1e-9)
+    lam = np.diag(cov)  # lambda / (lambda + eps): below 1, largest first
+    assert np.all(lam < 1) and np.all(np.diff(lam) <= 1e-12)
+    # all the axes, cached or not, saved and read back
+    for cache in (None, "memory", "disk"):
+        full = net(normalize="whiten", batch_size=7, cache=cache).fit(X)
+        assert full.norms_[0][1].shape == (4, 4)
+        if cache is None:
+            ref = full
+        fitted_same(full, ref)
+
+
+def test_whitened_network_saves_and_loads(tmp_path):
+    X = noise(24)
+    model = net(normalize="whiten", n_components=2).fit(X)
+    model.save(tmp_path / "net.npz")
+    back = ConvolutionalMixtureNetwork.load(tmp_path / "net.npz")
+    assert (back.normalize, back.n_components) == ("whiten", 2)
+    assert np.array_equal(back.norms_[0][1], model.norms_[0][1])
+    assert np.array_equal(back.transform(X), model.transform(X))
+
+
 # streaming --------------------------------------------------------------------------
 
 
@@ -500,6 +532,11 @@ ERRORS = [
     (dict(pool_size=2.0), TypeError, "pool_size must be an int, got 2.0"),
     (dict(batch_size=0), ValueError, "batch_size must be >= 1, got 0"),
     (
+        dict(n_components=2),
+        ValueError,
+        "n_components is for normalize='whiten'",
+    ),
+    (
         dict(cache="ram"),
         ValueError,
         "cache must be one of (None, 'auto', 'memory', 'disk'), got 'ram'",
@@ -574,3 +611,14 @@ def test_each_layers_objective_never_decreases(seed, k1, k2, pool, activation):
         bounds = np.asarray(fitted.lower_bounds_)
         assert np.all(np.diff(bounds) >= -1e-9 * np.abs(bounds).max())
     assert to_numpy(model.transform(X)).shape == (10, model.n_features_)
+
+
+def test_whitened_maps_on_every_backend(backend):
+    X = noise(25, (12, 1, 10, 10))
+    ref = net(batch_size=5, normalize="whiten", n_components=3).fit(X)
+    model = net(batch_size=5, normalize="whiten", n_components=3, cache="memory")
+    model.fit(backend.asarray(X))
+    for a, b in zip(model.layers_, ref.layers_, strict=True):
+        assert_close(a.kernels_, b.kernels_)
+    F = model.transform(backend.asarray(X))
+    assert_close(F, ref.transform(X), rtol=1e-7, atol=1e-7)
