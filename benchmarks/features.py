@@ -567,6 +567,25 @@ def main(argv=None):
         flush=True,
     )
     results = []
+
+    def write():  # after every row: a run cut short keeps what it measured
+        if args.json:
+            args.json.write_text(
+                json.dumps(
+                    dict(
+                        machine=info,
+                        n_train=len(X_train),
+                        n_test=len(X_test),
+                        command=sys.argv,
+                        probe_C=args.C,
+                        probe_tol=args.probe_tol,
+                        rows=results,
+                    ),
+                    indent=2,
+                )
+                + "\n"
+            )
+
     for name in rows:
         for r in run_row(name, X_train, y_train, X_test, y_test, args.seed, args.top):
             results.append(r)
@@ -584,23 +603,9 @@ def main(argv=None):
                 f"{r['setting']}",
                 flush=True,
             )
+        write()
     info["load_1min_end"] = round(os.getloadavg()[0], 2)
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                dict(
-                    machine=info,
-                    n_train=len(X_train),
-                    n_test=len(X_test),
-                    command=sys.argv,
-                    probe_C=args.C,
-                    probe_tol=args.probe_tol,
-                    rows=results,
-                ),
-                indent=2,
-            )
-            + "\n"
-        )
+    write()
     return results
 
 
