@@ -410,30 +410,64 @@ def _n_features(layer):
     return int(layer.kernels_.shape[0]) * sum(gh * gw for gh, gw in grids)
 
 
-def _activation_maps(batch, layer, activation, readout=False):
-    """``(maps, features)``: ``layer``'s activation ``(n, K, Ho, Wo)`` at each
-    position and, with ``readout``, its ``transform`` of ``batch`` (else None).
+def _activation_maps(batch, layer, activation, pool_size, readout=False):
+    """``(maps, features)``: ``layer``'s activation at each position,
+    average-pooled ``pool_size × pool_size`` (``(n, K, h, w)``) and, with
+    ``readout``, its ``transform`` of ``batch`` (else None).
 
     The adapter: the only function here that depends on ``_readouts``.  The
     readout is the layer's own ``transform`` (its chunked fast path), so a
-    network's features equal its layers' features exactly.
+    network's features equal its layers' features exactly.  Where both are
+    triangles (the layer's ``features`` and ``activation``) they come from one
+    pass of distances, each chunk's triangle read out both ways, as
+    ``transform`` would read it.
     """
     options = dict(padding=layer.padding_, method=layer.method, activation=activation)
     options["variance"] = float(getattr(layer, "variance_", 1.0))
     if getattr(layer, "whitening_", None) is not None:
         options.update(latent=layer.latent, whitening=layer.whitening_)
+    xp = get_namespace(batch)[0]
+    (kh, kw), (ph, pw) = layer.kernel_size_, layer.padding_
+    h = (batch.shape[2] + 2 * ph - kh + 1) // pool_size
+    w = (batch.shape[3] + 2 * pw - kw + 1) // pool_size
+    options["pool_size"] = pool_size
+    if readout and activation == "triangle" and layer.features == "triangle":
+        options["grids"] = check_params(layer.get_params())["pooling"]
+        both = _readouts.bind(_maps_of, layer.kernels_, layer.weights_, **options)
+        both = both(batch)
+        n_out = _n_features(layer)
+        maps = xp.reshape(both[:, n_out:], (batch.shape[0], -1, h, w))
+        return maps, both[:, :n_out]
     maps = _readouts.bind(_maps_of, layer.kernels_, layer.weights_, **options)(batch)
+    if activation == "triangle":  # pooled chunk by chunk
+        maps = xp.reshape(maps, (batch.shape[0], -1, h, w))
     return maps, (layer.transform(batch) if readout else None)
 
 
-def _maps_of(X, kernels, *, log_weights, padding, method, activation, **options):
+def _maps_of(
+    X, kernels, *, log_weights, padding, method, activation, pool_size, grids=None,
+    **options,
+):  # fmt: skip
+    """Pooled activation maps of ``X``; triangles are pooled chunk by chunk
+    (flat, ``(n, K·h·w)``), and with ``grids`` the readout comes first."""
     if activation == "triangle":
         options["variance"] = 1.0  # distances do not depend on σ²
     batch = _Batch(X, kernels, log_weights, Options(padding, method, **options))
-    if activation == "triangle":  # the readouts' distances, chunk by chunk
-        return _readouts.triangle_maps(batch)
-    xp, A = batch.xp, batch.log_joint()
-    return xp.exp(A - logsumexp(A, axis=1, keepdims=True))
+    xp = batch.xp
+    if activation == "posterior":
+        A = batch.log_joint()
+        return average_pool(
+            xp.exp(A - logsumexp(A, axis=1, keepdims=True)), pool_size, xp
+        )
+
+    def read(act):  # the pooled maps (a copy), then the readout (which overwrites)
+        maps = average_pool(act, pool_size, xp)
+        maps = xp.reshape(xp.asarray(maps, copy=True), (act.shape[0], -1))
+        if grids is None:
+            return maps
+        return xp.concat([_readouts.pool(act, grids, xp, reduce="sum"), maps], axis=1)
+
+    return _readouts.triangle_maps(batch, read)
 
 
 def average_pool(maps, size, xp):
@@ -449,8 +483,7 @@ def average_pool(maps, size, xp):
 def _step(data, layer, norm, activation, pool_size, readout=False):
     """One layer up: ``(the next layer's input, this layer's readout or None)``."""
     xp, device = get_namespace(data)
-    maps, features = _activation_maps(data, layer, activation, readout)
-    maps = average_pool(maps, pool_size, xp)
+    maps, features = _activation_maps(data, layer, activation, pool_size, readout)
     if norm is not None:
         mean, scale = (xp.asarray(a, dtype=maps.dtype, device=device) for a in norm)
         maps = maps - xp.reshape(mean, (1, -1, 1, 1))

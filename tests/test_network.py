@@ -344,6 +344,20 @@ def test_transform_concatenates_each_layers_readout():
     assert np.array_equal(model.fit_transform(X), F)
 
 
+def test_whitened_triangle_layers_read_out_exactly_as_their_transform():
+    # the network reads layer 1's triangle maps and its readout in one pass
+    X = noise(26, (20, 1, 12, 12))
+    white = dict(latent="patch", whiten=True, learn_variance=True, pooling=3)
+    layers = [layer(6, 3, **white), layer(3, 2, pooling=2, latent="patch")]
+    model = net(layers=layers, batch_size=7).fit(X)
+    F = model.transform(X)
+    assert np.array_equal(F[:, :54], model.layers_[0].transform(X))
+    encoder = model._encoder(model.layers_, model.norms_, 1)
+    np.testing.assert_allclose(
+        F[:, 54:], model.layers_[1].transform(encoder(X)), rtol=1e-12, atol=1e-12
+    )
+
+
 def test_transform_refuses_other_channels_and_unfitted():
     with pytest.raises(NotFittedError, match="not fitted yet; call fit"):
         net().transform(noise())
