@@ -63,6 +63,23 @@ Rows:
                     the same three on best's layer (whitened patches, noise
                     start, learned sigma^2; layer 2 whitened too)
     each fitted on the first 1000 training images, 5 EM iterations per layer
+    issue 23's stacks at full scale (--rows stacks; docs/benchmarks.rst,
+    "Stacked layers"), each best's layer 1 (fitted on its 10 000 images)
+    plus a layer 2 fitted on the same images, both readouts concatenated:
+    best512    one layer of 512 kernels (the stacks' 4608 features)
+    stack      layer 2: 256 kernels 3x3 on layer 1's triangle maps averaged
+               over 3x3 cells (7x7 maps), standardized per channel, patch
+               latent, learned sigma^2, not whitened, k-means++ start,
+               10 iterations, triangle on 3x3 cells (2304 more features)
+    stack_top / _posterior / _sigma1 / _k128 / _pool2_it5  one change each:
+               top layer's readout only / posterior maps / sigma^2 = 1 in
+               layer 2 / 128 kernels in layer 2 / 2x2 averaging, 5 iterations
+    stack_whitemaps  the maps PCA-whitened per position (normalize="whiten")
+    stack_white64    ... cut to 64 principal channels, layer 2 whitening its
+               3x3x64 patches, noise start (as best's layer 1)
+    stack_white64_pool2 / _white128 / _white32 / _k512 / _sigma1 /
+               _posterior / _kernel2  one change each to stack_white64
+    (--top also probes each stack's top layer alone, ROW@top)
 
     python benchmarks/features.py                            # main rows, 60k/10k
     python benchmarks/features.py --rows best,starts --with-init [--seed 1]
@@ -70,6 +87,7 @@ Rows:
     python benchmarks/features.py --rows levers --limit 10000 --test-limit 2000
     python benchmarks/features.py --rows raw,kmeans256 --limit 5000
     python benchmarks/features.py --rows networks --limit 5000 --test-limit 2000
+    python benchmarks/features.py --rows best,stack,stack_white64,best512 --top
 
 Prints one line per row (accuracy, features, seconds split into fit, features
 and probe) and the machine; ``--json PATH`` writes the rows too.
@@ -259,6 +277,23 @@ STACK_ROWS = {
         normalize="whiten", n_components=64, layer2=dict(whiten=True, init="random")
     ),
 }
+# the same levers on stack_white64 (whitened maps, 64 channels, layer 2
+# whitening its patches)
+WHITE64 = dict(normalize="whiten", n_components=64)
+WHITE64_L2 = dict(whiten=True, init="random")
+STACK_ROWS.update(
+    stack_white64_pool2=stacked(**WHITE64, pool_size=2, layer2=WHITE64_L2),
+    stack_white128=stacked(normalize="whiten", n_components=128, layer2=WHITE64_L2),
+    stack_white32=stacked(normalize="whiten", n_components=32, layer2=WHITE64_L2),
+    stack_white64_k512=stacked(**WHITE64, layer2_kernels=512, layer2=WHITE64_L2),
+    stack_white64_sigma1=stacked(
+        **WHITE64, layer2=dict(WHITE64_L2, learn_variance=False)
+    ),
+    stack_white64_posterior=stacked(
+        **WHITE64, activation="posterior", layer2=WHITE64_L2
+    ),
+    stack_white64_kernel2=stacked(**WHITE64, layer2_kernel_size=2, layer2=WHITE64_L2),
+)
 ROWS.update(STACK_ROWS)
 ROWS.update(WHITE_ROWS)
 ROWS.update(START_ROWS)
@@ -450,7 +485,9 @@ def describe(name, setting):
             f"{net['pool_size']}x{net['pool_size']}-averaged "
             f"{net.get('activation', 'triangle')} maps, readout "
             f"{net.get('readout', 'concat')}, normalize "
-            f"{net.get('normalize', 'standardize')}, cache {net.get('cache')}"
+            f"{net.get('normalize', 'standardize')}"
+            + (f" to {net['n_components']}" if net.get("n_components") else "")
+            + f", cache {net.get('cache')}"
         )
     return ", ".join(parts)
 
