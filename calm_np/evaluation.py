@@ -182,7 +182,10 @@ NETWORK_PRESETS = {
     # 128 kernels of 3x3 on layer 1's maps average-pooled 2x2, both layers'
     # readouts (1728 features on Fashion-MNIST); measured not to beat one
     # layer (docs/benchmarks.rst "Stacked layers")
-    "network": dict(layers=2, layer2_kernels=128, layer2_kernel_size=3, pool_size=2),
+    # layer 1's maps computed once (issue 23: cache, "auto" as the CLI's)
+    "network": dict(
+        layers=2, layer2_kernels=128, layer2_kernel_size=3, pool_size=2, cache="auto"
+    ),
 }
 """The command line's network settings by preset name (``layers``,
 ``layer2_kernels``, ``layer2_kernel_size``, ``pool_size``); a preset not
