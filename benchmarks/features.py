@@ -71,9 +71,10 @@ Rows:
                over 3x3 cells (7x7 maps), standardized per channel, patch
                latent, learned sigma^2, not whitened, k-means++ start,
                10 iterations, triangle on 3x3 cells (2304 more features)
-    stack_top / _posterior / _sigma1 / _k128 / _pool2_it5  one change each:
-               top layer's readout only / posterior maps / sigma^2 = 1 in
-               layer 2 / 128 kernels in layer 2 / 2x2 averaging, 5 iterations
+    stack_top / _posterior / _sigma1 / _k128 / _pool2_it5 / _grid2  one
+               change each: top layer's readout only / posterior maps /
+               sigma^2 = 1 in layer 2 / 128 kernels in layer 2 / 2x2
+               averaging, 5 iterations / layer 2 read out on 2x2 cells
     stack_whitemaps  the maps PCA-whitened per position (normalize="whiten")
     stack_white64    ... cut to 64 principal channels, layer 2 whitening its
                3x3x64 patches, noise start (as best's layer 1)
@@ -268,6 +269,9 @@ STACK_ROWS = {
     # receptive field: 2x2 averaging between the layers (11x11 maps, 9x9
     # positions: 3.2x the EM cost, so 5 iterations)
     "stack_pool2_it5": stacked(pool_size=2, layer2=dict(max_iter=5)),
+    # the readout: layer 2's triangle summed over 2x2 cells of its 5x5
+    # positions (1024 features instead of 2304)
+    "stack_grid2": stacked(layer2=dict(pooling=2)),
     # what layer 2 reads: whitened maps, 1x1 PCA whitening of layer 1's 256
     # channels (normalize="whiten") kept whole, layer 2 as above
     "stack_whitemaps": stacked(normalize="whiten"),
