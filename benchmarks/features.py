@@ -75,6 +75,7 @@ Rows:
                change each: top layer's readout only / posterior maps /
                sigma^2 = 1 in layer 2 / 128 kernels in layer 2 / 2x2
                averaging, 5 iterations / layer 2 read out on 2x2 cells
+    stack_k64 / stack_k128_grid2  64 kernels in layer 2 / 128 on 2x2 cells
     stack_whitemaps  the maps PCA-whitened per position (normalize="whiten")
     stack_white64    ... cut to 64 principal channels, layer 2 whitening its
                3x3x64 patches, noise start (as best's layer 1)
@@ -269,6 +270,9 @@ STACK_ROWS = {
     # receptive field: 2x2 averaging between the layers (11x11 maps, 9x9
     # positions: 3.2x the EM cost, so 5 iterations)
     "stack_pool2_it5": stacked(pool_size=2, layer2=dict(max_iter=5)),
+    # width: 64 kernels; 128 read out on 2x2 cells (576 / 512 more features)
+    "stack_k64": stacked(layer2_kernels=64),
+    "stack_k128_grid2": stacked(layer2_kernels=128, layer2=dict(pooling=2)),
     # the readout: layer 2's triangle summed over 2x2 cells of its 5x5
     # positions (1024 features instead of 2304)
     "stack_grid2": stacked(layer2=dict(pooling=2)),
