@@ -36,8 +36,8 @@ points over max pooling), per-channel standardisation of each layer's input
 ``NORM_SAMPLES`` images; measured equal to none within noise), and a readout
 that concatenates every layer's own pooled ``transform`` (the top layer
 alone is 1.4 points below).  At full scale (issue 23, docs/benchmarks.rst
-"Stacked layers") the best stack measured, ``preset("stack")``, is 0.3 to
-0.5 points above one layer: not enough to be the default.
+"Stacked layers") the best stack measured, ``preset("stack")``, is 0.25 to
+0.48 points above one layer: not enough to be the default.
 """
 
 from __future__ import annotations

@@ -194,8 +194,8 @@ NETWORK_PRESETS = {
     "network": dict(
         layers=2, layer2_kernels=128, layer2_kernel_size=3, pool_size=2, cache="auto"
     ),
-    # the best stack measured at full scale (features.py row stack_k128: +0.3
-    # to +0.5 points over best on Fashion-MNIST, seeds 0-2; short of the 0.8
+    # the best stack measured at full scale (features.py row stack_k128: +0.25
+    # to +0.48 points over best on Fashion-MNIST, seeds 0-2; short of the 0.8
     # that would make it the default): 128 kernels 3x3, not whitened (3x3x256
     # patches), k-means++ start, on layer 1's triangle maps averaged 3x3
     "stack": dict(
