@@ -412,7 +412,7 @@ def _n_features(layer):
     return int(layer.kernels_.shape[0]) * sum(gh * gw for gh, gw in grids)
 
 
-def _activation_maps(batch, layer, activation, pool_size, readout=False):
+def _activation_maps(batch, layer, activation, pool_size=1, readout=False):
     """``(maps, features)``: ``layer``'s activation at each position,
     average-pooled ``pool_size × pool_size`` (``(n, K, h, w)``) and, with
     ``readout``, its ``transform`` of ``batch`` (else None).
