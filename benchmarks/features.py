@@ -80,7 +80,8 @@ Rows:
     stack_white64    ... cut to 64 principal channels, layer 2 whitening its
                3x3x64 patches, noise start (as best's layer 1)
     stack_white64_pool2 / _white128 / _white32 / _k512 / _sigma1 /
-               _posterior / _kernel2  one change each to stack_white64
+               _posterior / _kernel2  one change each to stack_white64 (not
+               measured yet: stack_white64 lost a point)
     (--top also probes each stack's top layer alone, ROW@top)
 
     python benchmarks/features.py                            # main rows, 60k/10k
