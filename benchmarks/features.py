@@ -63,6 +63,26 @@ Rows:
                     the same three on best's layer (whitened patches, noise
                     start, learned sigma^2; layer 2 whitened too)
     each fitted on the first 1000 training images, 5 EM iterations per layer
+    issue 23's stacks at full scale (--rows stacks; docs/benchmarks.rst,
+    "Stacked layers"), each best's layer 1 (fitted on its 10 000 images)
+    plus a layer 2 fitted on the same images, both readouts concatenated:
+    best512    one layer of 512 kernels (the stacks' 4608 features)
+    stack      layer 2: 256 kernels 3x3 on layer 1's triangle maps averaged
+               over 3x3 cells (7x7 maps), standardized per channel, patch
+               latent, learned sigma^2, not whitened, k-means++ start,
+               10 iterations, triangle on 3x3 cells (2304 more features)
+    stack_top / _posterior / _sigma1 / _k128 / _pool2_it5 / _grid2  one
+               change each: top layer's readout only / posterior maps /
+               sigma^2 = 1 in layer 2 / 128 kernels in layer 2 / 2x2
+               averaging, 5 iterations / layer 2 read out on 2x2 cells
+    stack_k64 / stack_k128_grid2  64 kernels in layer 2 / 128 on 2x2 cells
+    stack_whitemaps  the maps PCA-whitened per position (normalize="whiten")
+    stack_white64    ... cut to 64 principal channels, layer 2 whitening its
+               3x3x64 patches, noise start (as best's layer 1)
+    stack_white64_pool2 / _white128 / _white32 / _k512 / _sigma1 /
+               _posterior / _kernel2  one change each to stack_white64 (not
+               measured yet: stack_white64 lost a point)
+    (--top also probes each stack's top layer alone, ROW@top)
 
     python benchmarks/features.py                            # main rows, 60k/10k
     python benchmarks/features.py --rows best,starts --with-init [--seed 1]
@@ -70,6 +90,7 @@ Rows:
     python benchmarks/features.py --rows levers --limit 10000 --test-limit 2000
     python benchmarks/features.py --rows raw,kmeans256 --limit 5000
     python benchmarks/features.py --rows networks --limit 5000 --test-limit 2000
+    python benchmarks/features.py --rows best,stack,stack_white64,best512 --top
 
 Prints one line per row (accuracy, features, seconds split into fit, features
 and probe) and the machine; ``--json PATH`` writes the rows too.
@@ -209,6 +230,80 @@ NETWORK_ROWS.update(
     network_white_single128=dict(QUICK_WHITE, n_kernels=128),
 )
 ROWS.update(NETWORK_ROWS)
+
+# issue 23: two layers at full scale on best's layer 1 (256 whitened kernels
+# 7x7 fitted on best's 10 000 images, 10 iterations, triangle on 3x3 cells).
+# Layer 2: 256 kernels 3x3 on layer 1's triangle maps averaged over 3x3 cells
+# (7x7 maps, 5x5 positions) and standardised per channel, latent="patch",
+# learned sigma^2, NOT whitened (its patches have 3*3*256 = 2304 values: a
+# 2304^2 whitening per patch would cost 4.5x its EM), plain k-means++ seeding,
+# 10 iterations (tol 1e-4 is not reached), triangle on 3x3 cells; both
+# layers' readouts (4608 features); layer 1's maps cached once (cache="auto")
+STACK = dict(
+    layers=2,
+    layer2_kernels=256,
+    layer2_kernel_size=3,
+    pool_size=3,
+    layer2=dict(whiten=False, init="kmeans++"),
+    cache="auto",
+)
+
+
+def stacked(**changes):
+    """best with a second layer: STACK with ``changes`` (``layer2`` merged)."""
+    net = dict(STACK, **changes)
+    net["layer2"] = dict(STACK["layer2"], **changes.get("layer2", {}))
+    return calm(BEST, network=net)
+
+
+STACK_ROWS = {
+    # one layer with the stack's feature count (a comparable budget)
+    "best512": calm(BEST, n_kernels=512),
+    "stack": stacked(),
+    # what the probe reads: layer 2's readout only
+    "stack_top": stacked(readout="top"),
+    # what layer 2 reads: posteriors instead of triangle maps
+    "stack_posterior": stacked(activation="posterior"),
+    # sigma^2 per layer: layer 2's fixed at 1
+    "stack_sigma1": stacked(layer2=dict(learn_variance=False)),
+    # width: 128 kernels in layer 2
+    "stack_k128": stacked(layer2_kernels=128),
+    # receptive field: 2x2 averaging between the layers (11x11 maps, 9x9
+    # positions: 3.2x the EM cost, so 5 iterations)
+    "stack_pool2_it5": stacked(pool_size=2, layer2=dict(max_iter=5)),
+    # width: 64 kernels; 128 read out on 2x2 cells (576 / 512 more features)
+    "stack_k64": stacked(layer2_kernels=64),
+    "stack_k128_grid2": stacked(layer2_kernels=128, layer2=dict(pooling=2)),
+    # the readout: layer 2's triangle summed over 2x2 cells of its 5x5
+    # positions (1024 features instead of 2304)
+    "stack_grid2": stacked(layer2=dict(pooling=2)),
+    # what layer 2 reads: whitened maps, 1x1 PCA whitening of layer 1's 256
+    # channels (normalize="whiten") kept whole, layer 2 as above
+    "stack_whitemaps": stacked(normalize="whiten"),
+    # ... or cut to 64 principal channels, and layer 2 whitening its
+    # 3x3x64 = 576-value patches as layer 1 does, started from noise (best's)
+    "stack_white64": stacked(
+        normalize="whiten", n_components=64, layer2=dict(whiten=True, init="random")
+    ),
+}
+# the same levers on stack_white64 (whitened maps, 64 channels, layer 2
+# whitening its patches)
+WHITE64 = dict(normalize="whiten", n_components=64)
+WHITE64_L2 = dict(whiten=True, init="random")
+STACK_ROWS.update(
+    stack_white64_pool2=stacked(**WHITE64, pool_size=2, layer2=WHITE64_L2),
+    stack_white128=stacked(normalize="whiten", n_components=128, layer2=WHITE64_L2),
+    stack_white32=stacked(normalize="whiten", n_components=32, layer2=WHITE64_L2),
+    stack_white64_k512=stacked(**WHITE64, layer2_kernels=512, layer2=WHITE64_L2),
+    stack_white64_sigma1=stacked(
+        **WHITE64, layer2=dict(WHITE64_L2, learn_variance=False)
+    ),
+    stack_white64_posterior=stacked(
+        **WHITE64, activation="posterior", layer2=WHITE64_L2
+    ),
+    stack_white64_kernel2=stacked(**WHITE64, layer2_kernel_size=2, layer2=WHITE64_L2),
+)
+ROWS.update(STACK_ROWS)
 ROWS.update(WHITE_ROWS)
 ROWS.update(START_ROWS)
 
@@ -335,8 +430,9 @@ def calm_features(setting, X_train, X_test, seed=0):
     grids = [int(g) for g in str(setting.pop("pooling", 1)).split("+")]
     network = setting.pop("network", None)
     model = calm_np.ConvolutionalMixture(**setting, random_state=seed)
-    if network is not None:
-        model = stack(model, grids, **network)
+    if network is not None:  # what calm-np evaluate builds (layers 2.. as layer 1)
+        params = dict(setting, pooling=grids[0], random_state=seed)
+        model = evaluation.build_model(params, network)
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", calm_np.ConvergenceWarning)
@@ -350,19 +446,6 @@ def calm_features(setting, X_train, X_test, seed=0):
         F_train.append(evaluation.extract_features(model, A, batch))
         F_test.append(evaluation.extract_features(model, B, batch))
     return np.hstack(F_train), np.hstack(F_test), fit_seconds, model
-
-
-def stack(first, grids, *, layers, layer2_kernels, layer2_kernel_size, **options):
-    """A ConvolutionalMixtureNetwork on ``first``: layers 2.. as ``calm-np``."""
-    params = first.get_params()
-    first.set_params(pooling=grids[0])
-    upper = dict(
-        params, n_kernels=layer2_kernels, kernel_size=layer2_kernel_size, tol=1e-4
-    )
-    upper.update(padding=0, pooling=grids[0])
-    others = [calm_np.ConvolutionalMixture(**upper) for _ in range(layers - 1)]
-    options.setdefault("batch_size", first.batch_size)
-    return calm_np.ConvolutionalMixtureNetwork([first, *others], **options)
 
 
 # ---------------------------------------------------------------------------
@@ -404,19 +487,23 @@ def describe(name, setting):
         parts.append(f"fit on {s['fit_limit']}")
     if s.get("network"):
         net = s["network"]
+        upper = "".join(f", {k}={v}" for k, v in (net.get("layer2") or {}).items())
         parts.append(
             f"+ {net['layers'] - 1} layer(s) K={net['layer2_kernels']} "
-            f"{net['layer2_kernel_size']}x{net['layer2_kernel_size']} on "
-            f"{net['pool_size']}x{net['pool_size']}-averaged triangle maps, readout "
+            f"{net['layer2_kernel_size']}x{net['layer2_kernel_size']}{upper} on "
+            f"{net['pool_size']}x{net['pool_size']}-averaged "
+            f"{net.get('activation', 'triangle')} maps, readout "
             f"{net.get('readout', 'concat')}, normalize "
             f"{net.get('normalize', 'standardize')}"
+            + (f" to {net['n_components']}" if net.get("n_components") else "")
+            + f", cache {net.get('cache')}"
         )
     return ", ".join(parts)
 
 
-def run_row(name, X_train, y_train, X_test, y_test, seed):
+def run_row(name, X_train, y_train, X_test, y_test, seed, also_top=False):
     start = time.perf_counter()
-    info = {}
+    info, extra = {}, []
     if name == "raw":
         F_train, F_test, fit_s = raw_features(X_train, X_test)
     elif name in KMEANS:
@@ -428,22 +515,39 @@ def run_row(name, X_train, y_train, X_test, y_test, seed):
                 n_iter=[int(m.n_iter_) for m in model.layers_],
                 objective=[m.lower_bound_ for m in model.layers_],
             )
+            if also_top and model.readout == "concat":
+                # the top layer's readout alone: the last columns of the same
+                # features (the same fitted network as readout="top")
+                n_top = calm_np._network._n_features(model.layers_[-1])
+                t0 = time.perf_counter()
+                acc = probe(F_train[:, -n_top:], y_train, F_test[:, -n_top:], y_test)
+                extra.append(
+                    dict(
+                        row=f"{name}@top",
+                        setting="the top layer's columns of " + name,
+                        accuracy=round(acc, 4),
+                        n_features=n_top,
+                        probe_seconds=round(time.perf_counter() - t0, 1),
+                    )
+                )
         else:
             info = dict(n_iter=int(model.n_iter_), objective=model.lower_bound_)
     features_done = time.perf_counter()
     accuracy = probe(F_train, y_train, F_test, y_test)
     end = time.perf_counter()
-    return dict(
+    extra_s = sum(e["probe_seconds"] for e in extra)  # not this row's cost
+    row = dict(
         row=name,
         setting=describe(name, ROWS.get(name)),
         accuracy=round(accuracy, 4),
         n_features=int(F_train.shape[1]),
         fit_seconds=round(fit_s, 1),
-        feature_seconds=round(features_done - start - fit_s, 1),
+        feature_seconds=round(features_done - start - fit_s - extra_s, 1),
         probe_seconds=round(end - features_done, 1),
-        total_seconds=round(end - start, 1),
+        total_seconds=round(end - start - extra_s, 1),
         **info,
     )
+    return [row, *extra]
 
 
 def main(argv=None):
@@ -470,6 +574,12 @@ def main(argv=None):
     ap.add_argument(
         "--with-init", action="store_true", help="also every CALM row at max_iter=0"
     )
+    ap.add_argument(
+        "--top",
+        action="store_true",
+        help="also probe each concatenating network's top layer alone (its last "
+        "columns, ROW@top; the probe's seconds are not in ROW's)",
+    )
     args = ap.parse_args(argv)
     PROBE_C.update(C=args.C, tol=args.probe_tol)
     rows = []
@@ -479,6 +589,7 @@ def main(argv=None):
             "networks": tuple(NETWORK_ROWS),
             "whiten": tuple(WHITE_ROWS),
             "starts": tuple(START_ROWS),
+            "stacks": ("best", *STACK_ROWS),
         }
         rows.extend(groups.get(name, [name]))
     baselines = ("raw", *KMEANS)
@@ -502,32 +613,45 @@ def main(argv=None):
         flush=True,
     )
     results = []
-    for name in rows:
-        r = run_row(name, X_train, y_train, X_test, y_test, args.seed)
-        results.append(r)
-        print(
-            f"{r['row']:14s} {r['accuracy']:.4f}  {r['n_features']:5d} features  "
-            f"{r['total_seconds']:7.1f} s (fit {r['fit_seconds']}, features "
-            f"{r['feature_seconds']}, probe {r['probe_seconds']})  {r['setting']}",
-            flush=True,
-        )
-    info["load_1min_end"] = round(os.getloadavg()[0], 2)
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                dict(
-                    machine=info,
-                    n_train=len(X_train),
-                    n_test=len(X_test),
-                    command=sys.argv,
-                    probe_C=args.C,
-                    probe_tol=args.probe_tol,
-                    rows=results,
-                ),
-                indent=2,
+
+    def write():  # after every row: a run cut short keeps what it measured
+        if args.json:
+            args.json.write_text(
+                json.dumps(
+                    dict(
+                        machine=info,
+                        n_train=len(X_train),
+                        n_test=len(X_test),
+                        command=sys.argv,
+                        probe_C=args.C,
+                        probe_tol=args.probe_tol,
+                        rows=results,
+                    ),
+                    indent=2,
+                )
+                + "\n"
             )
-            + "\n"
-        )
+
+    for name in rows:
+        for r in run_row(name, X_train, y_train, X_test, y_test, args.seed, args.top):
+            results.append(r)
+            if "total_seconds" not in r:  # a second probe of a row's features
+                print(
+                    f"{r['row']:14s} {r['accuracy']:.4f}  {r['n_features']:5d} "
+                    f"features  probe {r['probe_seconds']} s  {r['setting']}",
+                    flush=True,
+                )
+                continue
+            print(
+                f"{r['row']:14s} {r['accuracy']:.4f}  {r['n_features']:5d} features  "
+                f"{r['total_seconds']:7.1f} s (fit {r['fit_seconds']}, features "
+                f"{r['feature_seconds']}, probe {r['probe_seconds']})  "
+                f"{r['setting']}",
+                flush=True,
+            )
+        write()
+    info["load_1min_end"] = round(os.getloadavg()[0], 2)
+    write()
     return results
 
 

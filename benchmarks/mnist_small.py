@@ -271,7 +271,8 @@ def calm_row(setting, X_train, X_test):
     if key not in FITTED:
         model = calm_np.ConvolutionalMixture(**setting, **readout, random_state=0)
         if network is not None:
-            model = stack(model.get_params(), **network)
+            # what calm-np evaluate --layers ... fits
+            model = evaluation.build_model(model.get_params(), network)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", calm_np.ConvergenceWarning)
             model.fit(A if fit_limit is None else A[:fit_limit])
@@ -283,19 +284,6 @@ def calm_row(setting, X_train, X_test):
     return (
         evaluation.extract_features(model, A, batch),
         evaluation.extract_features(model, B, batch),
-    )
-
-
-def stack(params, *, layers, layer2_kernels, layer2_kernel_size, pool_size):
-    """The network ``calm-np evaluate --layers ...`` fits: layers 2.. as
-    layer 1 but with their own kernels, no padding and the default tol."""
-    upper = dict(params, n_kernels=layer2_kernels, kernel_size=layer2_kernel_size)
-    upper.update(padding=0)
-    upper.pop("tol", None)
-    stacked = [calm_np.ConvolutionalMixture(**params)]
-    stacked += [calm_np.ConvolutionalMixture(**upper) for _ in range(layers - 1)]
-    return calm_np.ConvolutionalMixtureNetwork(
-        stacked, pool_size=pool_size, batch_size=params.get("batch_size")
     )
 
 

@@ -27,6 +27,12 @@ HELP = dict(
 )
 
 
+# where layer 2's input is kept during the fit (ConvolutionalMixtureNetwork's
+# cache): "auto" unless the preset or --cache says otherwise
+CACHE_CHOICES = ("auto", "memory", "disk", "none")
+CACHE_DEFAULT = "auto"
+
+
 def add_options(p, int_at_least):
     g = p.add_argument_group(
         "network (stacked layers, ConvolutionalMixtureNetwork; default: one layer)"
@@ -34,6 +40,13 @@ def add_options(p, int_at_least):
     for name, (metavar, text) in HELP.items():
         flag = "--" + name.replace("_", "-")
         g.add_argument(flag, type=int_at_least(1), metavar=metavar, help=text)
+    g.add_argument(
+        "--cache",
+        choices=CACHE_CHOICES,
+        help="where the maps layer 2 is fitted on are kept: computed once into "
+        "memory, a temporary memmap on disk, memory up to 2 GiB else disk "
+        "(auto, the default), or recomputed on every EM pass (none)",
+    )
 
 
 def settings(args, preset_network):
@@ -44,6 +57,8 @@ def settings(args, preset_network):
     for name in OPTIONS:
         value = getattr(args, name, None)
         out[name] = value if value is not None else preset.get(name, DEFAULTS[name])
+    cache = getattr(args, "cache", None) or out.get("cache") or CACHE_DEFAULT
+    out["cache"] = None if cache == "none" else cache
     return out
 
 

@@ -7,7 +7,8 @@ an ordinary ``ConvolutionalMixture`` fitted by its own EM, so each layer's
 ``lower_bounds_`` never decreases; there is no joint likelihood of the stack
 (docs/user_guide/model.rst §2, Stacking).
 
-How the data flows (memory bounded by one batch of images):
+How the data flows without a cache (``cache=None``: memory bounded by one
+batch of images, layer 1's maps recomputed on every pass of layer 2's EM):
 
     X ──ImageSource──▶ layer 1 .fit(X)
     X ──_Maps(depth=1): batch → layer 1 maps → pool → standardise──▶ layer 2 .fit
@@ -16,6 +17,15 @@ How the data flows (memory bounded by one batch of images):
 ``_Maps`` is the lazy input of layer ``l+1``: an array-like read by slices
 (or, for an iterable ``X``, a re-iterable of batches) whose rows are computed
 from the rows of ``X`` when the layer's ``ImageSource`` reads them.
+
+With a cache (``cache="memory"``, ``"disk"`` or ``"auto"``) the input of
+layer ``l+1`` is computed once, in one pass over layer ``l``'s input (one
+E-step of layer ``l`` per image), into an array of the input's namespace
+or a NumPy memmap in a temporary folder (:class:`_Cache`); the
+standardisation's statistics are gathered in that same pass and applied
+in place, and layer ``l+1`` fits on the cached array.  The cache of
+layer ``l`` is dropped once layer ``l+1``'s is built, and every cache when
+``fit`` returns.
 :func:`_activation_maps` is the one place that reads ``_readouts``.
 
 Choices, as measured (Fashion-MNIST linear probe; the research report of
@@ -25,30 +35,42 @@ points over max pooling), per-channel standardisation of each layer's input
 (the mixture assumes unit-variance noise; statistics from the first
 ``NORM_SAMPLES`` images; measured equal to none within noise), and a readout
 that concatenates every layer's own pooled ``transform`` (the top layer
-alone is 1.4 points below).  No stack has yet beaten one layer.
+alone is 1.4 points below).  At full scale (issue 23, docs/benchmarks.rst
+"Stacked layers") the best stack measured, ``preset("stack")``, is 0.25 to
+0.48 points above one layer: not enough to be the default.
 """
 
 from __future__ import annotations
 
 import functools
+import math
+import os
+import shutil
+import tempfile
 
 import numpy as np
 
 from . import _persist, _readouts
 from ._base import ParamsMixin, restore_on_error
 from ._checks import _integer, check_images, check_params
-from ._data import ImageSource
+from ._data import ImageSource, _release_pages
 from ._em import Options, _Batch
 from ._estimator import ConvolutionalMixture, NotFittedError
-from ._xp import get_namespace, logsumexp, to_numpy, wide_float
+from ._xp import get_namespace, is_numpy_namespace, logsumexp, to_numpy, wide_float
 
 __all__ = ["ConvolutionalMixtureNetwork"]
 
 ACTIVATIONS = ("triangle", "posterior")
-NORMALIZE = ("standardize", None)
+NORMALIZE = ("standardize", "whiten", None)
 READOUTS = ("concat", "top")
+CACHES = (None, "auto", "memory", "disk")
+# cache="auto": in memory up to this many bytes of maps, on disk above
+CACHE_MEMORY_BYTES = 2 * 2**30
 # images whose maps give each layer's per-channel mean and scale
 NORM_SAMPLES = 1000
+# normalize="whiten": added to the eigenvalues of the channels' correlation
+# matrix (which sum to the number of channels), as _whiten.EPS_ZCA for patches
+EPS_CHANNELS = 0.1
 _FITTED = ("layers_", "norms_")
 
 
@@ -68,10 +90,17 @@ class ConvolutionalMixtureNetwork(ParamsMixin):
         triangle activation ``max(0, mean_j z_j − z_k)`` of the distances
         ``z_k = ‖x_u − μ_k‖`` (Coates et al. 2011), or the posterior of
         kernel ``k`` given the patch at ``u`` (softmax over kernels).
-    normalize : {"standardize", None}, default="standardize"
+    normalize : {"standardize", "whiten", None}, default="standardize"
         Standardise each channel of a layer's input with the mean and
         standard deviation over the positions of the first ``NORM_SAMPLES``
-        (1000) training images' maps.
+        (1000) training images' maps; or whiten the channels at each
+        position: centre them, then project them on the ``n_components``
+        leading principal axes of their correlation matrix over those maps,
+        each divided by ``sqrt(eigenvalue + 0.1)`` (PCA whitening, a 1×1
+        convolution; the layer above then has ``n_components`` channels).
+    n_components : int or None, default=None
+        ``normalize="whiten"`` only: the principal axes kept (at most the
+        number of kernels below; ``None`` keeps them all).
     readout : {"concat", "top"}, default="concat"
         What :meth:`transform` returns: the top layer's ``transform`` of its
         input, or every layer's, concatenated bottom first.
@@ -79,6 +108,19 @@ class ConvolutionalMixtureNetwork(ParamsMixin):
         Images per batch for every layer (set on the clones); ``None`` keeps
         each layer's own ``batch_size``.  Layer ``l+1`` reads ``X`` in its
         batches and computes the maps of one batch at a time.
+    cache : {None, "auto", "memory", "disk"}, default=None
+        Where the input of each layer above the first is kept during ``fit``.
+        ``None``: nowhere; it is recomputed from ``X`` one batch at a time on
+        every EM pass of the layer (memory bounded by the batch, the cost of
+        every layer below paid on every pass).  ``"memory"``: computed once,
+        in one pass (one E-step of the layer below per image), into an array
+        of ``X``'s namespace and device (``n · K · h · w`` numbers for
+        ``K`` kernels below and ``h × w`` pooled maps).  ``"disk"``: the same
+        in a NumPy memmap in a temporary folder (``TMPDIR``), read batch by
+        batch and moved to ``X``'s namespace and device as it is read;
+        deleted when ``fit`` returns.  ``"auto"``: memory up to
+        ``CACHE_MEMORY_BYTES`` (2 GiB) of maps, disk above.  The fitted
+        network is the same with any cache, up to rounding.
 
     Attributes
     ----------
@@ -86,7 +128,8 @@ class ConvolutionalMixtureNetwork(ParamsMixin):
         The fitted layers.
     norms_ : list of (mean, scale) pairs of NumPy arrays
         Per-channel statistics applied to the input of layers 2, 3, ...
-        (``(0, 1)`` when ``normalize=None``).
+        (``(0, 1)`` when ``normalize=None``); for ``normalize="whiten"``
+        ``scale`` is the projection, of shape ``(n_components, K)``.
     n_features_ : int
         Columns of :meth:`transform`.
 
@@ -117,10 +160,13 @@ class ConvolutionalMixtureNetwork(ParamsMixin):
         normalize="standardize",
         readout="concat",
         batch_size=None,
+        cache=None,
+        n_components=None,
     ):
         self.layers, self.pool_size = layers, pool_size
         self.activation, self.normalize = activation, normalize
         self.readout, self.batch_size = readout, batch_size
+        self.cache, self.n_components = cache, n_components
 
     # -- validation ----------------------------------------------------------
     def _check_params(self):
@@ -136,10 +182,18 @@ class ConvolutionalMixtureNetwork(ParamsMixin):
         _integer("pool_size", self.pool_size, 1)
         if self.batch_size is not None:
             _integer("batch_size", self.batch_size, 1)
+        if self.n_components is not None:
+            _integer("n_components", self.n_components, 1)
+            if self.normalize != "whiten":
+                raise ValueError(
+                    "n_components is for normalize='whiten' (the principal axes "
+                    f"kept); with normalize={self.normalize!r} drop it"
+                )
         for name, value, choices in (
             ("activation", self.activation, ACTIVATIONS),
             ("normalize", self.normalize, NORMALIZE),
             ("readout", self.readout, READOUTS),
+            ("cache", self.cache, CACHES),
         ):
             if not any(value is c or value == c for c in choices):
                 raise ValueError(f"{name} must be one of {choices}, got {value!r}")
@@ -182,19 +236,57 @@ class ConvolutionalMixtureNetwork(ParamsMixin):
         source = ImageSource(X, layers[0].batch_size)
         check_stack(layers, source.image_shape, self.pool_size)
         check_inits(layers, source.n_channels)
-        with restore_on_error(self, _FITTED):
+        with restore_on_error(self, _FITTED), _Cache(self.cache) as cache:
             fitted, norms = [], []
+            data = X
             for depth, layer in enumerate(layers):
-                data = X
-                if depth:
+                if depth and self.cache is None:
                     encode = self._encoder(fitted, norms, depth)
                     step = layer.batch_size or NORM_SAMPLES
-                    norms.append(self._statistics(_Maps(source, encode), step))
+                    head = functools.partial(_Maps(source, encode).head, step=step)
+                    norms.append(self._statistics(head))
                     data = _Maps(source, self._encoder(fitted, norms, depth))
+                elif depth:
+                    below = layers[depth - 1].batch_size
+                    data, norm = self._cached_input(data, fitted[-1], cache, below)
+                    norms.append(norm)
                 layer.fit(data)
                 fitted.append(layer)
             self.layers_, self.norms_ = fitted, norms
         return self
+
+    def _cached_input(self, data, layer, cache, batch_size):
+        """The input of the layer above ``layer`` (fitted on ``data``), computed
+        in one pass over ``data`` into ``cache``: ``(cached input, norm)``.
+
+        The statistics of the first ``NORM_SAMPLES`` images are gathered as
+        their maps go by, then the cached maps are standardised in place, one
+        batch at a time.  ``data``'s own cache, if any, is released after.
+        """
+        source = ImageSource(data, batch_size)
+        K = int(layer.kernels_.shape[0])  # batch_size None: maps of about 8 MB
+        source.check(layer.kernel_size_, layer.padding_, n_kernels=K)
+        whiten = self.normalize == "whiten"
+        stats = _ChannelStats() if self.normalize == "standardize" else None
+        norm = None
+        if whiten:  # fewer channels out: the statistics first, from the head
+            norm = self._statistics(functools.partial(_head, source, layer, self))
+        out, start = None, 0
+        for batch in _batches(source):
+            maps, _ = _step(batch, layer, norm, self.activation, self.pool_size)
+            if out is None:
+                out = cache.allocate((source.n_samples, *maps.shape[1:]), maps)
+            if stats is not None and start < NORM_SAMPLES:
+                stats.add(maps[: min(NORM_SAMPLES - start, maps.shape[0]), ...])
+            cache.write(out, start, maps)
+            start += maps.shape[0]
+        if stats is not None:
+            norm = stats.result()
+            cache.standardize(out, norm, source.batch_size or NORM_SAMPLES)
+        elif norm is None:
+            norm = (np.zeros(1), np.ones(1))
+        cache.release(data)
+        return cache.reader(out), norm
 
     @property
     def n_features_(self):
@@ -214,25 +306,16 @@ class ConvolutionalMixtureNetwork(ParamsMixin):
             pool_size=self.pool_size,
         )
 
-    def _statistics(self, maps, step):
-        """Per-channel ``(mean, scale)`` of the first NORM_SAMPLES images' maps."""
+    def _statistics(self, head):
+        """Per-channel ``(mean, scale)`` of the first NORM_SAMPLES images' maps
+        (``head(n_max)`` yields them in batches), or ``(mean, projection)``."""
         if self.normalize is None:
             return np.zeros(1), np.ones(1)
-        total = total_sq = None
-        count = 0
-        for batch in maps.head(NORM_SAMPLES, step):
-            xp = get_namespace(batch)[0]
-            wide = xp.astype(batch, wide_float(xp))
-            s1 = to_numpy(xp.sum(wide, axis=(0, 2, 3))).astype(np.float64)
-            s2 = to_numpy(xp.sum(wide * wide, axis=(0, 2, 3))).astype(np.float64)
-            total = s1 if total is None else total + s1
-            total_sq = s2 if total_sq is None else total_sq + s2
-            count += batch.shape[0] * batch.shape[2] * batch.shape[3]
-        mean = total / count
-        var = np.maximum(total_sq / count - mean * mean, 0.0)
-        # a constant channel is only centred
-        scale = np.where(var > 1e-12, np.sqrt(var), 1.0)
-        return mean, scale
+        whiten = self.normalize == "whiten"
+        stats = _ChannelStats(second=whiten)
+        for batch in head(NORM_SAMPLES):
+            stats.add(batch)
+        return stats.whitening(self.n_components) if whiten else stats.result()
 
     def _readers(self):
         return self.layers_ if self.readout == "concat" else self.layers_[-1:]
@@ -358,30 +441,64 @@ def _n_features(layer):
     return int(layer.kernels_.shape[0]) * sum(gh * gw for gh, gw in grids)
 
 
-def _activation_maps(batch, layer, activation, readout=False):
-    """``(maps, features)``: ``layer``'s activation ``(n, K, Ho, Wo)`` at each
-    position and, with ``readout``, its ``transform`` of ``batch`` (else None).
+def _activation_maps(batch, layer, activation, pool_size=1, readout=False):
+    """``(maps, features)``: ``layer``'s activation at each position,
+    average-pooled ``pool_size × pool_size`` (``(n, K, h, w)``) and, with
+    ``readout``, its ``transform`` of ``batch`` (else None).
 
     The adapter: the only function here that depends on ``_readouts``.  The
     readout is the layer's own ``transform`` (its chunked fast path), so a
-    network's features equal its layers' features exactly.
+    network's features equal its layers' features exactly.  Where both are
+    triangles (the layer's ``features`` and ``activation``) they come from one
+    pass of distances, each chunk's triangle read out both ways, as
+    ``transform`` would read it.
     """
     options = dict(padding=layer.padding_, method=layer.method, activation=activation)
     options["variance"] = float(getattr(layer, "variance_", 1.0))
     if getattr(layer, "whitening_", None) is not None:
         options.update(latent=layer.latent, whitening=layer.whitening_)
+    xp = get_namespace(batch)[0]
+    (kh, kw), (ph, pw) = layer.kernel_size_, layer.padding_
+    h = (batch.shape[2] + 2 * ph - kh + 1) // pool_size
+    w = (batch.shape[3] + 2 * pw - kw + 1) // pool_size
+    options["pool_size"] = pool_size
+    if readout and activation == "triangle" and layer.features == "triangle":
+        options["grids"] = check_params(layer.get_params())["pooling"]
+        both = _readouts.bind(_maps_of, layer.kernels_, layer.weights_, **options)
+        both = both(batch)
+        n_out = _n_features(layer)
+        maps = xp.reshape(both[:, n_out:], (batch.shape[0], -1, h, w))
+        return maps, both[:, :n_out]
     maps = _readouts.bind(_maps_of, layer.kernels_, layer.weights_, **options)(batch)
+    if activation == "triangle":  # pooled chunk by chunk
+        maps = xp.reshape(maps, (batch.shape[0], -1, h, w))
     return maps, (layer.transform(batch) if readout else None)
 
 
-def _maps_of(X, kernels, *, log_weights, padding, method, activation, **options):
+def _maps_of(
+    X, kernels, *, log_weights, padding, method, activation, pool_size, grids=None,
+    **options,
+):  # fmt: skip
+    """Pooled activation maps of ``X``; triangles are pooled chunk by chunk
+    (flat, ``(n, K·h·w)``), and with ``grids`` the readout comes first."""
     if activation == "triangle":
         options["variance"] = 1.0  # distances do not depend on σ²
     batch = _Batch(X, kernels, log_weights, Options(padding, method, **options))
-    if activation == "triangle":  # the readouts' distances, chunk by chunk
-        return _readouts.triangle_maps(batch)
-    xp, A = batch.xp, batch.log_joint()
-    return xp.exp(A - logsumexp(A, axis=1, keepdims=True))
+    xp = batch.xp
+    if activation == "posterior":
+        A = batch.log_joint()
+        return average_pool(
+            xp.exp(A - logsumexp(A, axis=1, keepdims=True)), pool_size, xp
+        )
+
+    def read(act):  # the pooled maps (a copy), then the readout (which overwrites)
+        maps = average_pool(act, pool_size, xp)
+        maps = xp.reshape(xp.asarray(maps, copy=True), (act.shape[0], -1))
+        if grids is None:
+            return maps
+        return xp.concat([_readouts.pool(act, grids, xp, reduce="sum"), maps], axis=1)
+
+    return _readouts.triangle_maps(batch, read)
 
 
 def average_pool(maps, size, xp):
@@ -397,15 +514,36 @@ def average_pool(maps, size, xp):
 def _step(data, layer, norm, activation, pool_size, readout=False):
     """One layer up: ``(the next layer's input, this layer's readout or None)``."""
     xp, device = get_namespace(data)
-    maps, features = _activation_maps(data, layer, activation, readout)
-    maps = average_pool(maps, pool_size, xp)
+    maps, features = _activation_maps(data, layer, activation, pool_size, readout)
     if norm is not None:
-        mean, scale = (
-            xp.reshape(xp.asarray(a, dtype=maps.dtype, device=device), (1, -1, 1, 1))
-            for a in norm
-        )
-        maps = (maps - mean) / scale
+        mean, scale = (xp.asarray(a, dtype=maps.dtype, device=device) for a in norm)
+        maps = maps - xp.reshape(mean, (1, -1, 1, 1))
+        if scale.ndim == 1:
+            maps = maps / xp.reshape(scale, (1, -1, 1, 1))
+        else:  # whitening: a 1x1 convolution by the projection (C, K)
+            moved = xp.permute_dims(maps, (0, 2, 3, 1)) @ xp.permute_dims(scale, (1, 0))
+            maps = xp.permute_dims(moved, (0, 3, 1, 2))
     return maps, features
+
+
+def _batches(source):
+    """The batches of an ImageSource, computed (Dask) and checked."""
+    for batch in source.batches():
+        if source.kind == "dask":
+            batch = batch.compute()
+        yield check_images(batch, "each batch of X")
+
+
+def _head(source, layer, network, n_max):
+    """``layer``'s pooled maps of the first ``n_max`` images of ``source``."""
+    seen = 0
+    for batch in _batches(source):
+        batch = batch[: min(n_max - seen, batch.shape[0]), ...]
+        maps, _ = _step(batch, layer, None, network.activation, network.pool_size)
+        yield maps
+        seen += batch.shape[0]
+        if seen >= n_max:
+            return
 
 
 def encode(batch, *, layers, norms, activation, pool_size):
@@ -428,6 +566,148 @@ def _features(batch, *, layers, norms, activation, pool_size, readout):
     outs.append(layers[-1].transform(data))
     xp = get_namespace(outs[0])[0]
     return xp.concat(outs, axis=1) if len(outs) > 1 else outs[0]
+
+
+class _ChannelStats:
+    """Per-channel sums of maps ``(n, K, h, w)``, in the widest float, on the
+    host: ``result()`` is ``(mean, scale)`` over images and positions; with
+    ``second``, the sums of products of channels too, and ``whitening()``."""
+
+    def __init__(self, second=False):
+        self.total = self.total_sq = self.products = None
+        self.count, self.second = 0, second
+
+    def add(self, batch):
+        if batch.shape[0] == 0:
+            return
+        xp = get_namespace(batch)[0]
+        wide = xp.astype(batch, wide_float(xp))
+        s1 = to_numpy(xp.sum(wide, axis=(0, 2, 3))).astype(np.float64)
+        s2 = to_numpy(xp.sum(wide * wide, axis=(0, 2, 3))).astype(np.float64)
+        self.total = s1 if self.total is None else self.total + s1
+        self.total_sq = s2 if self.total_sq is None else self.total_sq + s2
+        self.count += batch.shape[0] * batch.shape[2] * batch.shape[3]
+        if self.second:
+            flat = xp.reshape(xp.permute_dims(wide, (1, 0, 2, 3)), (wide.shape[1], -1))
+            s3 = to_numpy(flat @ xp.permute_dims(flat, (1, 0))).astype(np.float64)
+            self.products = s3 if self.products is None else self.products + s3
+
+    def whitening(self, n_components):
+        """``(mean, W)``: ``W`` (C, K) projects centred channels on the ``C``
+        leading axes of their correlation, each scaled to about unit variance."""
+        mean, scale = self.result()
+        cov = self.products / self.count - np.outer(mean, mean)
+        corr = cov / np.outer(scale, scale)
+        lam, V = np.linalg.eigh(0.5 * (corr + corr.T))  # ascending
+        keep = len(lam) if n_components is None else min(n_components, len(lam))
+        lam, V = np.maximum(lam[::-1][:keep], 0.0), V[:, ::-1][:, :keep]
+        W = (V / np.sqrt(lam + EPS_CHANNELS)).T / scale[None, :]
+        return mean, W
+
+    def result(self):
+        mean = self.total / self.count
+        var = np.maximum(self.total_sq / self.count - mean * mean, 0.0)
+        # a constant channel is only centred
+        scale = np.where(var > 1e-12, np.sqrt(var), 1.0)
+        return mean, scale
+
+
+class _Cache:
+    """Where a fit keeps the inputs of the layers above the first
+    (``cache="memory"``, ``"disk"`` or ``"auto"``); a context manager that
+    deletes its temporary folder on exit."""
+
+    def __init__(self, mode):
+        self.mode, self.folder, self.files = mode, None, {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.files.clear()
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
+
+    def allocate(self, shape, like):
+        """An empty cache of ``shape``, of ``like``'s dtype: an array of its
+        namespace on its device, or a NumPy memmap."""
+        xp, device = get_namespace(like)
+        dtype = to_numpy(like[:1, ...]).dtype
+        mode = self.mode
+        if mode == "auto":
+            nbytes = math.prod(shape) * dtype.itemsize
+            mode = "memory" if nbytes <= CACHE_MEMORY_BYTES else "disk"
+        if mode == "memory":
+            return xp.empty(shape, dtype=like.dtype, device=device)
+        if self.folder is None:
+            self.folder = tempfile.mkdtemp(prefix="calm_np_cache_")
+        path = os.path.join(self.folder, f"maps{len(self.files)}.dat")
+        out = np.memmap(path, dtype=dtype, mode="w+", shape=shape)
+        self.files[id(out)] = (path, xp, device)
+        return out
+
+    def write(self, out, start, maps):
+        stop = start + maps.shape[0]
+        if isinstance(out, np.memmap):
+            out[start:stop] = to_numpy(maps)
+            _release_pages(out, start, stop)
+        else:
+            out[start:stop, ...] = maps
+
+    def standardize(self, out, norm, step):
+        """``(out − mean) / scale`` per channel, in place, ``step`` images at a time."""
+        host = isinstance(out, np.memmap)
+        xp, device = (np, None) if host else get_namespace(out)
+        mean, scale = (
+            xp.reshape(xp.asarray(a, dtype=out.dtype, device=device), (1, -1, 1, 1))
+            for a in norm
+        )
+        for start in range(0, out.shape[0], step):
+            stop = min(start + step, out.shape[0])
+            out[start:stop, ...] = (out[start:stop, ...] - mean) / scale
+            if host:
+                _release_pages(out, start, stop)
+
+    def reader(self, out):
+        """What the layer above fits on: the cache, or, for a memmap of maps of
+        another namespace, rows moved there as they are read."""
+        if isinstance(out, np.memmap):
+            out.flush()
+            _, xp, device = self.files[id(out)]
+            if not is_numpy_namespace(xp):
+                return _HostRows(out, xp, device)
+        return out
+
+    def release(self, data):
+        """Drop the cache ``data`` (a previous layer's input), if it is one."""
+        rows = data.rows if isinstance(data, _HostRows) else data
+        entry = self.files.pop(id(rows), None)
+        if entry is not None:
+            del rows
+            try:
+                os.remove(entry[0])
+            except OSError:  # pragma: no cover - still mapped (Windows)
+                pass
+
+
+class _HostRows:
+    """A memmap of maps read by slices (or sorted indices) and moved to the
+    namespace ``xp`` and ``device`` of the images it came from."""
+
+    def __init__(self, rows, xp, device):
+        self.rows, self.xp, self.device = rows, xp, device
+        self.shape, self.ndim = tuple(rows.shape), 4
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        out = self.xp.asarray(np.array(self.rows[key]), device=self.device)
+        if isinstance(key, slice):
+            start, stop, _ = key.indices(self.shape[0])
+            _release_pages(self.rows, start, stop)
+        return out
 
 
 class _Maps:

@@ -474,6 +474,8 @@ def _check_values(arrays, header, path):
 # -- networks: one .npz holding each layer's own model file ---------------------
 NETWORK_FORMAT = "calm_np.ConvolutionalMixtureNetwork"
 NETWORK_PARAMS = ("activation", "batch_size", "normalize", "pool_size", "readout")
+# written since issue 23; a file without them reads their defaults
+NETWORK_PARAMS_OPTIONAL = ("n_components",)
 MAX_NETWORK_MEMBER_BYTES = 2**31
 
 
@@ -486,11 +488,15 @@ def save_network(network, path):
     }  # made in memory: no temporary folder
     for i, (mean, scale) in enumerate(network.norms_):
         arrays[f"norm_mean{i}"] = np.asarray(mean, dtype=np.float64)
-        arrays[f"norm_scale{i}"] = np.asarray(scale, dtype=np.float64)
+        # a whitening's projection (C, K) is stored flat; K is layer i's kernels
+        arrays[f"norm_scale{i}"] = np.asarray(scale, dtype=np.float64).ravel()
     header = dict(
         format=NETWORK_FORMAT,
         format_version=FORMAT_VERSION,
-        params={name: _plain(getattr(network, name)) for name in NETWORK_PARAMS},
+        params={
+            name: _plain(getattr(network, name))
+            for name in NETWORK_PARAMS + NETWORK_PARAMS_OPTIONAL
+        },
         n_layers=len(network.layers_),
         n_features=int(network.n_features_),
     )
@@ -514,18 +520,22 @@ def load_network(cls, layer_cls, path, *, xp=None, device=None):
         (arrays[f"norm_mean{i}"], arrays[f"norm_scale{i}"])
         for i in range(header["n_layers"] - 1)
     ]
+    whiten = header["params"].get("normalize") == "whiten"
     for i, (mean, scale) in enumerate(norms):
         k, c = layers[i].kernels_.shape[0], layers[i + 1].n_channels_in_
-        if not (mean.shape == scale.shape and mean.shape[0] in (1, k) and c == k):
+        if whiten:
+            fits = mean.shape == (k,) and scale.shape == (c * k,)
+            ok = bool(np.all(np.isfinite(scale)))
+            norms[i] = (mean, scale.reshape(c, k)) if fits else (mean, scale)
+        else:
+            fits = mean.shape == scale.shape and mean.shape[0] in (1, k) and c == k
+            ok = bool(np.all(scale > 0) and np.all(np.isfinite(scale)))
+        if not fits:
             raise ValueError(
                 f"{path} is corrupt: layer {i} has {k} kernels, layer {i + 1} "
                 f"{c} channels and statistics of {mean.shape[0]} channels"
             )
-        if not (
-            np.all(np.isfinite(mean))
-            and np.all(scale > 0)
-            and np.all(np.isfinite(scale))
-        ):
+        if not (np.all(np.isfinite(mean)) and ok):
             raise ValueError(f"{path} is corrupt: layer {i}'s statistics")
     unfitted = [layer_cls(**layer.get_params()) for layer in layers]
     network = cls(unfitted, **header["params"])
@@ -594,7 +604,8 @@ def _network_header(blob, path):
         or not 1 <= n <= 1000
         or type(header.get("n_features")) is not int
         or not isinstance(params, dict)
-        or set(params) != set(NETWORK_PARAMS)
+        or not set(NETWORK_PARAMS) <= set(params)
+        or not set(params) <= {*NETWORK_PARAMS, *NETWORK_PARAMS_OPTIONAL}
     ):
         raise ValueError(f"{path} is corrupt: bad network header {header!r:.200}")
     return header

@@ -634,6 +634,17 @@ def test_cli_evaluate_fits_a_two_layer_network(tmp_path, capsys):
     png = tmp_path / "shown.png"
     assert run(capsys, "show", out / "model.npz", "--out", png)[0] == 0
     assert_png(png)
+    # the maps cached (auto, the default) or recomputed on every pass: one network
+    status, _, _ = run(
+        capsys, "evaluate", *TINY, "--limit", "150", "--layers", "2",
+        "--layer2-kernels", "5", "--layer2-kernel-size", "2", "--pool-size", "2",
+        "--padding", "1", "--pooling", "2", "--cache", "none", "--quiet",
+        "--out", tmp_path / "uncached",
+    )  # fmt: skip
+    assert status == 0
+    uncached = json.loads((tmp_path / "uncached" / "summary.json").read_text())
+    assert uncached["final_objective"] == pytest.approx(summary["final_objective"])
+    assert uncached["params"]["cache"] is None and summary["params"]["cache"] == "auto"
 
 
 def test_cli_network_preset_and_refusals(tmp_path, capsys):

@@ -122,6 +122,38 @@ def test_posterior_activation_is_a_softmax_over_kernels():
     np.testing.assert_allclose(encoder(X).sum(axis=1), 1.0, rtol=1e-12)
 
 
+def test_whitened_maps_are_decorrelated_principal_components():
+    X = noise(23, (40, 1, 12, 12))
+    model = net(normalize="whiten", n_components=3, pool_size=1).fit(X)
+    mean, W = model.norms_[0]
+    assert W.shape == (3, 4) and model.layers_[1].n_channels_in_ == 3
+    pooled = pooled_triangle_by_hand(X, model.layers_[0], size=1)
+    np.testing.assert_allclose(mean, pooled.mean(axis=(0, 2, 3)), rtol=1e-9)
+    Z = model._encoder(model.layers_, model.norms_, 1)(X)
+    flat = np.moveaxis(Z, 1, -1).reshape(-1, 3)
+    cov = np.cov(flat, rowvar=False, bias=True)
+    np.testing.assert_allclose(cov - np.diag(np.diag(cov)), 0, atol=1e-9)
+    lam = np.diag(cov)  # lambda / (lambda + eps): below 1, largest first
+    assert np.all(lam < 1) and np.all(np.diff(lam) <= 1e-12)
+    # all the axes, cached or not, saved and read back
+    for cache in (None, "memory", "disk"):
+        full = net(normalize="whiten", batch_size=7, cache=cache).fit(X)
+        assert full.norms_[0][1].shape == (4, 4)
+        if cache is None:
+            ref = full
+        fitted_same(full, ref)
+
+
+def test_whitened_network_saves_and_loads(tmp_path):
+    X = noise(24)
+    model = net(normalize="whiten", n_components=2).fit(X)
+    model.save(tmp_path / "net.npz")
+    back = ConvolutionalMixtureNetwork.load(tmp_path / "net.npz")
+    assert (back.normalize, back.n_components) == ("whiten", 2)
+    assert np.array_equal(back.norms_[0][1], model.norms_[0][1])
+    assert np.array_equal(back.transform(X), model.transform(X))
+
+
 # streaming --------------------------------------------------------------------------
 
 
@@ -189,6 +221,111 @@ def test_dask_input_fits_and_transforms_lazily():
     np.testing.assert_allclose(lazy.compute(), ref.transform(X), rtol=1e-10)
 
 
+# the cache of the maps -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("cache", ["memory", "disk", "auto"])
+def test_a_cache_gives_the_same_network(cache):
+    X = noise(20, (25, 1, 12, 12))
+    layers = [layer(4, pooling=2), layer(3, 2, pooling=2), layer(2, 2)]
+    ref = net(layers=layers, batch_size=6).fit(X)
+    model = net(layers=layers, batch_size=6, cache=cache).fit(X)
+    fitted_same(model, ref)
+    np.testing.assert_allclose(model.transform(X), ref.transform(X), rtol=1e-10)
+
+
+def test_a_cache_computes_the_maps_below_once_per_image(monkeypatch):
+    X = noise(7, (40, 1, 12, 12))
+    seen = []
+    real = _network._step
+
+    def spy(batch, *args):
+        seen.append(batch.shape[0])
+        return real(batch, *args)
+
+    monkeypatch.setattr(_network, "_step", spy)
+    init = np.random.default_rng(0).standard_normal((3, 4, 3, 3))
+    layers = [layer(4), layer(3, init=init)]
+    for cache in ("memory", "disk"):
+        seen.clear()
+        net(layers=layers, batch_size=8, cache=cache).fit(X)
+        assert sum(seen) == 40 and max(seen) <= 8  # one E-step of layer 1 per image
+    seen.clear()
+    net(layers=layers, batch_size=8).fit(X)
+    assert sum(seen) >= 4 * 40  # without: every EM pass of layer 2 maps them all
+
+
+def test_auto_cache_goes_to_disk_above_its_bound_and_cleans_up(monkeypatch, tmp_path):
+    import os
+    import tempfile
+
+    X = noise(21, (25, 1, 12, 12))
+    ref = net(batch_size=6, cache="memory").fit(X)
+    made, real_allocate = [], _network._Cache.allocate
+
+    def allocate(self, *args):
+        out = real_allocate(self, *args)
+        if isinstance(out, np.memmap):
+            made.append(out.filename)
+        return out
+
+    monkeypatch.setattr(_network._Cache, "allocate", allocate)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(_network, "CACHE_MEMORY_BYTES", 100)
+    model = net(batch_size=6, cache="auto").fit(X)
+    fitted_same(model, ref)
+    assert made and all(str(p).startswith(str(tmp_path)) for p in made)
+    assert os.listdir(tmp_path) == []  # the folder and its memmap are gone
+    monkeypatch.setattr(_network, "CACHE_MEMORY_BYTES", 10**9)
+    made.clear()
+    net(batch_size=6, cache="auto").fit(X)
+    assert made == []  # small maps stay in memory
+
+
+def test_a_failed_cached_fit_leaves_no_files(monkeypatch, tmp_path):
+    import os
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    def fail(*args):
+        raise RuntimeError("boom")
+
+    model = net(cache="disk")
+    monkeypatch.setattr(ConvolutionalMixture, "transform", fail)
+    monkeypatch.setattr(_network, "_step", fail)
+    with pytest.raises(RuntimeError, match="boom"):
+        model.fit(noise())
+    assert os.listdir(tmp_path) == [] and not hasattr(model, "layers_")
+
+
+def test_cache_on_memmap_iterable_and_dask_input(tmp_path):
+    X = noise(22, (25, 1, 12, 12))
+    ref = net(batch_size=6).fit(X)
+    inputs = [readonly_memmap(X, tmp_path / "images.dat")]
+    inputs.append([X[i : i + 4] for i in range(0, 25, 4)])
+    try:
+        import dask.array as da
+
+        inputs.append(da.from_array(X, chunks=(5, 1, 12, 12)))
+    except ImportError:  # pragma: no cover
+        pass
+    for data in inputs:
+        for cache in ("memory", "disk"):
+            model = net(batch_size=6, cache=cache).fit(data)
+            fitted_same(model, ref)
+
+
+@pytest.mark.parametrize("cache", ["memory", "disk"])
+def test_every_backend_with_a_cache_gives_the_numpy_network(backend, cache):
+    X = noise(10, (12, 1, 10, 10))
+    ref = net(batch_size=5).fit(X)
+    model = net(batch_size=5, cache=cache).fit(backend.asarray(X))
+    for a, b in zip(model.layers_, ref.layers_, strict=True):
+        assert array_namespace(a.kernels_) is array_namespace(backend.asarray(X))
+        assert_close(a.kernels_, b.kernels_)
+
+
 # readout ------------------------------------------------------------------------------
 
 
@@ -205,6 +342,20 @@ def test_transform_concatenates_each_layers_readout():
     assert top.n_features_ == 12
     assert np.array_equal(top.transform(X), F[:, 36:])
     assert np.array_equal(model.fit_transform(X), F)
+
+
+def test_whitened_triangle_layers_read_out_exactly_as_their_transform():
+    # the network reads layer 1's triangle maps and its readout in one pass
+    X = noise(26, (20, 1, 12, 12))
+    white = dict(latent="patch", whiten=True, learn_variance=True, pooling=3)
+    layers = [layer(6, 3, **white), layer(3, 2, pooling=2, latent="patch")]
+    model = net(layers=layers, batch_size=7).fit(X)
+    F = model.transform(X)
+    assert np.array_equal(F[:, :54], model.layers_[0].transform(X))
+    encoder = model._encoder(model.layers_, model.norms_, 1)
+    np.testing.assert_allclose(
+        F[:, 54:], model.layers_[1].transform(encoder(X)), rtol=1e-12, atol=1e-12
+    )
 
 
 def test_transform_refuses_other_channels_and_unfitted():
@@ -395,6 +546,16 @@ ERRORS = [
     (dict(pool_size=2.0), TypeError, "pool_size must be an int, got 2.0"),
     (dict(batch_size=0), ValueError, "batch_size must be >= 1, got 0"),
     (
+        dict(n_components=2),
+        ValueError,
+        "n_components is for normalize='whiten'",
+    ),
+    (
+        dict(cache="ram"),
+        ValueError,
+        "cache must be one of (None, 'auto', 'memory', 'disk'), got 'ram'",
+    ),
+    (
         dict(activation="relu"),
         ValueError,
         "activation must be one of ('triangle', 'posterior'), got 'relu'",
@@ -464,3 +625,14 @@ def test_each_layers_objective_never_decreases(seed, k1, k2, pool, activation):
         bounds = np.asarray(fitted.lower_bounds_)
         assert np.all(np.diff(bounds) >= -1e-9 * np.abs(bounds).max())
     assert to_numpy(model.transform(X)).shape == (10, model.n_features_)
+
+
+def test_whitened_maps_on_every_backend(backend):
+    X = noise(25, (12, 1, 10, 10))
+    ref = net(batch_size=5, normalize="whiten", n_components=3).fit(X)
+    model = net(batch_size=5, normalize="whiten", n_components=3, cache="memory")
+    model.fit(backend.asarray(X))
+    for a, b in zip(model.layers_, ref.layers_, strict=True):
+        assert_close(a.kernels_, b.kernels_)
+    F = model.transform(backend.asarray(X))
+    assert_close(F, ref.transform(X), rtol=1e-7, atol=1e-7)
