@@ -167,15 +167,23 @@ def init_kernels(X, n_kernels, kernel, padding, seed=0):
 
 
 def interleaved(fns, repeats, warmup=1):
-    """Median seconds of each callable, run round-robin ``repeats`` times."""
+    """Median seconds of each callable, run round-robin ``repeats`` times.
+
+    Each round starts one callable later than the last, so every callable
+    follows each other one equally often: a callable right after torch's
+    reference otherwise pays for its OpenMP threads still spinning (the
+    first row after the reference ran up to 20 % slower than the same
+    engine a row later)."""
     for f in fns.values():
         for _ in range(warmup):
             f()
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, f in fns.items():
+    keys = list(fns)
+    times = {k: [] for k in keys}
+    for r in range(repeats):
+        shift = r % len(keys)
+        for k in keys[shift:] + keys[:shift]:
             t = time.perf_counter()
-            f()
+            fns[k]()
             times[k].append(time.perf_counter() - t)
     return {k: statistics.median(v) for k, v in times.items()}, times
 
