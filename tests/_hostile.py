@@ -35,6 +35,13 @@ def model(**kw):
     return ConvolutionalMixture(**params)
 
 
+def small(**kw):
+    """A small estimator with the library's default seed and tolerance."""
+    return ConvolutionalMixture(
+        **{"n_kernels": 3, "kernel_size": 3, "max_iter": 2, **kw}
+    )
+
+
 def quiet_fit(m, data):
     """``m.fit(data)`` with warnings (a two-iteration fit's) silenced."""
     with warnings.catch_warnings():

@@ -25,6 +25,7 @@ from _hostile import (
     lib_array,
     model,
     quiet_fit,
+    small,
     snapshot,
 )
 from hypothesis import example, given, settings
@@ -333,15 +334,7 @@ K = RNG.standard_normal((3, 1, 3, 3))
 
 
 def fit(model, data=X10):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return model.fit(data)
-
-
-def small(**kw):
-    return ConvolutionalMixture(
-        **{"n_kernels": 3, "kernel_size": 3, "max_iter": 2, **kw}
-    )
+    return quiet_fit(model, data)
 
 
 # -- batching does not change what is refused --------------------------------------

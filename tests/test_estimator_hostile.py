@@ -19,6 +19,7 @@ from _hostile import (
     lib_array,
     model,
     quiet_fit,
+    small,
     snapshot,
 )
 
@@ -200,15 +201,7 @@ K = RNG.standard_normal((3, 1, 3, 3))
 
 
 def fit(model, data=X10):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return model.fit(data)
-
-
-def small(**kw):
-    return ConvolutionalMixture(
-        **{"n_kernels": 3, "kernel_size": 3, "max_iter": 2, **kw}
-    )
+    return quiet_fit(model, data)
 
 
 def test_score_averages_in_float64():

@@ -191,8 +191,9 @@ def test_memmap_iterable_and_array_give_the_same_network(tmp_path):
         np.testing.assert_allclose(model.transform(data), ref.transform(X), rtol=1e-10)
 
 
-def test_maps_are_computed_one_batch_at_a_time(monkeypatch):
-    X = noise(7, (40, 1, 12, 12))
+def _count_mapped_images(monkeypatch):
+    """A list that gets the batch size of every batch a layer's maps are
+    computed for (``_network._step``)."""
     seen = []
     real = _network._step
 
@@ -201,6 +202,12 @@ def test_maps_are_computed_one_batch_at_a_time(monkeypatch):
         return real(batch, *args)
 
     monkeypatch.setattr(_network, "_step", spy)
+    return seen
+
+
+def test_maps_are_computed_one_batch_at_a_time(monkeypatch):
+    X = noise(7, (40, 1, 12, 12))
+    seen = _count_mapped_images(monkeypatch)
     init = np.random.default_rng(0).standard_normal((3, 4, 3, 3))
     model = net(layers=[layer(4), layer(3, init=init)], batch_size=8).fit(X)
     assert seen and max(seen) <= 8
@@ -236,14 +243,7 @@ def test_a_cache_gives_the_same_network(cache):
 
 def test_a_cache_computes_the_maps_below_once_per_image(monkeypatch):
     X = noise(7, (40, 1, 12, 12))
-    seen = []
-    real = _network._step
-
-    def spy(batch, *args):
-        seen.append(batch.shape[0])
-        return real(batch, *args)
-
-    monkeypatch.setattr(_network, "_step", spy)
+    seen = _count_mapped_images(monkeypatch)
     init = np.random.default_rng(0).standard_normal((3, 4, 3, 3))
     layers = [layer(4), layer(3, init=init)]
     for cache in ("memory", "disk"):
