@@ -122,3 +122,21 @@ def test_top_level_files_the_docs_name_exist():
     for text in texts().values():
         for name in re.findall(r"``([A-Z]+\.(?:md|cff))``", text):
             assert (ROOT / name).is_file(), name
+
+
+def test_every_public_name_has_an_api_page():
+    # the API reference lists every name of the public modules' __all__
+    import re
+
+    import calm_np
+    from calm_np import datasets, evaluation, plots, preprocessing
+
+    text = (ROOT / "docs" / "api" / "index.rst").read_text()
+    for module in (calm_np, evaluation, datasets, preprocessing, plots):
+        missing = [
+            name
+            for name in module.__all__
+            if name != "__version__"
+            and not re.search(rf"^\s+{re.escape(name)}\s*$", text, re.M)
+        ]
+        assert not missing, f"{module.__name__}: {missing} not in docs/api/index.rst"
