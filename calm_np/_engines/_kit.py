@@ -119,9 +119,9 @@ class Kit:
         Logs below ``log(tiny / eps) − 2`` are raised to it first: their
         probabilities are flushed to 0 either way (``exp`` of that bound is
         below ``tiny / (2 eps)``), so the results are the same to the bit,
-        but ``exp`` no longer computes subnormal results, which took NumPy
-        5× and PyTorch 25× the time of normal ones (peaked posteriors have
-        many).
+        but ``exp`` no longer computes subnormal results, which both NumPy
+        and PyTorch compute several times slower than normal ones (peaked
+        posteriors have many).
         """
         xp, info = self.xp, self.xp.finfo(E.dtype)
         floor = math.log(float(info.smallest_normal) / float(info.eps)) - 2.0
