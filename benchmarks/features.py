@@ -82,6 +82,14 @@ Rows:
     stack_white64_pool2 / _white128 / _white32 / _k512 / _sigma1 /
                _posterior / _kernel2  one change each to stack_white64 (not
                measured yet: stack_white64 lost a point)
+    stack_k128_pool2 / _pad1 / _it20 / _kernel2  one change each to
+               stack_k128: 2x2 averaging between the layers / layer 2
+               padded by 1 (7x7 positions) / 20 layer-2 iterations /
+               layer-2 kernels 2x2
+    best_fit30k / stack_k128_fit30k  best / stack_k128 fitted on the first
+               30 000 training images
+    (the top-down refinement, a stack with a joint objective, is
+    benchmarks/topdown.py; dilated layer-2 kernels benchmarks/dilation.py)
     (--top also probes each stack's top layer alone, ROW@top)
 
     python benchmarks/features.py                            # main rows, 60k/10k
@@ -302,6 +310,20 @@ STACK_ROWS.update(
         **WHITE64, activation="posterior", layer2=WHITE64_L2
     ),
     stack_white64_kernel2=stacked(**WHITE64, layer2_kernel_size=2, layer2=WHITE64_L2),
+)
+# issue 23, second round: one change each to stack_k128
+K128 = dict(layer2_kernels=128)
+STACK_ROWS.update(
+    stack_k128_pool2=stacked(**K128, pool_size=2),
+    stack_k128_pad1=stacked(**K128, layer2=dict(padding=1)),
+    stack_k128_it20=stacked(**K128, layer2=dict(max_iter=20)),
+    stack_k128_kernel2=stacked(**K128, layer2_kernel_size=2),
+)
+# data: both layers fitted on the first 30 000 training images (layer 2's
+# 128 x 2304 means see 250 000 patches from 10 000 images), and best alike
+STACK_ROWS.update(
+    best_fit30k=calm(BEST, fit_limit=30000),
+    stack_k128_fit30k=dict(stacked(**K128), fit_limit=30000),
 )
 ROWS.update(STACK_ROWS)
 ROWS.update(WHITE_ROWS)
