@@ -275,8 +275,11 @@ def check_images(X, name="X", *, layout=True):
     (:func:`check_channels_first`).  Callers pass ``False`` where the channel
     count is checked against something else (kernels, a fitted model) or
     the array was checked before (a batch of a checked source, a network's
-    maps, which are channels-first by construction).
+    maps, which are channels-first by construction).  A 3-D ``X`` that
+    looks like one channels-last image ``(H, W, C)`` is refused either way:
+    read as gray images, no channel count can tell it apart.
     """
+    given = tuple(getattr(X, "shape", ()))
     X = _four_d(
         X,
         name,
@@ -286,7 +289,9 @@ def check_images(X, name="X", *, layout=True):
             f"of shape {tuple(X.shape)}; add a leading axis for a single image"
         ),
     )
-    if layout:
+    if len(given) == 3:  # always: one (H, W, C) image matches any gray model
+        check_channels_first(given, name)
+    elif layout:
         check_channels_first(tuple(X.shape), name)
     return X
 
@@ -619,7 +624,7 @@ CHANNELS_LAST_SIZES = (1, 3, 4)
 
 
 def check_channels_first(shape, name="X"):
-    """Refuse a 4-D batch that is laid out channels-last ``(n, H, W, C)``.
+    """Refuse images laid out channels-last: ``(n, H, W, C)`` or ``(H, W, C)``.
 
     calm_np reads ``(n, C, H, W)``; a ``(20, 32, 32, 3)`` RGB batch read that
     way is 32 channels of 32x3 images, and would fit without an error.  The
@@ -632,7 +637,26 @@ def check_channels_first(shape, name="X"):
     ``shape[2] > 4``.  A batch with 1 to 4 channels, or images at least 5
     columns wide, always passes (so every gray, RGB or RGBA batch laid out
     channels-first does).
+
+    A 3-D array is a batch of gray images ``(n, H, W)``; the same rule
+    refuses one channels-last image ``(H, W, C)``, which would otherwise be
+    read as ``H`` gray images ``W`` pixels tall and ``C`` wide: ``shape[2]
+    in (1, 3, 4)``, ``shape[0] > 4`` and ``shape[1] > 4``.
     """
+    if len(shape) == 3:
+        h, w, c = (int(s) for s in shape)
+        if c in CHANNELS_LAST_SIZES and h > 4 and w > 4:
+            raise ValueError(
+                f"{name} has shape {(h, w, c)}, which looks like one channels-last "
+                f"image (H, W, C): {h}x{w} pixels with {c} channel(s), the layout "
+                "of Pillow, imageio and matplotlib. calm_np reads a 3-D array as "
+                f"(n_samples, height, width), here {h} gray images of {w}x{c}; "
+                "pass np.moveaxis(X, -1, 0)[None] for one image (torch: "
+                "X.permute(2, 0, 1)[None]). calm_np refuses gray images 1, 3 or "
+                f"4 columns wide; if these really are {h} images of {w}x{c}, pad "
+                "them wider"
+            )
+        return
     if len(shape) != 4:
         return
     n, c, h, w = (int(s) for s in shape)

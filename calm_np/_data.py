@@ -69,7 +69,7 @@ class ImageSource:
                 import numpy as np  # checked on a zero-stride view (no memory)
 
                 _checks.check_images(np.broadcast_to(np.float32(0), X.shape), name)
-            if layout:
+            if layout or len(X.shape) == 3:  # as check_images
                 _checks.check_channels_first(tuple(X.shape), name)
             self.X = X
         elif isinstance(X, (str, bytes, Mapping)):

@@ -431,6 +431,26 @@ def test_channels_first_batches_pass(shape):
     _checks.check_channels_first(shape)
 
 
+# one image (H, W, C) is not H gray images W tall and C wide
+ONE_IMAGE_LAST = [(32, 32, 3), (28, 28, 1), (64, 48, 4), (5, 5, 3)]
+GRAY_BATCHES = [(20, 28, 28), (5, 8, 5), (3, 4, 3), (10, 28, 2), (6, 3, 4), (4, 9, 6)]
+
+
+@pytest.mark.parametrize("shape", ONE_IMAGE_LAST)
+def test_hostile_one_channels_last_image_is_refused_with_the_transpose(shape):
+    match = r"one channels-last image.*np.moveaxis\(X, -1, 0\)\[None\]"
+    with pytest.raises(ValueError, match=match):
+        _checks.check_channels_first(shape)
+    with pytest.raises(ValueError, match=match):
+        _checks.check_images(np.zeros(shape))
+
+
+@pytest.mark.parametrize("shape", GRAY_BATCHES)
+def test_gray_batches_pass(shape):
+    _checks.check_channels_first(shape)
+    assert _checks.check_images(np.zeros(shape)).shape == (shape[0], 1, *shape[1:])
+
+
 def test_estimator_refuses_channels_last():
     X = RNG.standard_normal((20, 32, 32, 3))
     with pytest.raises(ValueError, match="channels-last"):
@@ -471,6 +491,15 @@ DOORS = [
 
 
 @pytest.mark.parametrize("door", DOORS)
+def test_hostile_every_door_of_fit_refuses_one_channels_last_image(door, tmp_path):
+    X = np.abs(RNG.standard_normal((12, 10, 3)))
+    model = calm_np.ConvolutionalMixture(2, kernel_size=3, max_iter=1)
+    with pytest.raises(ValueError, match=r"one channels-last image.*np.moveaxis"):
+        model.fit(_doors(X, tmp_path)[door])
+    assert not hasattr(model, "kernels_")
+
+
+@pytest.mark.parametrize("door", DOORS)
 def test_hostile_every_door_of_fit_refuses_channels_last(door, tmp_path):
     X = np.abs(RNG.standard_normal((20, 12, 10, 3)))
     model = calm_np.ConvolutionalMixture(2, kernel_size=3, max_iter=1)
@@ -488,6 +517,19 @@ def test_hostile_partial_fit_and_network_refuse_channels_last():
     )
     with pytest.raises(ValueError, match="channels-last"):
         net.fit(X)
+
+
+def test_hostile_fitted_gray_model_refuses_one_channels_last_image(tmp_path):
+    model = calm_np.ConvolutionalMixture(2, kernel_size=3, max_iter=2, tol=1.0)
+    model.fit(RNG.standard_normal((20, 16, 16)))
+    image = RNG.standard_normal((16, 16, 3))  # read as 16 gray images of 16x3
+    net = calm_np.ConvolutionalMixtureNetwork([model], cache=None)
+    net.fit(RNG.standard_normal((20, 16, 16)))
+    calls = (model.transform, model.score_samples, model.partial_fit, net.transform)
+    for call in calls:
+        for door in ("numpy", "sliced", "list_of_batches"):
+            with pytest.raises(ValueError, match="one channels-last image"):
+                call(_doors(image, tmp_path)[door])
 
 
 def test_hostile_fitted_model_names_the_transpose_for_channels_last():
