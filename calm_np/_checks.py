@@ -693,11 +693,12 @@ SCALE_LIMIT = 4.0
 SCALE_SAMPLES = 64
 
 
-def scale_advice(sample, learn_variance, whiten, name="X"):
+def scale_advice(sample, learn_variance, whiten, name="X", *, online=False):
     """A message saying how to scale ``X``, or ``None`` when it fits the model.
 
     ``sample`` is a few images of ``X`` (any namespace; ``fit`` passes
-    ``SCALE_SAMPLES`` of them, ``ImageSource.sample``).  Advised above a
+    ``SCALE_SAMPLES`` of them, ``ImageSource.sample``; ``partial_fit``'s
+    first call its batch's, ``online=True``).  Advised above a
     standard deviation of ``SCALE_LIMIT`` (4).  Only the unit-variance model
     is scale-sensitive: with ``learn_variance=True`` a fit is
     scale-equivariant, with ``whiten=True`` every patch is normalised.
@@ -718,7 +719,11 @@ def scale_advice(sample, learn_variance, whiten, name="X"):
         "noise has variance 1, so posteriors are hard and kernels starve or "
         f"converge slowly. Divide {name} by its standard deviation (e.g. "
         "calm_np.preprocessing.Standardize(), or X / 255 for 8-bit images), or "
-        "pass learn_variance=True (the fit is then scale-equivariant). This "
-        "fit goes on, and does not warn again about convergence or starved "
-        "kernels"
+        "pass learn_variance=True (the fit is then scale-equivariant). "
+        + (
+            "Online EM goes on from this batch; later calls do not check again"
+            if online
+            else "This fit goes on, and does not warn again about convergence "
+            "or starved kernels"
+        )
     )

@@ -435,9 +435,15 @@ class ConvolutionalMixture(ParamsMixin):
         self
         """
         params = self._check_params()
-        source = checked_source(
-            X, params, self._fitted_shapes() if hasattr(self, "kernels_") else None
-        )
+        first = not hasattr(self, "kernels_")
+        source = checked_source(X, params, None if first else self._fitted_shapes())
+        if first:  # the scale, as fit checks it, on the batch that starts it
+            sample = source.sample(_checks.SCALE_SAMPLES)
+            advice = _checks.scale_advice(
+                sample, self.learn_variance, self.whiten, online=True
+            )
+            if advice is not None:
+                warnings.warn(advice, DataScaleWarning, stacklevel=2)
         with restore_on_error(self, _FITTED):
             self._partial_fit(source, params["kernel_size"], params["padding"])
         return self

@@ -43,7 +43,8 @@ class ConvergenceWarning(UserWarning):
 class DataScaleWarning(UserWarning):
     """The pixels are far from the unit noise variance the model assumes.
 
-    Raised once, at the start of ``fit`` (not on a warm start), when a
+    Raised once, at the start of ``fit`` (not on a warm start) or on
+    ``partial_fit``'s first batch, when a
     sample of the images has a standard deviation above 4 and the model's
     noise variance is fixed at 1 (``learn_variance=False, whiten=False``):
     raw 0..16 or 0..255 pixels.  It says what to do (standardise, divide by

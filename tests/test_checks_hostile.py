@@ -655,6 +655,22 @@ def test_warm_start_is_not_warned_twice():
     assert calm_np.DataScaleWarning not in _caught(lambda: model.fit(X))[1]
 
 
+@pytest.mark.parametrize("scale", [16, 255])
+def test_hostile_partial_fit_checks_the_scale_on_its_first_batch(scale):
+    X = _digits(scale)
+    model = calm_np.ConvolutionalMixture(8, random_state=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.partial_fit(X[:100])
+    assert [w.category for w in caught] == [calm_np.DataScaleWarning]
+    message = str(caught[0].message)
+    assert f"range 0..{scale}" in message and "Online EM goes on" in message
+    # later calls, and a scaled start, say nothing
+    assert _caught(lambda: model.partial_fit(X[100:200]))[1] == []
+    scaled = calm_np.ConvolutionalMixture(8, random_state=0)
+    assert _caught(lambda: scaled.partial_fit(X[:100] / scale))[1] == []
+
+
 @pytest.mark.parametrize("door", DOORS)
 def test_hostile_every_door_of_fit_checks_the_scale(door, tmp_path):
     X = np.round(np.abs(RNG.standard_normal((20, 1, 10, 10))) * 80)
