@@ -36,7 +36,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 import features as F  # noqa: E402
 
 import calm_np  # noqa: E402
-from calm_np import datasets, evaluation  # noqa: E402
 
 
 def components(maps, d):
@@ -60,60 +59,26 @@ def main(argv=None):
     args = ap.parse_args(argv)
     d = args.dilation
 
-    Xtr, ytr = datasets.load_fashion_mnist(limit=args.limit)
-    Xte, yte = datasets.load_fashion_mnist(kind="test", limit=args.test_limit)
-    row = F.stacked(
-        layer2_kernels=args.kernels,
-        pool_size=args.pool_size,
-        layer2=dict(max_iter=0),  # layer 1 and the norms only
+    base = F.CustomStack(args.pool_size, args.seed, args.limit, args.test_limit)
+    layer2 = calm_np.ConvolutionalMixture(
+        **dict(base.layer2_params, n_kernels=args.kernels, pooling=3)
     )
-    start = time.perf_counter()
-    A, B = evaluation.preprocess(row["preprocess"], Xtr, Xte, window=7)
-    A, B = A.astype(np.float32), B.astype(np.float32)
-    settings = {k: v for k, v in row.items() if k not in ("preprocess", "C")}
-    fit_limit = min(settings.pop("fit_limit"), len(A))
-    network = settings.pop("network")
-    net = evaluation.build_model(dict(settings, random_state=args.seed), network)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", calm_np.ConvergenceWarning)
-        net.fit(A[:fit_limit])
-    encode = net._encoder(net.layers_, net.norms_, 1)
-    maps = np.concatenate([encode(A[i : i + 1000]) for i in range(0, fit_limit, 1000)])
-    layer2 = calm_np.ConvolutionalMixture(**net.layers_[1].get_params())
-    layer2.set_params(max_iter=10, pooling=3, random_state=args.seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", calm_np.ConvergenceWarning)
-        layer2.fit(components(maps, d))
-    fit_seconds = time.perf_counter() - start
-    del maps
+        layer2.fit(components(base.maps, d))
+    del base.maps
     print(
         f"layer 2 on {d}x{d} components of {args.pool_size}x{args.pool_size}-"
-        f"averaged maps; fitted in {fit_seconds:.1f} s, {layer2.n_iter_} iterations",
+        f"averaged maps; fitted in {time.perf_counter() - base.start:.1f} s, "
+        f"{layer2.n_iter_} iterations",
         flush=True,
     )
 
-    def features(X):
-        out = []
-        for i in range(0, len(X), 1000):
-            batch = X[i : i + 1000]
-            top = layer2.transform(components(encode(batch), d))
-            top = top.reshape(len(batch), d * d, -1).sum(axis=1)
-            out.append(np.hstack([net.layers_[0].transform(batch), top]))
-        return np.concatenate(out)
+    def top(maps):  # a cell of d x d dilated positions: one of each component
+        out = layer2.transform(components(maps, d))
+        return out.reshape(len(maps), d * d, -1).sum(axis=1)
 
-    F_train, F_test = features(A), features(B)
-    n1 = F_train.shape[1] - layer2.n_kernels * 9
-    results = [
-        ("best (layer 1 alone)", slice(0, n1)),
-        (f"dilated stack (both layers, dilation {d})", slice(None)),
-        ("its layer 2 alone", slice(n1, None)),
-    ]
-    for name, cols in results:
-        acc = evaluation.linear_probe(
-            F_train[:, cols], ytr, F_test[:, cols], yte, C=args.C
-        )
-        print(f"{name:40s} {acc:.4f}  {F_train[:, cols].shape[1]} features", flush=True)
-    print(f"total {time.perf_counter() - start:.1f} s", flush=True)
+    base.probe(*base.features(top), f"dilated stack, dilation {d}", args.C)
 
 
 if __name__ == "__main__":

@@ -470,6 +470,71 @@ def calm_features(setting, X_train, X_test, seed=0):
     return np.hstack(F_train), np.hstack(F_test), fit_seconds, model
 
 
+class CustomStack:
+    """What benchmarks/dilation.py and benchmarks/groups.py share: the
+    stacks' layer 1 and the maps between the layers, for a layer 2 built by
+    hand, and the probe of both layers and of each alone.
+
+    ``CustomStack(pool_size, seed)`` loads Fashion-MNIST (``limit`` /
+    ``test_limit``), fits ``best``'s layer 1 on its 10 000 images as the
+    ``stack`` rows do, with the network's per-channel standardisation of
+    its triangle maps averaged over ``pool_size`` cells; ``maps`` are those
+    of the fitted images, ``encode(batch)`` any batch's, ``layer2_params``
+    the ``stack`` rows' layer 2 (10 iterations).
+    """
+
+    def __init__(self, pool_size, seed=0, limit=None, test_limit=None):
+        self.start = time.perf_counter()
+        X_train, self.y_train = datasets.load_fashion_mnist(limit=limit)
+        X_test, self.y_test = datasets.load_fashion_mnist(kind="test", limit=test_limit)
+        # layer 2 is only initialised: the network fits layer 1 and the norms
+        row = stacked(layer2_kernels=8, pool_size=pool_size, layer2=dict(max_iter=0))
+        A, B = evaluation.preprocess(row["preprocess"], X_train, X_test, window=7)
+        self.A, self.B = A.astype(np.float32), B.astype(np.float32)
+        settings = {k: v for k, v in row.items() if k not in ("preprocess", "C")}
+        fit_limit = min(settings.pop("fit_limit"), len(A))
+        network = settings.pop("network")
+        net = evaluation.build_model(dict(settings, random_state=seed), network)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", calm_np.ConvergenceWarning)
+            net.fit(self.A[:fit_limit])
+        self.layer1 = net.layers_[0]
+        # the stacks' layer 2 (kernels 3x3, patch latent, learned sigma^2, not
+        # whitened, k-means++ start), for a script to change and fit
+        self.layer2_params = dict(net.layers_[1].get_params(), max_iter=10)
+        self.encode = net._encoder(net.layers_, net.norms_, 1)
+        self.maps = np.concatenate(
+            [self.encode(self.A[i : i + 1000]) for i in range(0, fit_limit, 1000)]
+        )
+
+    def features(self, top):
+        """Layer 1's readout beside ``top(maps of a batch)``, train and test."""
+
+        def of(X):
+            out = []
+            for i in range(0, len(X), 1000):
+                batch = X[i : i + 1000]
+                upper = top(self.encode(batch))
+                out.append(np.hstack([self.layer1.transform(batch), upper]))
+            return np.concatenate(out)
+
+        return of(self.A), of(self.B)
+
+    def probe(self, F_train, F_test, name, C):
+        """Print the probe of layer 1 alone, both layers (``name``), layer 2
+        alone, and the seconds since the start."""
+        n1 = self.layer1.transform(self.A[:1]).shape[1]
+        for label, cols in (
+            ("best (layer 1 alone)", slice(0, n1)),
+            (f"{name} (both layers)", slice(None)),
+            ("its layer 2 alone", slice(n1, None)),
+        ):
+            A, B = F_train[:, cols], F_test[:, cols]
+            acc = evaluation.linear_probe(A, self.y_train, B, self.y_test, C=C)
+            print(f"{label:40s} {acc:.4f}  {A.shape[1]} features", flush=True)
+        print(f"total {time.perf_counter() - self.start:.1f} s", flush=True)
+
+
 # ---------------------------------------------------------------------------
 # driver
 # ---------------------------------------------------------------------------

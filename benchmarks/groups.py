@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import features as F  # noqa: E402
 
 import calm_np  # noqa: E402
-from calm_np import datasets, evaluation  # noqa: E402
+from calm_np import evaluation  # noqa: E402
 
 
 def similar_groups(maps, n_groups, size, rng):
@@ -61,23 +61,9 @@ def main(argv=None):
     ap.add_argument("--test-limit", type=int)
     args = ap.parse_args(argv)
 
-    Xtr, ytr = datasets.load_fashion_mnist(limit=args.limit)
-    Xte, yte = datasets.load_fashion_mnist(kind="test", limit=args.test_limit)
-    row = F.stacked(layer2_kernels=8, layer2=dict(max_iter=0))  # layer 1, norms
-    A, B = evaluation.preprocess(row["preprocess"], Xtr, Xte, window=7)
-    A, B = A.astype(np.float32), B.astype(np.float32)
-    settings = {k: v for k, v in row.items() if k not in ("preprocess", "C")}
-    fit_limit = min(settings.pop("fit_limit"), len(A))
-    network = settings.pop("network")
-    start = time.perf_counter()
-    net = evaluation.build_model(dict(settings, random_state=args.seed), network)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", calm_np.ConvergenceWarning)
-        net.fit(A[:fit_limit])
-    encode = net._encoder(net.layers_, net.norms_, 1)
-    maps = np.concatenate([encode(A[i : i + 1000]) for i in range(0, fit_limit, 1000)])
+    base = F.CustomStack(3, args.seed, args.limit, args.test_limit)
     rng = np.random.default_rng(args.seed)
-    groups = similar_groups(maps, args.groups, args.group_size, rng)
+    groups = similar_groups(base.maps, args.groups, args.group_size, rng)
     best = evaluation.preset("best", "fashion-mnist")
     uppers = []
     for g in groups:
@@ -96,41 +82,22 @@ def main(argv=None):
         )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", calm_np.ConvergenceWarning)
-            upper.fit(np.ascontiguousarray(maps[:, g]))
+            upper.fit(np.ascontiguousarray(base.maps[:, g]))
         uppers.append(upper)
-    fit_seconds = time.perf_counter() - start
-    del maps
+    del base.maps
     print(
         f"{args.groups} groups of {args.group_size} channels, {args.kernels} "
-        f"kernels each; layers fitted in {fit_seconds:.1f} s",
+        f"kernels each; layers fitted in {time.perf_counter() - base.start:.1f} s",
         flush=True,
     )
 
-    def features(X):
-        out = []
-        for i in range(0, len(X), 1000):
-            batch = X[i : i + 1000]
-            m = encode(batch)
-            tops = [
-                u.transform(np.ascontiguousarray(m[:, g]))
-                for u, g in zip(uppers, groups, strict=True)
-            ]
-            out.append(np.hstack([net.layers_[0].transform(batch), *tops]))
-        return np.concatenate(out)
-
-    F_train, F_test = features(A), features(B)
-    n1 = net.layers_[0].n_kernels * 9
-    for name, cols in (
-        ("best (layer 1 alone)", slice(0, n1)),
-        ("grouped stack (both layers)", slice(None)),
-        ("its layer 2 alone", slice(n1, None)),
-    ):
-        acc = evaluation.linear_probe(
-            F_train[:, cols], ytr, F_test[:, cols], yte, C=args.C
+    def top(maps):
+        parts = zip(uppers, groups, strict=True)
+        return np.hstack(
+            [u.transform(np.ascontiguousarray(maps[:, g])) for u, g in parts]
         )
-        n = F_train[:, cols].shape[1]
-        print(f"{name:32s} {acc:.4f}  {n} features", flush=True)
-    print(f"total {time.perf_counter() - start:.1f} s", flush=True)
+
+    base.probe(*base.features(top), "grouped stack", args.C)
 
 
 if __name__ == "__main__":

@@ -86,3 +86,16 @@ def readonly_memmap(X, path):
     mm[:] = X
     mm.flush()
     return np.memmap(path, dtype=X.dtype, mode="r", shape=X.shape)
+
+
+def load_benchmark(name):
+    """The script ``benchmarks/<name>.py`` as a module (the benchmarks are
+    scripts, not a package; tests hold their mathematics to account)."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

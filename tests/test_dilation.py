@@ -5,23 +5,16 @@ being the dilated patch at ``(d·y + a, d·x + b)``."""
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-
 import numpy as np
 import pytest
+from _helpers import load_benchmark
 from hypothesis import given
 from hypothesis import strategies as st
-
-_PATH = pathlib.Path(__file__).parents[1] / "benchmarks" / "dilation.py"
 
 
 @pytest.fixture(scope="module")
 def dilation():
-    spec = importlib.util.spec_from_file_location("dilation", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("dilation")
 
 
 def _dilated_patches(m, k, d):

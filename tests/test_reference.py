@@ -8,27 +8,21 @@ minus ``Σ_n c(X_n)``).
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import pathlib
 
 import numpy as np
 import pytest
+from _helpers import load_benchmark
 
 import calm_np
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
 
-_PATH = pathlib.Path(__file__).parents[1] / "benchmarks" / "reference_torch.py"
-
 
 @pytest.fixture(scope="module")
 def reference():
-    spec = importlib.util.spec_from_file_location("reference_torch", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("reference_torch")
 
 
 def _log_const(X, padding, kernel_shape):

@@ -14,26 +14,20 @@ the context draws each patch's kernel.  Its claims, each checked here:
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import pathlib
 
 import numpy as np
 import pytest
+from _helpers import load_benchmark
 from hypothesis import given
 from hypothesis import strategies as st
 
 import calm_np
 
-_PATH = pathlib.Path(__file__).parents[1] / "benchmarks" / "topdown.py"
-
 
 @pytest.fixture(scope="module")
 def topdown():
-    spec = importlib.util.spec_from_file_location("topdown", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("topdown")
 
 
 def _problem(seed, n, shape, D, K, J, block, topdown):
