@@ -82,7 +82,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import struct
 import sys
 import time
 import warnings
@@ -192,12 +191,8 @@ BASELINES = ("raw", "kmeans1152")
 
 
 def write_idx(path, array):
-    """``array`` (uint8, 1-D labels or 3-D images) as an IDX file."""
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    with open(path, "wb") as f:
-        f.write(struct.pack(">I", 0x0800 | array.ndim))
-        f.write(struct.pack(f">{array.ndim}I", *array.shape))
-        f.write(array.tobytes())
+    """``array`` (1-D labels or 3-D images, values 0..255) as an IDX file."""
+    datasets.save_idx(path, np.asarray(array).astype(np.uint8))
 
 
 def write_from_csv(csv, folder, n_train=4000):

@@ -1,4 +1,4 @@
-"""The IDX file format of MNIST and Fashion-MNIST (see :func:`load_idx`)."""
+"""The IDX file format of MNIST and Fashion-MNIST: load_idx and save_idx."""
 
 from __future__ import annotations
 
@@ -93,15 +93,9 @@ def load_idx(path, *, limit=None):
 
     Examples
     --------
-    >>> import gzip
-    >>> from pathlib import Path
     >>> import numpy as np
-    >>> def write_idx(path, array):  # the IDX header: 0, 0, type 8 (ubyte), ndim
-    ...     shape = np.array(array.shape, ">u4").tobytes()
-    ...     header = bytes([0, 0, 8, array.ndim]) + shape
-    ...     Path(path).write_bytes(header + array.astype(np.uint8).tobytes())
-    >>> from calm_np.datasets import load_idx
-    >>> write_idx("tiny-idx3-ubyte", np.arange(18).reshape(2, 3, 3))
+    >>> from calm_np.datasets import load_idx, save_idx
+    >>> save_idx("tiny-idx3-ubyte", np.arange(18, dtype=np.uint8).reshape(2, 3, 3))
     >>> load_idx("tiny-idx3-ubyte")[1]
     array([[ 9, 10, 11],
            [12, 13, 14],
@@ -126,6 +120,64 @@ def load_idx(path, *, limit=None):
         if exc.filename is None:
             raise OSError(exc.errno, f"{exc.strerror or exc}", str(path)) from exc
         raise
+
+
+def save_idx(path, array, *, compress=None):
+    """Write ``array`` as one IDX file, the inverse of :func:`load_idx`.
+
+    The IDX data type is the array's: ``uint8``, ``int8``, ``int16``,
+    ``int32``, ``float32`` or ``float64`` (written big-endian, as the format
+    says); any number of dimensions.  The file is written next to ``path``
+    and renamed over it when complete, so a failed write leaves a previous
+    file as it was.
+
+    Parameters
+    ----------
+    path : str or path-like
+    array : array_like
+        Values of one of the six IDX data types (convert others first, e.g.
+        ``images.astype(np.uint8)``).
+    compress : bool or None, default=None
+        Gzip the file; ``None`` means "when ``path`` ends with ``.gz``".
+
+    Raises
+    ------
+    TypeError
+        If ``array``'s dtype is not an IDX data type.
+    ValueError
+        If ``array`` is 0-dimensional or a size exceeds the header's 32 bits.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from calm_np.datasets import load_idx, save_idx
+    >>> labels = np.array([3, 1, 4, 1, 5], dtype=np.uint8)
+    >>> save_idx("labels-idx1-ubyte.gz", labels)  # gzipped: the name says .gz
+    >>> load_idx("labels-idx1-ubyte.gz")
+    array([3, 1, 4, 1, 5], dtype=uint8)
+    """
+    from ._write import write_replacing
+
+    array = np.asarray(array)
+    codes = {dtype.newbyteorder("="): code for code, dtype in _IDX_DTYPES.items()}
+    code = codes.get(array.dtype.newbyteorder("="))
+    if code is None:
+        raise TypeError(
+            f"array has dtype {array.dtype}, which IDX cannot hold; convert it to "
+            "uint8, int8, int16, int32, float32 or float64 first"
+        )
+    if array.ndim == 0 or max(array.shape) >= 2**32 or array.ndim > 255:
+        raise ValueError(
+            f"array must have 1 to 255 dimensions, each below 2**32, got shape "
+            f"{array.shape}"
+        )
+    header = bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
+    data = header + np.ascontiguousarray(array, _IDX_DTYPES[code]).tobytes()
+    if compress is None:
+        compress = os.fspath(path).endswith(".gz")
+    if compress:
+        data = gzip.compress(data, mtime=0)  # the same array, the same bytes
+    write_replacing(path, lambda f: f.write(data))
 
 
 def _read_idx(f, path, limit, capacity, compressed):

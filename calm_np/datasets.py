@@ -3,7 +3,8 @@
 Loaders read files that are already on disk (nothing is downloaded):
 
 - MNIST and Fashion-MNIST in IDX format, gzip-compressed or not
-  (:func:`load_mnist`, :func:`load_fashion_mnist`, :func:`load_idx`);
+  (:func:`load_mnist`, :func:`load_fashion_mnist`, :func:`load_idx`,
+  :func:`save_idx`);
 - STL-10 binary files through a memory map, so the 100 000 unlabeled images
   are streamed rather than loaded (:func:`load_stl10`, :func:`stl10_folds`);
 - small real images bundled with scikit-learn (:func:`load_digits_images`,
@@ -37,7 +38,7 @@ from ._folder import (
     load_image_folder,
     read_images,
 )
-from ._idx import load_idx
+from ._idx import load_idx, save_idx
 from .preprocessing import ZCAWhitening, zca_whiten_per_image
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "load_stl10",
     "read_images",
     "sample_image_crops",
+    "save_idx",
     "stl10_folds",
     "zca_whiten_per_image",
 ]
@@ -160,18 +162,15 @@ def load_mnist(data_dir, kind="train", *, limit=None):
 
     Examples
     --------
-    >>> import gzip
     >>> from pathlib import Path
     >>> import numpy as np
-    >>> def write_idx(path, array):  # the IDX header: 0, 0, type 8 (ubyte), ndim
-    ...     shape = np.array(array.shape, ">u4").tobytes()
-    ...     header = bytes([0, 0, 8, array.ndim]) + shape
-    ...     Path(path).write_bytes(header + array.astype(np.uint8).tobytes())
+    >>> from calm_np.datasets import save_idx
     >>> def write_split(folder, prefix, n):
     ...     Path(folder).mkdir(exist_ok=True)
     ...     images = np.random.default_rng(0).integers(0, 256, (n, 28, 28))
-    ...     write_idx(f"{folder}/{prefix}-images-idx3-ubyte", images)
-    ...     write_idx(f"{folder}/{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    ...     save_idx(f"{folder}/{prefix}-images-idx3-ubyte", images.astype(np.uint8))
+    ...     labels = (np.arange(n) % 10).astype(np.uint8)
+    ...     save_idx(f"{folder}/{prefix}-labels-idx1-ubyte", labels)
     >>> from calm_np.datasets import load_mnist
     >>> write_split("mnist", "train", 12)  # a tiny stand-in for MNIST's files
     >>> images, labels = load_mnist("mnist", "train", limit=5)
@@ -220,18 +219,15 @@ def load_fashion_mnist(data_dir=None, kind="train", *, limit=None):
 
     Examples
     --------
-    >>> import gzip
     >>> from pathlib import Path
     >>> import numpy as np
-    >>> def write_idx(path, array):  # the IDX header: 0, 0, type 8 (ubyte), ndim
-    ...     shape = np.array(array.shape, ">u4").tobytes()
-    ...     header = bytes([0, 0, 8, array.ndim]) + shape
-    ...     Path(path).write_bytes(header + array.astype(np.uint8).tobytes())
+    >>> from calm_np.datasets import save_idx
     >>> def write_split(folder, prefix, n):
     ...     Path(folder).mkdir(exist_ok=True)
     ...     images = np.random.default_rng(0).integers(0, 256, (n, 28, 28))
-    ...     write_idx(f"{folder}/{prefix}-images-idx3-ubyte", images)
-    ...     write_idx(f"{folder}/{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    ...     save_idx(f"{folder}/{prefix}-images-idx3-ubyte", images.astype(np.uint8))
+    ...     labels = (np.arange(n) % 10).astype(np.uint8)
+    ...     save_idx(f"{folder}/{prefix}-labels-idx1-ubyte", labels)
     >>> from calm_np.datasets import load_fashion_mnist
     >>> write_split("fashion", "t10k", 8)  # a tiny stand-in; the default folder
     >>> images, labels = load_fashion_mnist("fashion", "test")  # is FASHION_MNIST_DIR

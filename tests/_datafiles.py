@@ -2,19 +2,9 @@
 
 from __future__ import annotations
 
-import gzip
-import struct
-
 import numpy as np
 
-
-def write_idx(path, array, compress=False):
-    """``array`` (uint8) in IDX format: magic, big-endian sizes, the bytes."""
-    array = np.asarray(array, dtype=np.uint8)
-    data = struct.pack(">BBBB", 0, 0, 0x08, array.ndim)
-    data += struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
-    path.write_bytes(gzip.compress(data) if compress else data)
-    return path
+from calm_np.datasets import save_idx
 
 
 def blob_images(rng, labels, size):
@@ -38,8 +28,10 @@ def write_mnist(folder, n_train=40, n_test=20, seed=0, compress=True, n_classes=
     for prefix, n in (("train", n_train), ("t10k", n_test)):
         labels = np.arange(n) % n_classes
         images = blob_images(rng, labels, 28)
-        write_idx(folder / f"{prefix}-images-idx3-ubyte{suffix}", images, compress)
-        write_idx(folder / f"{prefix}-labels-idx1-ubyte{suffix}", labels, compress)
+        # gzipped where the name ends with .gz (save_idx's rule)
+        save_idx(folder / f"{prefix}-images-idx3-ubyte{suffix}", images)
+        labels_file = folder / f"{prefix}-labels-idx1-ubyte{suffix}"
+        save_idx(labels_file, labels.astype(np.uint8))
         written[prefix] = labels
     return written
 

@@ -74,6 +74,43 @@ def test_load_idx_round_trips_every_dtype(tmp_path, code, shape, compress, seed)
     got.flat[:1] = 0  # a writable array, not a view of a bytes buffer
 
 
+@given(
+    code=st.sampled_from(sorted(IDX_CODES)),
+    shape=st.lists(st.integers(0, 5), min_size=1, max_size=4),
+    native=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_save_idx_writes_the_idx_encoding(tmp_path, code, shape, native, seed):
+    values = random_values(np.random.default_rng(seed), code, shape)
+    if native:  # either byte order in, big-endian out
+        values = values.astype(values.dtype.newbyteorder("="))
+    plain, packed = tmp_path / "a-idx", tmp_path / "a-idx.gz"
+    datasets.save_idx(plain, values)
+    datasets.save_idx(packed, values)  # .gz: compressed
+    assert plain.read_bytes() == idx_bytes(values, code)
+    assert gzip.decompress(packed.read_bytes()) == idx_bytes(values, code)
+    np.testing.assert_array_equal(datasets.load_idx(packed), values)
+    datasets.save_idx(plain, values, compress=True)  # the flag wins over the name
+    assert gzip.decompress(plain.read_bytes()) == idx_bytes(values, code)
+
+
+@pytest.mark.parametrize(
+    "values, error, match",
+    [
+        (np.zeros(3, np.int64), TypeError, "dtype int64.*uint8"),
+        (np.zeros(3, np.uint16), TypeError, "uint16"),
+        (np.array(["a"]), TypeError, "IDX cannot hold"),
+        (np.uint8(3), ValueError, "1 to 255 dimensions"),
+    ],
+)
+def test_save_idx_refuses_what_idx_cannot_hold(tmp_path, values, error, match):
+    path = tmp_path / "kept-idx"
+    path.write_bytes(b"previous")
+    with pytest.raises(error, match=match):
+        datasets.save_idx(path, values)
+    assert path.read_bytes() == b"previous"  # nothing written
+
+
 def test_load_idx_detects_gzip_from_content_not_name(tmp_path):
     images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
     misnamed_gz = write_idx(tmp_path / "images-idx3-ubyte", images, compress=True)
