@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 import pytest
 
-from calm_np import ConvolutionalMixture
+from calm_np import ConvolutionalMixture, ConvolutionalMixtureNetwork
 from calm_np._xp import to_numpy
 
 LIBS = ["numpy", "torch"]
@@ -71,3 +71,16 @@ def assert_unchanged(m, before):
     np.testing.assert_array_equal(after[0], before[0])
     np.testing.assert_array_equal(after[1], before[1])
     assert after[2:] == before[2:]
+
+
+def fitted_network(seed=0):
+    """A small fitted two-layer network and its 30 images 10x10 (two
+    iterations per layer, warnings silenced): the hostile tests' network."""
+    X = np.random.default_rng(seed).standard_normal((30, 1, 10, 10))
+    layers = [
+        ConvolutionalMixture(3, kernel_size=3, max_iter=2, pooling=2),
+        ConvolutionalMixture(2, kernel_size=2, max_iter=2),
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ConvolutionalMixtureNetwork(layers).fit(X), X

@@ -9,6 +9,7 @@ import warnings
 
 import numpy as np
 import pytest
+from _hostile import fitted_network
 
 import calm_np
 
@@ -35,14 +36,7 @@ def test_network_maps_that_look_channels_last_still_fit():
 # -- networks: n_features_ derived, init arrays checked against the stack ----------
 @pytest.fixture(scope="module")
 def network():
-    X = RNG.standard_normal((30, 1, 10, 10))
-    layers = [
-        calm_np.ConvolutionalMixture(3, kernel_size=3, max_iter=2, pooling=2),
-        calm_np.ConvolutionalMixture(2, kernel_size=2, max_iter=2),
-    ]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return calm_np.ConvolutionalMixtureNetwork(layers).fit(X), X
+    return fitted_network()
 
 
 def test_network_n_features_follows_set_params(network):

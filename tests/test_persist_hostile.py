@@ -18,7 +18,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from _hostile import fitted
+from _hostile import fitted, fitted_network
 
 import calm_np
 from calm_np import ConvolutionalMixture, ConvolutionalMixtureNetwork
@@ -519,14 +519,7 @@ def test_a_read_only_file_is_not_overwritten(tmp_path):
 # -- network files: headers checked, no temporary folder --------------------------
 @pytest.fixture(scope="module")
 def network():
-    X = RNG.standard_normal((30, 1, 10, 10))
-    layers = [
-        calm_np.ConvolutionalMixture(3, kernel_size=3, max_iter=2, pooling=2),
-        calm_np.ConvolutionalMixture(2, kernel_size=2, max_iter=2),
-    ]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return calm_np.ConvolutionalMixtureNetwork(layers).fit(X), X
+    return fitted_network()
 
 
 def _rewrite_header(path, out, **changes):
