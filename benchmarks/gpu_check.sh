@@ -181,20 +181,21 @@ fi
 DRYFLAG=""
 if [ $DRY -eq 1 ]; then DRYFLAG="--dry-run"; fi
 
-if want 2; then
-    lim=$(limit 150)
-    run "2. paper shapes: calm_np (CuPy, torch CUDA) vs reference (torch CUDA)" \
-        150 "$LOGS/part2_paper.log" all \
-        "$PY" benchmarks/gpu_compare.py --part paper $DRYFLAG \
+# compare N SECONDS PART TITLE: part N, gpu_compare.py --part PART, which
+# stops itself 25 s before the part's limit
+compare() {
+    local lim
+    lim=$(limit "$2")
+    run "$1. $4" "$2" "$LOGS/part$1_$3.log" all \
+        "$PY" benchmarks/gpu_compare.py --part "$3" $DRYFLAG \
         --max-seconds $(( lim > 40 ? lim - 25 : 20 ))
-fi
+}
 
+if want 2; then
+    compare 2 150 paper "paper shapes: calm_np (CuPy, torch CUDA) vs reference (torch CUDA)"
+fi
 if want 3; then
-    lim=$(limit 100)
-    run "3. main job's model: s/iteration on CuPy, torch CUDA, NumPy" \
-        100 "$LOGS/part3_model.log" all \
-        "$PY" benchmarks/gpu_compare.py --part model $DRYFLAG \
-        --max-seconds $(( lim > 40 ? lim - 25 : 20 ))
+    compare 3 100 model "main job's model: s/iteration on CuPy, torch CUDA, NumPy"
 fi
 
 if want 4; then
