@@ -247,14 +247,8 @@ ROWS.update(NETWORK_ROWS)
 # 2304^2 whitening per patch would cost 4.5x its EM), plain k-means++ seeding,
 # 10 iterations (tol 1e-4 is not reached), triangle on 3x3 cells; both
 # layers' readouts (4608 features); layer 1's maps cached once (cache="auto")
-STACK = dict(
-    layers=2,
-    layer2_kernels=256,
-    layer2_kernel_size=3,
-    pool_size=3,
-    layer2=dict(whiten=False, init="kmeans++"),
-    cache="auto",
-)
+# (the "stack" preset, calm-np evaluate --preset stack, with 256 kernels)
+STACK = dict(evaluation.NETWORK_PRESETS["stack"], layer2_kernels=256)
 
 
 def stacked(**changes):

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import _params
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "IMAGE_MODES",
@@ -180,26 +182,6 @@ def image_folder_files(path, *, classes=None):
     return files, np.asarray(labels, dtype=np.int64), classes
 
 
-def _check_size(size):
-    if size is None:
-        return None
-    pair = (size, size) if isinstance(size, int | np.integer) else size
-    try:
-        pair = tuple(pair)
-    except TypeError:
-        raise TypeError(
-            f"size must be None, an int or (height, width), got {size!r}"
-        ) from None
-    if len(pair) != 2 or not all(
-        isinstance(v, int | np.integer) and not isinstance(v, bool) and v >= 1
-        for v in pair
-    ):
-        raise ValueError(
-            f"size must be None, a positive int or (height, width), got {size!r}"
-        )
-    return int(pair[0]), int(pair[1])
-
-
 def _check_mode(mode):
     if mode is not None and mode not in IMAGE_MODES:
         raise ValueError(
@@ -288,7 +270,8 @@ def read_images(files, *, size=None, mode=None):
     ((2, 1, 4, 6), dtype('uint8'), array([ 50, 200], dtype=uint8))
     """
     Image = _pillow("read_images")
-    size, mode = _check_size(size), _check_mode(mode)
+    size = _params.check("read_images", "size", size)
+    mode = _check_mode(mode)
     files = [Path(f) for f in files]
     if not files:
         raise ValueError("files is empty; give at least one image file")

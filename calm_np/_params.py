@@ -101,21 +101,27 @@ def _dtype(where, name, value):
     return dtype.name
 
 
-def _window(where, name, value):
+def _window(where, name, value, *, none=""):
+    """A positive int or a pair ``(h, w)`` of them, as ``(h, w)`` (``none``:
+    what else the message says is allowed, ``"None, "`` for an optional one)."""
     pair = (value, value) if isinstance(value, numbers.Integral) else value
     try:
         pair = tuple(pair)
     except TypeError:
         raise TypeError(
-            f"{where}: {name} must be an int or (h, w), got {value!r}"
+            f"{where}: {name} must be {none}an int or (h, w), got {value!r}"
         ) from None
     if len(pair) != 2 or not all(
         isinstance(v, numbers.Integral) and not _is_bool(v) and v >= 1 for v in pair
     ):
         raise ValueError(
-            f"{where}: {name} must be a positive int or (h, w), got {value!r}"
+            f"{where}: {name} must be {none}a positive int or (h, w), got {value!r}"
         )
     return int(pair[0]), int(pair[1])
+
+
+def _optional_window(where, name, value):
+    return None if value is None else _window(where, name, value, none="None, ")
 
 
 # name -> checker(where, name, value); the names every public function of
@@ -128,6 +134,7 @@ PARAMS = {
     "tol": _real(positive=True),
     "max_iter": _int(1),
     "window": _window,
+    "size": _optional_window,
     "dtype": _dtype,
     "data_dir": _optional(_path),
     "test": _bool,

@@ -25,7 +25,7 @@ import math
 
 import numpy as np
 
-from . import _checks
+from . import _checks, _params
 from ._base import ParamsMixin
 from ._whiten import zca
 from ._xp import get_namespace, to_numpy, wide_float
@@ -359,7 +359,7 @@ def local_contrast(X, window, eps=LOCAL_EPS):
     (2, 1, 10, 10)
     """
     eps = _check_eps(eps, positive=False)
-    window = _check_window(window)
+    window = _params.check("local_contrast", "window", window)
     X, xp, device, _ = _as_float(X, "X", images=True)
     if X.ndim < 2:
         raise ValueError(
@@ -378,20 +378,6 @@ def local_contrast(X, window, eps=LOCAL_EPS):
     scale = xp.sqrt(var + eps)
     # a flat window with eps=0 would divide 0 by 0: its pixels become 0
     return centred / xp.where(scale > 0, scale, xp.ones_like(scale))
-
-
-def _check_window(window):
-    pair = (window, window) if isinstance(window, int | np.integer) else window
-    try:
-        pair = tuple(pair)
-    except TypeError:
-        raise TypeError(f"window must be an int or (h, w), got {window!r}") from None
-    if len(pair) != 2 or not all(
-        isinstance(v, int | np.integer) and not isinstance(v, bool) and v >= 1
-        for v in pair
-    ):
-        raise ValueError(f"window must be a positive int or (h, w), got {window!r}")
-    return tuple(int(v) for v in pair)
 
 
 class LocalContrastNormalization(_Transformer):
