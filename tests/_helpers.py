@@ -99,3 +99,23 @@ def load_benchmark(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def evaluate_help():
+    """``python -m calm_np evaluate --help`` as a user sees it (a subprocess:
+    the real entry point), read once per test session."""
+    global _EVALUATE_HELP
+    if _EVALUATE_HELP is None:
+        import subprocess
+        import sys
+
+        _EVALUATE_HELP = subprocess.run(
+            [sys.executable, "-m", "calm_np", "evaluate", "--help"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    return _EVALUATE_HELP
+
+
+_EVALUATE_HELP = None

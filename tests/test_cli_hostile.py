@@ -16,6 +16,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from _helpers import evaluate_help
 
 import calm_np
 from calm_np import _cli, evaluation
@@ -459,15 +460,7 @@ def test_hostile_cli_help_shows_every_estimator_default(capsys, command):
 
 
 def test_cli_help_states_defaults_and_presets():
-    import subprocess
-    import sys
-
-    text = subprocess.run(
-        [sys.executable, "-m", "calm_np", "evaluate", "--help"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    text = evaluate_help()
     for name in evaluation.PRESETS:
         for dataset in ("digits", "fashion-mnist", "mnist", "stl10", "folder"):
             line = f"  {name} / {dataset}: "

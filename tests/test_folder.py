@@ -7,11 +7,11 @@ bad folder or file is a one-line error naming it.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 import numpy as np
 import pytest
+from _helpers import evaluate_help
 
 from calm_np import _folder, datasets, evaluation
 from calm_np._cli import main
@@ -288,10 +288,5 @@ def test_cli_folder_image_size_and_mode(tmp_path, capsys):
 
 
 def test_cli_help_lists_folder(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-m", "calm_np", "evaluate", "--help"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    out = evaluate_help()
     assert "folder" in out and "--image-size" in out
