@@ -16,7 +16,7 @@ import contextlib
 import time
 from collections.abc import Iterable, Iterator, Mapping
 
-from . import _checks
+from . import _checks, _image_checks
 from ._dask import is_dask_array
 from ._em import batch_statistics
 from ._xp import get_namespace, is_array_api_obj
@@ -32,7 +32,7 @@ class ImageSource:
         Images per batch for arrays; ``None`` is all at once.  An iterable's
         own batches are used as they come.
     layout : bool, default=True
-        Refuse a channels-last batch (``_checks.check_channels_first``), as a
+        Refuse a channels-last batch (``_image_checks.check_channels_first``), as a
         fit must: it learns the channel count from ``X``.  ``False`` where
         the count is checked against a fitted model instead (``check``), and
         for an ``X`` that says it is channels-first (a network's maps, whose
@@ -70,7 +70,7 @@ class ImageSource:
 
                 _checks.check_images(np.broadcast_to(np.float32(0), X.shape), name)
             if layout or len(X.shape) == 3:  # as check_images
-                _checks.check_channels_first(tuple(X.shape), name)
+                _image_checks.check_channels_first(tuple(X.shape), name)
             self.X = X
         elif isinstance(X, (str, bytes, Mapping)):
             raise TypeError(

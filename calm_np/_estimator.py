@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import math
 import time
-import warnings
 
 import numpy as np
 
@@ -30,6 +29,7 @@ from ._checks import FEATURES  # noqa: F401  (the CLI reads _estimator.FEATURES)
 from ._dask import is_dask_array
 from ._data import checked_source, progress_bar, report
 from ._em import Options, Params, initial_variance, log_likelihood, objective
+from ._image_checks import warn_scale
 from ._init import check_random_state, kernels_for
 from ._moves import Moves
 from ._online import online_step, running_from_model, running_statistics
@@ -287,10 +287,7 @@ class ConvolutionalMixture(ParamsMixin):
         # the one message of such a fit, whose slow or starved end it explains
         advice = None
         if not warm:
-            sample = source.sample(_checks.SCALE_SAMPLES)
-            advice = _checks.scale_advice(sample, self.learn_variance, self.whiten)
-        if advice is not None:
-            warnings.warn(advice, DataScaleWarning, stacklevel=2)
+            advice = warn_scale(source, self.learn_variance, self.whiten)
         with restore_on_error(self, _FITTED):
             args = (params["kernel_size"], params["padding"], warm)
             self._fit(source, *args, warn=advice is None)
@@ -438,12 +435,7 @@ class ConvolutionalMixture(ParamsMixin):
         first = not hasattr(self, "kernels_")
         source = checked_source(X, params, None if first else self._fitted_shapes())
         if first:  # the scale, as fit checks it, on the batch that starts it
-            sample = source.sample(_checks.SCALE_SAMPLES)
-            advice = _checks.scale_advice(
-                sample, self.learn_variance, self.whiten, online=True
-            )
-            if advice is not None:
-                warnings.warn(advice, DataScaleWarning, stacklevel=2)
+            warn_scale(source, self.learn_variance, self.whiten, online=True)
         with restore_on_error(self, _FITTED):
             self._partial_fit(source, params["kernel_size"], params["padding"])
         return self

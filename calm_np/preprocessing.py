@@ -25,7 +25,7 @@ import math
 
 import numpy as np
 
-from . import _checks, _params
+from . import _checks, _image_checks, _params
 from ._base import ParamsMixin
 from ._whiten import zca
 from ._xp import get_namespace, to_numpy, wide_float
@@ -92,7 +92,7 @@ def _as_float(X, name, images=False):
     dtype = _checks.float_dtype(xp, [(X, name)], device)
     X = xp.astype(X, dtype)
     if images:
-        _checks.check_channels_first(tuple(X.shape), name)
+        _image_checks.check_channels_first(tuple(X.shape), name)
     if math.prod(X.shape):
         big = float(xp.max(xp.abs(X)))
         if not math.isfinite(big):

@@ -32,7 +32,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import calm_np
-from calm_np import ConvolutionalMixture, _checks
+from calm_np import ConvolutionalMixture, _checks, _image_checks
 from calm_np._xp import to_numpy
 
 RNG = np.random.default_rng(0)
@@ -423,12 +423,12 @@ CHANNELS_FIRST = [
 @pytest.mark.parametrize("shape", CHANNELS_LAST)
 def test_hostile_channels_last_is_refused_with_the_transpose(shape):
     with pytest.raises(ValueError, match=r"channels-last.*np.moveaxis\(X, -1, 1\)"):
-        _checks.check_channels_first(shape)
+        _image_checks.check_channels_first(shape)
 
 
 @pytest.mark.parametrize("shape", CHANNELS_FIRST)
 def test_channels_first_batches_pass(shape):
-    _checks.check_channels_first(shape)
+    _image_checks.check_channels_first(shape)
 
 
 # one image (H, W, C) is not H gray images W tall and C wide
@@ -440,14 +440,14 @@ GRAY_BATCHES = [(20, 28, 28), (5, 8, 5), (3, 4, 3), (10, 28, 2), (6, 3, 4), (4, 
 def test_hostile_one_channels_last_image_is_refused_with_the_transpose(shape):
     match = r"one channels-last image.*np.moveaxis\(X, -1, 0\)\[None\]"
     with pytest.raises(ValueError, match=match):
-        _checks.check_channels_first(shape)
+        _image_checks.check_channels_first(shape)
     with pytest.raises(ValueError, match=match):
         _checks.check_images(np.zeros(shape))
 
 
 @pytest.mark.parametrize("shape", GRAY_BATCHES)
 def test_gray_batches_pass(shape):
-    _checks.check_channels_first(shape)
+    _image_checks.check_channels_first(shape)
     assert _checks.check_images(np.zeros(shape)).shape == (shape[0], 1, *shape[1:])
 
 
@@ -548,7 +548,7 @@ def test_property_drawn_channels_first_batches_are_never_refused(p):
     # the generators of the property tests draw up to 4 channels: gray, RGB
     # and RGBA laid out channels-first always pass, whatever their size
     shape = (p["n"], p["c"], p["H"], p["W"])
-    _checks.check_channels_first(shape)
+    _image_checks.check_channels_first(shape)
     _checks.check_images(np.zeros(shape))
 
 
@@ -557,11 +557,11 @@ def test_property_drawn_channels_first_batches_are_never_refused(p):
     n=st.integers(1, 4),
     H=st.integers(1, 12),
     W=st.integers(1, 12),
-    C=st.sampled_from(_checks.CHANNELS_LAST_SIZES),
+    C=st.sampled_from(_image_checks.CHANNELS_LAST_SIZES),
 )
 def test_property_refused_shapes_are_channels_last_images_of_5x5_or_more(n, H, W, C):
     try:
-        _checks.check_channels_first((n, H, W, C))
+        _image_checks.check_channels_first((n, H, W, C))
     except ValueError:
         refused = True
     else:
@@ -583,12 +583,12 @@ SCALES = [
 @pytest.mark.parametrize("scale, advised", SCALES)
 def test_scale_advice_for_the_unit_variance_model(scale, advised):
     sample = RNG.random((16, 1, 8, 8)) * scale * 3.5
-    message = _checks.scale_advice(sample, learn_variance=False, whiten=False)
+    message = _image_checks.scale_advice(sample, learn_variance=False, whiten=False)
     assert (message is not None) == advised
     if advised:
         assert "Standardize" in message and "learn_variance=True" in message
-    assert _checks.scale_advice(sample, learn_variance=True, whiten=False) is None
-    assert _checks.scale_advice(sample, learn_variance=False, whiten=True) is None
+    assert _image_checks.scale_advice(sample, learn_variance=True, whiten=False) is None
+    assert _image_checks.scale_advice(sample, learn_variance=False, whiten=True) is None
 
 
 def _digits(scale):
@@ -695,7 +695,7 @@ def test_scale_sample_of_batches_stops_after_the_first_images():
     source = ImageSource(Batches())
     assert source.n_samples == 200  # one counting pass, as a fit makes anyway
     served.clear()
-    sample = source.sample(_checks.SCALE_SAMPLES)
+    sample = source.sample(_image_checks.SCALE_SAMPLES)
     assert sample.shape == (64, 1, 6, 6) and served == list(range(0, 70, 10))
     np.testing.assert_array_equal(sample, X[:64])
 
@@ -712,7 +712,7 @@ def test_scale_sample_reads_at_most_a_batch_at_a_time():
             sizes.append(len(rows))
             return rows
 
-    sample = ImageSource(Counted(X), batch_size=7).sample(_checks.SCALE_SAMPLES)
+    sample = ImageSource(Counted(X), batch_size=7).sample(_image_checks.SCALE_SAMPLES)
     assert sample.shape == (64, 1, 6, 6) and max(sizes[1:]) <= 7
     np.testing.assert_array_equal(sample[[0, -1]], X[[0, -1]])  # first to last
 
