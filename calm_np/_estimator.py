@@ -28,10 +28,11 @@ from ._base import ParamsMixin, restore_on_error
 from ._checks import FEATURES  # noqa: F401  (the CLI reads _estimator.FEATURES)
 from ._dask import is_dask_array
 from ._data import checked_source, progress_bar, report
-from ._em import Options, Params, initial_variance, log_likelihood, objective
+from ._em import Options, initial_variance, log_likelihood
 from ._image_checks import warn_scale
 from ._init import check_random_state, kernels_for
 from ._moves import Moves
+from ._mstep import Params, objective
 from ._online import online_step, running_from_model, running_statistics
 from ._persist import FORMAT_VERSION  # noqa: F401  (kept importable from here)
 from ._warnings import (
@@ -363,7 +364,7 @@ class ConvolutionalMixture(ParamsMixin):
         return params.m_step(stats, *args)
 
     def _start(self, source, size, padding, rng, warm):
-        """Initial :class:`~calm_np._em.Params`: the fitted ones, or new ones;
+        """Initial :class:`~calm_np._mstep.Params`: the fitted ones, or new ones;
         sets ``whitening_`` (kept, or fitted with the new kernels)."""
         xp, dtype, device = source.xp, source.work_dtype, source.device
         if warm:

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._em import Params, objective
 from ._init import d2_sample, sample_images, sample_patches, similarity
+from ._mstep import Params, objective
 from ._whiten import whiten_patches
 from ._xp import device_of, to_numpy
 

@@ -1,7 +1,7 @@
 """Stepwise (online) EM: the running statistics ``partial_fit`` carries.
 
 Per-image averages of the sufficient statistics (``_em.SufficientStatistics``)
-are blended with each new batch's, and the blend goes to ``_em.m_step`` as
+are blended with each new batch's, and the blend goes to ``_mstep.m_step`` as
 if it were the statistics of ``n_seen`` images (Cappé & Moulines 2009).
 """
 

@@ -20,7 +20,8 @@ from scipy.optimize import linear_sum_assignment
 import calm_np
 from calm_np import ConvergenceWarning, ConvolutionalMixture, NotFittedError, _moves
 from calm_np._data import ImageSource
-from calm_np._em import Options, Params
+from calm_np._em import Options
+from calm_np._mstep import Params
 from calm_np._xp import array_namespace, to_numpy
 
 

@@ -110,7 +110,7 @@ def test_partial_fit_on_a_loaded_model(tmp_path):
 
 def test_loaded_running_statistics_give_the_model_back():
     """With reg_kernels=0 the rebuilt state's M-step is the loaded model."""
-    from calm_np._em import m_step
+    from calm_np._mstep import m_step
     from calm_np._online import online_step, running_from_model
 
     m = fitted()

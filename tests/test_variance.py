@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 import calm_np
 from calm_np import ConvolutionalMixture
-from calm_np._em import VARIANCE_FLOOR, Params
+from calm_np._mstep import VARIANCE_FLOOR, Params
 from calm_np._online import online_step, running_from_model
 from calm_np._xp import to_numpy
 
