@@ -165,12 +165,17 @@ def fit(Z, p, B, n_iter, *, layer1=True, chunk=250, log=None):
     log = log or (lambda line: print(line, flush=True))
     objectives = []
     for it in range(n_iter + 1):
+        start = time.perf_counter()
         F, acc = 0.0, None
         for i in range(0, len(Z), chunk):
             f, _, stats = e_step(Z[i : i + chunk], p, B)
             F, acc = F + f, _sum(acc, stats)
         objectives.append(F / len(Z))
-        log(f"  iteration {it}: objective {objectives[-1]:.4f} nats per image")
+        seconds = time.perf_counter() - start  # the E-step pass
+        log(
+            f"  iteration {it}: objective {objectives[-1]:.4f} nats per image "
+            f"({seconds:.1f} s)"
+        )
         if it < n_iter:
             p = m_step(p, acc, layer1=layer1)
     return objectives, p
